@@ -1,0 +1,488 @@
+//! Per-service settings: the hook's `hookDetails`, over function-level env defaults, over built-ins.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// ECS ends any lifecycle stage that lasts 24 hours; the hold must end well before that.
+pub const MAX_SKEW_WINDOW: Duration = Duration::from_secs(23 * 3600);
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
+pub const MAX_PRIORITY: u32 = 50_000;
+
+/// Every key a user may set, with the env variable that sets its function-level default.
+pub const SETTING_KEYS: [(&str, &str); 9] = [
+    ("headerName", "SKEWGUARD_HEADER_NAME"),
+    ("queryParam", "SKEWGUARD_QUERY_PARAM"),
+    ("cookieName", "SKEWGUARD_COOKIE_NAME"),
+    ("deploymentIdFrom", "SKEWGUARD_DEPLOYMENT_ID_FROM"),
+    ("container", "SKEWGUARD_CONTAINER"),
+    ("skewWindow", "SKEWGUARD_SKEW_WINDOW"),
+    ("pollInterval", "SKEWGUARD_POLL_INTERVAL"),
+    ("priorityRange", "SKEWGUARD_PRIORITY_RANGE"),
+    ("onError", "SKEWGUARD_ON_ERROR"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub header_name: String,
+    pub query_param: Option<String>,
+    pub cookie_name: Option<String>,
+    pub deployment_id_from: DeploymentIdSource,
+    pub container: Option<String>,
+    pub skew_window: Duration,
+    pub poll_interval: Duration,
+    pub priority_range: Option<PriorityRange>,
+    pub on_error: OnError,
+}
+
+/// Where a task definition carries its deployment ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentIdSource {
+    Env(String),
+    Label(String),
+    ImageTag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriorityRange {
+    pub low: u32,
+    pub high: u32,
+}
+
+impl PriorityRange {
+    pub fn contains(&self, priority: u32) -> bool {
+        (self.low..=self.high).contains(&priority)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Answer FAILED: ECS rolls the deployment back.
+    Rollback,
+    /// Answer SUCCEEDED, log the error and record it in the ledger.
+    Continue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid setting `{key}` = {value:?} (from {origin}): {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+        reason: String,
+    },
+    #[error("unknown setting `{key}` in hookDetails; known settings are {known}")]
+    Unknown { key: String, known: String },
+    #[error("hookDetails must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    HookDetails,
+    Env(&'static str),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::HookDetails => f.write_str("hookDetails"),
+            Origin::Env(var) => write!(f, "env {var}"),
+        }
+    }
+}
+
+/// Function-level defaults, read from the environment once at cold start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvDefaults {
+    values: BTreeMap<&'static str, String>,
+}
+
+impl EnvDefaults {
+    pub fn from_env() -> Self {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let values = SETTING_KEYS
+            .iter()
+            .filter_map(|(key, var)| lookup(var).map(|value| (*key, value)))
+            .filter(|(_, value)| !value.is_empty())
+            .collect();
+        Self { values }
+    }
+}
+
+impl Settings {
+    /// Resolves and validates the settings of one invocation.
+    pub fn resolve(
+        hook_details: &Map<String, Value>,
+        defaults: &EnvDefaults,
+    ) -> Result<Self, SettingsError> {
+        if let Some(key) = hook_details
+            .keys()
+            .find(|key| !SETTING_KEYS.iter().any(|(known, _)| known == key))
+        {
+            return Err(SettingsError::Unknown {
+                key: key.chars().take(64).collect(),
+                known: SETTING_KEYS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let source = Source {
+            hook_details,
+            defaults,
+        };
+        Ok(Self {
+            on_error: source
+                .parse("onError", parse_on_error)?
+                .unwrap_or(OnError::Rollback),
+            header_name: source
+                .parse("headerName", parse_header_name)?
+                .unwrap_or_else(|| "X-Deployment-ID".to_owned()),
+            query_param: source.parse("queryParam", parse_query_param)?,
+            cookie_name: source.parse("cookieName", parse_cookie_name)?,
+            deployment_id_from: source
+                .parse("deploymentIdFrom", parse_deployment_id_source)?
+                .unwrap_or_else(|| DeploymentIdSource::Env("DEPLOYMENT_ID".to_owned())),
+            container: source.parse("container", parse_container)?,
+            skew_window: source
+                .parse("skewWindow", parse_skew_window)?
+                .unwrap_or(Duration::from_secs(3600)),
+            poll_interval: source
+                .parse("pollInterval", parse_poll_interval)?
+                .unwrap_or(Duration::from_secs(60)),
+            priority_range: source.parse("priorityRange", parse_priority_range)?,
+        })
+    }
+
+    /// Only `onError`, for answering an invocation whose other settings are invalid the way the
+    /// user asked. Falls back to the safe default (rollback) when it is itself unreadable.
+    pub fn on_error_only(hook_details: &Map<String, Value>, defaults: &EnvDefaults) -> OnError {
+        let source = Source {
+            hook_details,
+            defaults,
+        };
+        source
+            .parse("onError", parse_on_error)
+            .ok()
+            .flatten()
+            .unwrap_or(OnError::Rollback)
+    }
+}
+
+struct Source<'a> {
+    hook_details: &'a Map<String, Value>,
+    defaults: &'a EnvDefaults,
+}
+
+impl Source<'_> {
+    fn parse<T>(
+        &self,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, SettingsError> {
+        let (raw, origin) = match self.hook_details.get(key) {
+            Some(Value::String(s)) => (s.clone(), Origin::HookDetails),
+            Some(Value::Null) | None => match self.defaults.values.get(key) {
+                Some(value) => (value.clone(), Origin::Env(env_var_of(key))),
+                None => return Ok(None),
+            },
+            Some(other) => {
+                return Err(SettingsError::Invalid {
+                    key,
+                    value: other.to_string(),
+                    origin: Origin::HookDetails,
+                    reason: "must be a string".to_owned(),
+                });
+            }
+        };
+        parse(raw.trim())
+            .map(Some)
+            .map_err(|reason| SettingsError::Invalid {
+                key,
+                value: raw.chars().take(80).collect(),
+                origin,
+                reason,
+            })
+    }
+}
+
+fn env_var_of(key: &str) -> &'static str {
+    SETTING_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, var)| *var)
+        .unwrap_or("?")
+}
+
+fn parse_on_error(raw: &str) -> Result<OnError, String> {
+    match raw {
+        "rollback" => Ok(OnError::Rollback),
+        "continue" => Ok(OnError::Continue),
+        _ => Err("must be `rollback` or `continue`".to_owned()),
+    }
+}
+
+/// RFC 7230 token characters; ALB limits header names to 40 characters and forbids wildcards.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'+-.^_`|~".contains(c)
+}
+
+fn parse_header_name(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 40 {
+        return Err("must be 1 to 40 characters (ALB limit)".to_owned());
+    }
+    if !raw.chars().all(is_token_char) {
+        return Err("must be an HTTP header name (letters, digits and -_.!#$%&'+^`|~)".to_owned());
+    }
+    if ["cookie", "host"].contains(&raw.to_ascii_lowercase().as_str()) {
+        return Err("cannot be Cookie or Host; use cookieName for cookie pins".to_owned());
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_query_param(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 64 {
+        return Err("must be 1 to 64 characters".to_owned());
+    }
+    if !raw
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+    {
+        return Err("may only contain letters, digits and -_.~".to_owned());
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_cookie_name(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 64 {
+        return Err("must be 1 to 64 characters".to_owned());
+    }
+    if !raw.chars().all(is_token_char) {
+        return Err("must be a cookie name (letters, digits and -_.!#$%&'+^`|~)".to_owned());
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_deployment_id_source(raw: &str) -> Result<DeploymentIdSource, String> {
+    let named = |name: &str| -> Result<String, String> {
+        if name.is_empty() {
+            Err("needs a name after the colon".to_owned())
+        } else {
+            Ok(name.to_owned())
+        }
+    };
+    if raw == "image-tag" {
+        Ok(DeploymentIdSource::ImageTag)
+    } else if let Some(name) = raw.strip_prefix("env:") {
+        named(name).map(DeploymentIdSource::Env)
+    } else if let Some(name) = raw.strip_prefix("label:") {
+        named(name).map(DeploymentIdSource::Label)
+    } else {
+        Err("must be `env:NAME`, `label:NAME` or `image-tag`".to_owned())
+    }
+}
+
+fn parse_container(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 255 {
+        return Err("must be a container name of 1 to 255 characters".to_owned());
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw)
+        .map_err(|e| format!("not a duration like `90s`, `15m` or `1h` ({e})"))
+}
+
+fn parse_skew_window(raw: &str) -> Result<Duration, String> {
+    let window = parse_duration(raw)?;
+    if window > MAX_SKEW_WINDOW {
+        return Err(format!(
+            "is longer than {}: ECS rolls back a stage that lasts 24 hours, so the hold must end before; shorten skewWindow",
+            humantime::format_duration(MAX_SKEW_WINDOW)
+        ));
+    }
+    Ok(window)
+}
+
+fn parse_poll_interval(raw: &str) -> Result<Duration, String> {
+    let interval = parse_duration(raw)?;
+    if interval < Duration::from_secs(1) || interval > MAX_POLL_INTERVAL {
+        return Err("must be between 1s and 1h".to_owned());
+    }
+    Ok(interval)
+}
+
+fn parse_priority_range(raw: &str) -> Result<PriorityRange, String> {
+    let (low, high) = raw
+        .split_once('-')
+        .ok_or_else(|| "must look like `100-899`".to_owned())?;
+    let bound = |s: &str| -> Result<u32, String> {
+        s.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|p| (1..=MAX_PRIORITY).contains(p))
+            .ok_or_else(|| format!("bounds must be whole numbers from 1 to {MAX_PRIORITY}"))
+    };
+    let (low, high) = (bound(low)?, bound(high)?);
+    if low > high {
+        return Err("lower bound is above the upper bound".to_owned());
+    }
+    Ok(PriorityRange { low, high })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn details(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn built_in_defaults_apply_when_nothing_is_set() {
+        let s = Settings::resolve(&Map::new(), &EnvDefaults::default()).unwrap();
+        assert_eq!(s.header_name, "X-Deployment-ID");
+        assert_eq!(s.query_param, None);
+        assert_eq!(s.cookie_name, None);
+        assert_eq!(
+            s.deployment_id_from,
+            DeploymentIdSource::Env("DEPLOYMENT_ID".into())
+        );
+        assert_eq!(s.skew_window, Duration::from_secs(3600));
+        assert_eq!(s.poll_interval, Duration::from_secs(60));
+        assert_eq!(s.priority_range, None);
+        assert_eq!(s.on_error, OnError::Rollback);
+    }
+
+    #[test]
+    fn hook_details_override_env_defaults_which_override_built_ins() {
+        let env = EnvDefaults::from_lookup(|var| match var {
+            "SKEWGUARD_SKEW_WINDOW" => Some("2h".into()),
+            "SKEWGUARD_HEADER_NAME" => Some("X-Env-Pin".into()),
+            _ => None,
+        });
+        let s = Settings::resolve(
+            &details(json!({"skewWindow": "3s", "queryParam": "dpl"})),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.skew_window, Duration::from_secs(3));
+        assert_eq!(s.header_name, "X-Env-Pin");
+        assert_eq!(s.query_param.as_deref(), Some("dpl"));
+    }
+
+    #[test]
+    fn every_setting_parses() {
+        let s = Settings::resolve(
+            &details(json!({
+                "headerName": "X-Build", "queryParam": "dpl", "cookieName": "__dpl",
+                "deploymentIdFrom": "label:com.example.sha", "container": "web",
+                "skewWindow": "90m", "pollInterval": "15s", "priorityRange": "100-899",
+                "onError": "continue"
+            })),
+            &EnvDefaults::default(),
+        )
+        .unwrap();
+        assert_eq!(s.cookie_name.as_deref(), Some("__dpl"));
+        assert_eq!(
+            s.deployment_id_from,
+            DeploymentIdSource::Label("com.example.sha".into())
+        );
+        assert_eq!(s.container.as_deref(), Some("web"));
+        assert_eq!(s.skew_window, Duration::from_secs(5400));
+        assert_eq!(s.poll_interval, Duration::from_secs(15));
+        assert_eq!(
+            s.priority_range,
+            Some(PriorityRange {
+                low: 100,
+                high: 899
+            })
+        );
+        assert_eq!(s.on_error, OnError::Continue);
+        let tag = Settings::resolve(
+            &details(json!({"deploymentIdFrom": "image-tag"})),
+            &EnvDefaults::default(),
+        );
+        assert_eq!(
+            tag.unwrap().deployment_id_from,
+            DeploymentIdSource::ImageTag
+        );
+    }
+
+    fn error_of(v: Value) -> String {
+        Settings::resolve(&details(v), &EnvDefaults::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn invalid_settings_name_the_key() {
+        for (input, key) in [
+            (json!({"skewWindow": "forever"}), "skewWindow"),
+            (json!({"skewWindow": "2d"}), "skewWindow"),
+            (json!({"pollInterval": "0s"}), "pollInterval"),
+            (json!({"priorityRange": "900-100"}), "priorityRange"),
+            (json!({"priorityRange": "0-10"}), "priorityRange"),
+            (json!({"priorityRange": "10-50001"}), "priorityRange"),
+            (json!({"headerName": "X Bad"}), "headerName"),
+            (json!({"headerName": "x".repeat(41)}), "headerName"),
+            (json!({"headerName": "Cookie"}), "headerName"),
+            (json!({"cookieName": "a;b"}), "cookieName"),
+            (json!({"queryParam": "d*"}), "queryParam"),
+            (json!({"deploymentIdFrom": "file:/x"}), "deploymentIdFrom"),
+            (json!({"deploymentIdFrom": "env:"}), "deploymentIdFrom"),
+            (json!({"onError": "ignore"}), "onError"),
+            (json!({"skewWindow": 60}), "skewWindow"),
+        ] {
+            let msg = error_of(input.clone());
+            assert!(msg.contains(&format!("`{key}`")), "{input} gave {msg}");
+        }
+    }
+
+    #[test]
+    fn skew_window_beyond_a_stage_limit_says_what_to_change() {
+        let msg = error_of(json!({"skewWindow": "24h"}));
+        assert!(msg.contains("shorten skewWindow"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_so_typos_do_not_go_unnoticed() {
+        let msg = error_of(json!({"skewwindow": "1h"}));
+        assert!(msg.contains("unknown setting `skewwindow`"), "{msg}");
+        assert!(msg.contains("skewWindow"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_env_default_names_the_variable() {
+        let env = EnvDefaults::from_lookup(|var| {
+            (var == "SKEWGUARD_ON_ERROR").then(|| "maybe".to_owned())
+        });
+        let msg = Settings::resolve(&Map::new(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("SKEWGUARD_ON_ERROR"), "{msg}");
+    }
+
+    #[test]
+    fn on_error_is_honoured_even_when_another_setting_is_invalid() {
+        let d = details(json!({"onError": "continue", "skewWindow": "nope"}));
+        assert_eq!(
+            Settings::on_error_only(&d, &EnvDefaults::default()),
+            OnError::Continue
+        );
+        let d = details(json!({"onError": "bogus"}));
+        assert_eq!(
+            Settings::on_error_only(&d, &EnvDefaults::default()),
+            OnError::Rollback
+        );
+    }
+}
