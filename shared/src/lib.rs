@@ -1,9 +1,13 @@
 //! skewguard's domain library: the lifecycle-hook payloads, per-service settings, the ledger,
 //! ALB pin planning, and the narrow AWS operations the hooks need.
 
+pub mod aws;
 pub mod deployment_id;
 pub mod event;
+pub mod ledger;
 pub mod listener;
+pub mod pins;
 pub mod settings;
+pub mod stages;
 
 pub use deployment_id::DeploymentId;

@@ -36,6 +36,9 @@ pub struct ListenerRule {
     pub priority: Priority,
     pub conditions: Vec<Condition>,
     pub action: RuleAction,
+    /// Features of this rule that a pin cannot reproduce (authentication actions, transforms):
+    /// a pin copied from such a production rule would let pinned requests bypass them.
+    pub uncopyable: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,10 +63,15 @@ pub struct WeightedTarget {
 pub enum Condition {
     HostHeader(Vec<String>),
     PathPattern(Vec<String>),
-    HttpHeader { name: String, values: Vec<String> },
+    HttpHeader {
+        name: String,
+        values: Vec<String>,
+    },
     QueryString(Vec<QueryMatch>),
     HttpRequestMethod(Vec<String>),
     SourceIp(Vec<String>),
+    /// A condition skewguard cannot evaluate or copy (e.g. regex values); never matches here.
+    Unsupported(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,6 +90,7 @@ impl Condition {
             | Condition::SourceIp(v) => v.len(),
             Condition::HttpHeader { values, .. } => values.len(),
             Condition::QueryString(pairs) => pairs.len(),
+            Condition::Unsupported(_) => 1,
         }
     }
 
@@ -97,7 +106,9 @@ impl Condition {
                 .iter()
                 .map(|p| count(&p.value) + p.key.as_deref().map_or(0, count))
                 .sum(),
-            Condition::HttpRequestMethod(_) | Condition::SourceIp(_) => 0,
+            Condition::HttpRequestMethod(_)
+            | Condition::SourceIp(_)
+            | Condition::Unsupported(_) => 0,
         }
     }
 
@@ -130,6 +141,7 @@ impl Condition {
             }
             Condition::HttpRequestMethod(v) => Condition::HttpRequestMethod(sorted(v)),
             Condition::SourceIp(v) => Condition::SourceIp(sorted(v)),
+            Condition::Unsupported(d) => Condition::Unsupported(d.clone()),
         }
     }
 }
@@ -219,6 +231,7 @@ impl Condition {
             Condition::SourceIp(cidrs) => request
                 .source_ip
                 .is_some_and(|ip| cidrs.iter().any(|c| cidr_contains(c, ip))),
+            Condition::Unsupported(_) => false,
         }
     }
 }
@@ -353,6 +366,7 @@ mod tests {
             priority,
             conditions,
             action: forward(tg),
+            uncopyable: Vec::new(),
         }
     }
 

@@ -1,0 +1,269 @@
+//! The ledger: one entry per (service, deployment ID), saying where that version runs, whether it
+//! is pinned, and everything that happened to it.
+
+use std::fmt;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::DeploymentId;
+
+/// How long retired and rolled-back entries stay before DynamoDB's TTL removes them.
+pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    /// Green during testing; pinned once the production shift begins.
+    Testing,
+    /// Serves production.
+    Live,
+    /// The previous production version, pinned until `drain_until`.
+    Draining,
+    /// Pins removed after its skew window (or because its version no longer runs).
+    Retired,
+    /// A deployment of it was rolled back.
+    RolledBack,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Testing,
+        Status::Live,
+        Status::Draining,
+        Status::Retired,
+        Status::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Testing => "testing",
+            Status::Live => "live",
+            Status::Draining => "draining",
+            Status::Retired => "retired",
+            Status::RolledBack => "rolled_back",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    /// Retired and rolled-back entries are history: their version is not running.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Retired | Status::RolledBack)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub service_arn: String,
+    pub deployment_id: DeploymentId,
+    pub status: Status,
+    pub target_group_arn: String,
+    pub service_revision_arn: String,
+    pub task_definition_arn: String,
+    pub listener_arn: String,
+    pub production_rule_arn: String,
+    /// The pin rules that currently exist for this deployment.
+    pub rule_arns: Vec<String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    /// When the production shift to this version began (its pin exists from then on).
+    pub shifted_at: Option<OffsetDateTime>,
+    pub live_at: Option<OffsetDateTime>,
+    pub drain_until: Option<OffsetDateTime>,
+    /// The deployment that replaced this one in production.
+    pub superseded_by: Option<DeploymentId>,
+    pub retired_at: Option<OffsetDateTime>,
+    /// Epoch seconds for DynamoDB TTL; set only once the entry is final.
+    pub expires_at: Option<i64>,
+    pub last_error: Option<String>,
+    /// Optimistic-concurrency counter; 0 means "not stored yet".
+    pub version: u64,
+}
+
+/// One line of an entry's append-only history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRecord {
+    pub at: OffsetDateTime,
+    /// The lifecycle stage, or the tool that made the change.
+    pub stage: String,
+    pub execution_id: String,
+    pub change: String,
+}
+
+/// Where a revision runs and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningVersion {
+    pub deployment_id: DeploymentId,
+    pub service_revision_arn: String,
+    pub target_group_arn: String,
+    pub task_definition_arn: String,
+}
+
+/// The listener wiring of a service, learned from its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceWiring {
+    pub listener_arn: String,
+    pub production_rule_arn: String,
+}
+
+impl LedgerEntry {
+    pub fn new(
+        service_arn: &str,
+        running: &RunningVersion,
+        wiring: &ServiceWiring,
+        status: Status,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            service_arn: service_arn.to_owned(),
+            deployment_id: running.deployment_id.clone(),
+            status,
+            target_group_arn: running.target_group_arn.clone(),
+            service_revision_arn: running.service_revision_arn.clone(),
+            task_definition_arn: running.task_definition_arn.clone(),
+            listener_arn: wiring.listener_arn.clone(),
+            production_rule_arn: wiring.production_rule_arn.clone(),
+            rule_arns: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            shifted_at: None,
+            live_at: None,
+            drain_until: None,
+            superseded_by: None,
+            retired_at: None,
+            expires_at: None,
+            last_error: None,
+            version: 0,
+        }
+    }
+
+    /// Whether this version must be reachable through a pin right now.
+    pub fn wants_pin(&self) -> bool {
+        match self.status {
+            Status::Live | Status::Draining => true,
+            Status::Testing => self.shifted_at.is_some(),
+            Status::Retired | Status::RolledBack => false,
+        }
+    }
+
+    pub fn wiring(&self) -> ServiceWiring {
+        ServiceWiring {
+            listener_arn: self.listener_arn.clone(),
+            production_rule_arn: self.production_rule_arn.clone(),
+        }
+    }
+
+    /// Records where this version now runs.
+    pub fn place(&mut self, running: &RunningVersion, wiring: &ServiceWiring) {
+        running
+            .target_group_arn
+            .clone_into(&mut self.target_group_arn);
+        running
+            .service_revision_arn
+            .clone_into(&mut self.service_revision_arn);
+        running
+            .task_definition_arn
+            .clone_into(&mut self.task_definition_arn);
+        wiring.listener_arn.clone_into(&mut self.listener_arn);
+        wiring
+            .production_rule_arn
+            .clone_into(&mut self.production_rule_arn);
+    }
+
+    /// Moves the entry to a final status, which starts its TTL clock.
+    pub fn finish(&mut self, status: Status, now: OffsetDateTime) {
+        debug_assert!(status.is_final());
+        self.status = status;
+        self.shifted_at = None;
+        self.drain_until = None;
+        if status == Status::Retired {
+            self.retired_at = Some(now);
+        }
+        self.expires_at = Some((now + RETENTION).unix_timestamp());
+    }
+
+    /// Makes the entry the live production version.
+    pub fn make_live(&mut self, now: OffsetDateTime) {
+        if self.status != Status::Live {
+            self.status = Status::Live;
+            self.live_at = Some(now);
+        }
+        self.live_at.get_or_insert(now);
+        self.drain_until = None;
+        self.superseded_by = None;
+        self.retired_at = None;
+        self.expires_at = None;
+    }
+
+    /// Same content, ignoring bookkeeping that changes on every write.
+    pub fn same_state_as(&self, other: &LedgerEntry) -> bool {
+        let strip = |e: &LedgerEntry| LedgerEntry {
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+            version: 0,
+            ..e.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn entry(status: Status) -> LedgerEntry {
+        let running = RunningVersion {
+            deployment_id: DeploymentId::parse("a1").unwrap(),
+            service_revision_arn: "rev".into(),
+            target_group_arn: "tg".into(),
+            task_definition_arn: "td".into(),
+        };
+        let wiring = ServiceWiring {
+            listener_arn: "l".into(),
+            production_rule_arn: "r".into(),
+        };
+        LedgerEntry::new(
+            "svc",
+            &running,
+            &wiring,
+            status,
+            datetime!(2026-01-01 0:00 UTC),
+        )
+    }
+
+    #[test]
+    fn only_running_production_draining_and_shifted_versions_are_pinned() {
+        assert!(entry(Status::Live).wants_pin());
+        assert!(entry(Status::Draining).wants_pin());
+        assert!(!entry(Status::Testing).wants_pin());
+        let mut shifted = entry(Status::Testing);
+        shifted.shifted_at = Some(datetime!(2026-01-01 0:01 UTC));
+        assert!(shifted.wants_pin());
+        assert!(!entry(Status::Retired).wants_pin());
+        assert!(!entry(Status::RolledBack).wants_pin());
+    }
+
+    #[test]
+    fn finishing_sets_ttl_thirty_days_out() {
+        let now = datetime!(2026-01-01 0:00 UTC);
+        let mut e = entry(Status::Draining);
+        e.finish(Status::Retired, now);
+        assert_eq!(e.retired_at, Some(now));
+        assert_eq!(e.expires_at, Some(now.unix_timestamp() + 30 * 24 * 3600));
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+    }
+}

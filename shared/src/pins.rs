@@ -1,0 +1,792 @@
+//! Pin rules: what they look like, where they go on the listener, and which to create or delete so
+//! that the listener matches the ledger.
+//!
+//! A pin copies every condition of the service's production rule and adds one pin condition, and
+//! sits in the gap just ahead of the production rule and after every other rule before it. So a
+//! pin only re-routes requests that would have reached this service's production rule anyway,
+//! and never takes traffic from another rule on the listener.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::DeploymentId;
+use crate::ledger::LedgerEntry;
+use crate::listener::{
+    Condition, ListenerRule, Priority, QueryMatch, RuleAction, canonical_conditions,
+};
+use crate::settings::{MAX_PRIORITY, PriorityRange, Settings};
+
+/// ALB quotas that bound a pin rule.
+const MAX_VALUES_PER_CONDITION: usize = 3;
+const MAX_EVALUATIONS_PER_RULE: usize = 5;
+const MAX_WILDCARDS_PER_RULE: usize = 5;
+const MAX_VALUE_LEN: usize = 128;
+
+/// The skewguard tags every pin rule carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinTags {
+    pub service_arn: String,
+    pub deployment_id: String,
+}
+
+/// One pin rule to exist: requests matching `conditions` go to `target_group_arn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinSpec {
+    pub deployment_id: DeploymentId,
+    pub target_group_arn: String,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PinError {
+    #[error(
+        "production listener rule {rule} is not on listener {listener}; was it deleted or moved?"
+    )]
+    ProductionRuleMissing { rule: String, listener: String },
+    #[error(
+        "production listener rule {rule} uses {what}, which a pin rule cannot reproduce (pinned requests would bypass it); \
+         use a production rule with plain conditions and a single forward action"
+    )]
+    ProductionRuleUncopyable { rule: String, what: String },
+    #[error("a pin rule for {deployment_id} would exceed an ALB quota: {reason}")]
+    RuleTooComplex {
+        deployment_id: String,
+        reason: String,
+    },
+    #[error(
+        "no free listener-rule priority for a pin of {deployment_id}: pins must sit between priority {above} \
+         (the last other rule before the production rule) and {below} (the production rule){range}; \
+         leave free priorities just below the production rule{widen}"
+    )]
+    NoFreePriority {
+        deployment_id: String,
+        above: u32,
+        below: String,
+        range: String,
+        widen: &'static str,
+    },
+}
+
+/// The pin rules a deployment needs under these settings.
+pub fn pin_specs(
+    deployment_id: &DeploymentId,
+    target_group_arn: &str,
+    production_rule: &ListenerRule,
+    settings: &Settings,
+) -> Result<Vec<PinSpec>, PinError> {
+    if let Some(what) = production_rule.uncopyable.first() {
+        return Err(PinError::ProductionRuleUncopyable {
+            rule: production_rule.arn.clone(),
+            what: what.clone(),
+        });
+    }
+    if let Some(Condition::Unsupported(what)) = production_rule
+        .conditions
+        .iter()
+        .find(|c| matches!(c, Condition::Unsupported(_)))
+    {
+        return Err(PinError::ProductionRuleUncopyable {
+            rule: production_rule.arn.clone(),
+            what: what.clone(),
+        });
+    }
+    let id = deployment_id.as_str();
+    let mut pin_conditions = vec![Condition::HttpHeader {
+        name: settings.header_name.clone(),
+        values: vec![id.to_owned()],
+    }];
+    if let Some(param) = &settings.query_param {
+        pin_conditions.push(Condition::QueryString(vec![QueryMatch {
+            key: Some(param.clone()),
+            value: id.to_owned(),
+        }]));
+    }
+    if let Some(cookie) = &settings.cookie_name {
+        // Exact cookie matches only: the cookie alone, first, last, or in the middle. Four
+        // patterns and at most three values per condition make two rules.
+        let pair = format!("{cookie}={id}");
+        pin_conditions.push(Condition::HttpHeader {
+            name: "Cookie".to_owned(),
+            values: vec![pair.clone(), format!("{pair};*"), format!("*; {pair}")],
+        });
+        pin_conditions.push(Condition::HttpHeader {
+            name: "Cookie".to_owned(),
+            values: vec![format!("*; {pair};*")],
+        });
+    }
+    pin_conditions
+        .into_iter()
+        .map(|pin| {
+            let mut conditions = production_rule.conditions.clone();
+            conditions.push(pin);
+            check_quotas(deployment_id, &conditions)?;
+            Ok(PinSpec {
+                deployment_id: deployment_id.clone(),
+                target_group_arn: target_group_arn.to_owned(),
+                conditions,
+            })
+        })
+        .collect()
+}
+
+fn check_quotas(deployment_id: &DeploymentId, conditions: &[Condition]) -> Result<(), PinError> {
+    let too_complex = |reason: String| PinError::RuleTooComplex {
+        deployment_id: deployment_id.to_string(),
+        reason,
+    };
+    let evaluations: usize = conditions.iter().map(Condition::match_evaluations).sum();
+    if evaluations > MAX_EVALUATIONS_PER_RULE {
+        return Err(too_complex(format!(
+            "{evaluations} match evaluations (the production rule's plus the pin's; ALB allows {MAX_EVALUATIONS_PER_RULE})"
+        )));
+    }
+    let wildcards: usize = conditions.iter().map(Condition::wildcards).sum();
+    if wildcards > MAX_WILDCARDS_PER_RULE {
+        return Err(too_complex(format!(
+            "{wildcards} wildcards (ALB allows {MAX_WILDCARDS_PER_RULE}); cookie pins use 2 each"
+        )));
+    }
+    for c in conditions {
+        if c.match_evaluations() > MAX_VALUES_PER_CONDITION {
+            return Err(too_complex(format!(
+                "a condition with more than {MAX_VALUES_PER_CONDITION} values"
+            )));
+        }
+        let values: Vec<&str> = match c {
+            Condition::HttpHeader { values, .. } => values.iter().map(String::as_str).collect(),
+            Condition::QueryString(pairs) => pairs.iter().map(|p| p.value.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        if let Some(long) = values.iter().find(|v| v.len() > MAX_VALUE_LEN) {
+            return Err(too_complex(format!(
+                "a condition value of {} characters (ALB allows {MAX_VALUE_LEN}); use a shorter deployment ID or cookie name",
+                long.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The priorities a pin of this service may take: strictly between `above` and `below`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The highest priority of any other rule before the production rule (0 if none).
+    pub above: u32,
+    /// The production rule's priority; `MAX_PRIORITY + 1` for a default rule.
+    pub below: u32,
+    pub range: Option<PriorityRange>,
+}
+
+impl Gap {
+    fn lowest(&self) -> u32 {
+        (self.above + 1).max(self.range.map_or(1, |r| r.low))
+    }
+
+    fn highest(&self) -> u32 {
+        (self.below - 1)
+            .min(MAX_PRIORITY)
+            .min(self.range.map_or(MAX_PRIORITY, |r| r.high))
+    }
+
+    pub fn contains(&self, priority: u32) -> bool {
+        (self.lowest()..=self.highest()).contains(&priority)
+    }
+
+    /// The highest free priority, so pins sit right against their production rule.
+    pub fn free_priority(&self, taken: &BTreeSet<u32>) -> Option<u32> {
+        let (low, high) = (self.lowest(), self.highest());
+        if low > high {
+            return None;
+        }
+        (low..=high).rev().find(|p| !taken.contains(p))
+    }
+
+    pub fn exhausted(&self, deployment_id: &DeploymentId) -> PinError {
+        PinError::NoFreePriority {
+            deployment_id: deployment_id.to_string(),
+            above: self.above,
+            below: if self.below > MAX_PRIORITY {
+                "the default rule".to_owned()
+            } else {
+                self.below.to_string()
+            },
+            range: self
+                .range
+                .map(|r| format!(" and inside priorityRange {}-{}", r.low, r.high))
+                .unwrap_or_default(),
+            widen: if self.range.is_some() {
+                ", or widen priorityRange"
+            } else {
+                ""
+            },
+        }
+    }
+}
+
+/// Rules of this service: recorded in its ledger entries or tagged for it.
+pub fn own_rules<'a>(
+    service_arn: &str,
+    entries: &[LedgerEntry],
+    rules: &'a [ListenerRule],
+    tags: &BTreeMap<String, PinTags>,
+) -> Vec<&'a ListenerRule> {
+    let recorded: BTreeSet<&str> = entries
+        .iter()
+        .flat_map(|e| e.rule_arns.iter().map(String::as_str))
+        .collect();
+    rules
+        .iter()
+        .filter(|r| !r.is_default())
+        .filter(|r| {
+            recorded.contains(r.arn.as_str())
+                || tags
+                    .get(&r.arn)
+                    .is_some_and(|t| t.service_arn == service_arn)
+        })
+        .collect()
+}
+
+/// Rules that might be this service's pins lost between "rule created" and "ledger written":
+/// forwarding to just one of the service's target groups, matching on a header or query, and
+/// not recorded anywhere in its ledger. Only these need their tags read.
+pub fn orphan_candidates(
+    entries: &[LedgerEntry],
+    rules: &[ListenerRule],
+    production_rule: &ListenerRule,
+) -> Vec<String> {
+    let recorded: BTreeSet<&str> = entries
+        .iter()
+        .flat_map(|e| e.rule_arns.iter().map(String::as_str))
+        .collect();
+    let service_targets: BTreeSet<&str> = production_rule.forward_targets().into_iter().collect();
+    rules
+        .iter()
+        .filter(|r| {
+            !r.is_default() && r.arn != production_rule.arn && !recorded.contains(r.arn.as_str())
+        })
+        .filter(
+            |r| matches!(r.forward_targets().as_slice(), [one] if service_targets.contains(one)),
+        )
+        .filter(|r| {
+            r.conditions
+                .iter()
+                .any(|c| matches!(c, Condition::HttpHeader { .. } | Condition::QueryString(_)))
+        })
+        .map(|r| r.arn.clone())
+        .collect()
+}
+
+/// Where this service's pins may go on the listener.
+pub fn gap(
+    production_rule: &ListenerRule,
+    rules: &[ListenerRule],
+    own: &[&ListenerRule],
+    range: Option<PriorityRange>,
+) -> Gap {
+    let below = production_rule
+        .priority
+        .number()
+        .unwrap_or(MAX_PRIORITY + 1);
+    let own_arns: BTreeSet<&str> = own.iter().map(|r| r.arn.as_str()).collect();
+    let above = rules
+        .iter()
+        .filter(|r| !own_arns.contains(r.arn.as_str()) && r.arn != production_rule.arn)
+        .filter_map(|r| r.priority.number())
+        .filter(|p| *p < below)
+        .max()
+        .unwrap_or(0);
+    Gap {
+        above,
+        below,
+        range,
+    }
+}
+
+/// What to change on the listener so that exactly the wanted pins exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinPlan {
+    /// Existing rules that already are correct pins, by deployment.
+    pub keep: BTreeMap<DeploymentId, Vec<String>>,
+    pub create: Vec<PinSpec>,
+    pub delete: Vec<String>,
+    pub gap: Gap,
+}
+
+impl PinPlan {
+    pub fn is_noop(&self) -> bool {
+        self.create.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// Compares the pins the entries want with this service's rules on the listener.
+pub fn plan(
+    service_arn: &str,
+    entries: &[LedgerEntry],
+    rules: &[ListenerRule],
+    tags: &BTreeMap<String, PinTags>,
+    production_rule: &ListenerRule,
+    settings: &Settings,
+) -> Result<PinPlan, PinError> {
+    let own = own_rules(service_arn, entries, rules, tags);
+    let gap = gap(production_rule, rules, &own, settings.priority_range);
+    let mut unused: Vec<&ListenerRule> = own.clone();
+    unused.sort_by_key(|r| r.priority);
+    let mut keep: BTreeMap<DeploymentId, Vec<String>> = BTreeMap::new();
+    let mut create = Vec::new();
+    for entry in entries.iter().filter(|e| e.wants_pin()) {
+        for spec in pin_specs(
+            &entry.deployment_id,
+            &entry.target_group_arn,
+            production_rule,
+            settings,
+        )? {
+            let wanted = canonical_conditions(&spec.conditions);
+            let found = unused.iter().position(|r| {
+                r.priority.number().is_some_and(|p| gap.contains(p))
+                    && r.action == forward_only(&spec.target_group_arn, &r.action)
+                    && canonical_conditions(&r.conditions) == wanted
+            });
+            match found {
+                Some(index) => {
+                    let rule = unused.remove(index);
+                    keep.entry(spec.deployment_id.clone())
+                        .or_default()
+                        .push(rule.arn.clone());
+                }
+                None => create.push(spec),
+            }
+        }
+    }
+    Ok(PinPlan {
+        keep,
+        create,
+        delete: unused.into_iter().map(|r| r.arn.clone()).collect(),
+        gap,
+    })
+}
+
+/// `action` if it forwards only to `target_group_arn`, otherwise a value it cannot equal.
+fn forward_only(target_group_arn: &str, action: &RuleAction) -> RuleAction {
+    match action {
+        RuleAction::Forward(targets)
+            if targets.len() == 1
+                && targets[0].target_group_arn == target_group_arn
+                && targets[0].weight > 0 =>
+        {
+            action.clone()
+        }
+        _ => RuleAction::Other("not a forward to the wanted target group".to_owned()),
+    }
+}
+
+/// Priorities in use on the listener.
+pub fn taken_priorities(rules: &[ListenerRule]) -> BTreeSet<u32> {
+    rules.iter().filter_map(|r| r.priority.number()).collect()
+}
+
+/// A rule's priority, for display.
+pub fn priority_of(rules: &[ListenerRule], arn: &str) -> Option<Priority> {
+    rules.iter().find(|r| r.arn == arn).map(|r| r.priority)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{RunningVersion, ServiceWiring, Status};
+    use crate::listener::{Request, WeightedTarget, route};
+    use crate::settings::EnvDefaults;
+    use serde_json::{Map, json};
+    use time::macros::datetime;
+
+    const SVC: &str = "arn:aws:ecs:us-east-1:1:service/c/web";
+
+    fn settings(details: serde_json::Value) -> Settings {
+        let map: Map<String, serde_json::Value> = details.as_object().unwrap().clone();
+        Settings::resolve(&map, &EnvDefaults::default()).unwrap()
+    }
+
+    fn forward(targets: &[(&str, u32)]) -> RuleAction {
+        RuleAction::Forward(
+            targets
+                .iter()
+                .map(|(tg, w)| WeightedTarget {
+                    target_group_arn: (*tg).to_owned(),
+                    weight: *w,
+                })
+                .collect(),
+        )
+    }
+
+    fn rule(
+        arn: &str,
+        priority: Priority,
+        conditions: Vec<Condition>,
+        action: RuleAction,
+    ) -> ListenerRule {
+        ListenerRule {
+            arn: arn.into(),
+            priority,
+            conditions,
+            action,
+            uncopyable: vec![],
+        }
+    }
+
+    fn entry(d: &str, tg: &str, status: Status) -> LedgerEntry {
+        let running = RunningVersion {
+            deployment_id: DeploymentId::parse(d).unwrap(),
+            service_revision_arn: format!("rev-{d}"),
+            target_group_arn: tg.into(),
+            task_definition_arn: "td".into(),
+        };
+        let wiring = ServiceWiring {
+            listener_arn: "l".into(),
+            production_rule_arn: "prod".into(),
+        };
+        LedgerEntry::new(
+            SVC,
+            &running,
+            &wiring,
+            status,
+            datetime!(2026-01-01 0:00 UTC),
+        )
+    }
+
+    /// A listener shared with another service: a test rule, another service's rule, our production rule.
+    fn listener() -> Vec<ListenerRule> {
+        vec![
+            rule(
+                "other",
+                Priority::Number(10),
+                vec![Condition::PathPattern(vec!["/admin/*".into()])],
+                forward(&[("tg-admin", 1)]),
+            ),
+            rule(
+                "test",
+                Priority::Number(90),
+                vec![
+                    Condition::PathPattern(vec!["/api/*".into()]),
+                    Condition::HttpHeader {
+                        name: "X-Test".into(),
+                        values: vec!["1".into()],
+                    },
+                ],
+                forward(&[("tg1", 0), ("tg2", 1)]),
+            ),
+            rule(
+                "prod",
+                Priority::Number(100),
+                vec![Condition::PathPattern(vec!["/api/*".into()])],
+                forward(&[("tg1", 1), ("tg2", 0)]),
+            ),
+            rule(
+                "default",
+                Priority::Default,
+                vec![],
+                forward(&[("tg-default", 1)]),
+            ),
+        ]
+    }
+
+    fn prod(rules: &[ListenerRule]) -> ListenerRule {
+        rules.iter().find(|r| r.arn == "prod").unwrap().clone()
+    }
+
+    #[test]
+    fn pins_copy_the_production_conditions_and_add_the_pin_condition() {
+        let rules = listener();
+        let specs = pin_specs(
+            &DeploymentId::parse("abc").unwrap(),
+            "tg1",
+            &prod(&rules),
+            &settings(json!({})),
+        )
+        .unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(
+            specs[0].conditions,
+            vec![
+                Condition::PathPattern(vec!["/api/*".into()]),
+                Condition::HttpHeader {
+                    name: "X-Deployment-ID".into(),
+                    values: vec!["abc".into()]
+                }
+            ]
+        );
+        let all = pin_specs(
+            &DeploymentId::parse("abc").unwrap(),
+            "tg1",
+            &prod(&rules),
+            &settings(json!({"queryParam": "dpl", "cookieName": "__dpl"})),
+        )
+        .unwrap();
+        assert_eq!(all.len(), 4);
+    }
+
+    #[test]
+    fn a_cookie_pin_matches_its_id_exactly_and_nothing_longer() {
+        let rules = listener();
+        let specs = pin_specs(
+            &DeploymentId::parse("abc").unwrap(),
+            "tg1",
+            &prod(&rules),
+            &settings(json!({"cookieName": "dpl"})),
+        )
+        .unwrap();
+        let cookie_rules: Vec<ListenerRule> = specs[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                rule(
+                    &format!("c{i}"),
+                    Priority::Number(i as u32 + 1),
+                    s.conditions.clone(),
+                    forward(&[("tg1", 1)]),
+                )
+            })
+            .collect();
+        let hit = |cookie: &str| {
+            let req = Request::get("/api/cart").with_header("Cookie", cookie);
+            cookie_rules.iter().any(|r| r.matches(&req))
+        };
+        assert!(hit("dpl=abc"));
+        assert!(hit("dpl=abc; theme=dark"));
+        assert!(hit("theme=dark; dpl=abc"));
+        assert!(hit("a=1; dpl=ABC; b=2"));
+        assert!(!hit("dpl=abcd"));
+        assert!(!hit("xdpl=abc"));
+        assert!(!hit("a=1; dpl=abcd; b=2"));
+        assert!(!hit("a=1; mydpl=abc"));
+    }
+
+    #[test]
+    fn uncopyable_production_rules_are_refused() {
+        let mut p = prod(&listener());
+        p.uncopyable
+            .push("1 actions before the final one (e.g. authentication)".into());
+        let err = pin_specs(
+            &DeploymentId::parse("abc").unwrap(),
+            "tg1",
+            &p,
+            &settings(json!({})),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("authentication"), "{err}");
+    }
+
+    #[test]
+    fn quotas_are_checked_before_asking_aws() {
+        let mut p = prod(&listener());
+        p.conditions = vec![
+            Condition::HostHeader(vec![
+                "a.example.com".into(),
+                "*.b.example.com".into(),
+                "*.c.example.com".into(),
+            ]),
+            Condition::PathPattern(vec!["/api/*".into(), "/v2/*".into()]),
+        ];
+        let err = pin_specs(
+            &DeploymentId::parse("abc").unwrap(),
+            "tg1",
+            &p,
+            &settings(json!({})),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("match evaluations"), "{err}");
+        let long = DeploymentId::parse(&"a".repeat(125)).unwrap();
+        let err = pin_specs(
+            &long,
+            "tg1",
+            &prod(&listener()),
+            &settings(json!({"cookieName": "dpl"})),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("characters"), "{err}");
+    }
+
+    #[test]
+    fn the_gap_lies_between_the_last_other_rule_and_the_production_rule() {
+        let rules = listener();
+        let g = gap(&prod(&rules), &rules, &[], None);
+        assert_eq!((g.above, g.below), (90, 100));
+        assert_eq!(g.free_priority(&taken_priorities(&rules)), Some(99));
+        let limited = Gap {
+            range: Some(PriorityRange { low: 1, high: 95 }),
+            ..g
+        };
+        assert_eq!(limited.free_priority(&taken_priorities(&rules)), Some(95));
+        let full = Gap { above: 99, ..g };
+        assert_eq!(full.free_priority(&taken_priorities(&rules)), None);
+        let msg = full
+            .exhausted(&DeploymentId::parse("abc").unwrap())
+            .to_string();
+        assert!(
+            msg.contains("between priority 99") && msg.contains("100"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_default_production_rule_puts_pins_after_every_rule() {
+        let rules = listener();
+        let default = rules.iter().find(|r| r.is_default()).unwrap().clone();
+        let g = gap(&default, &rules, &[], None);
+        assert_eq!(g.above, 100);
+        assert_eq!(
+            g.free_priority(&taken_priorities(&rules)),
+            Some(MAX_PRIORITY)
+        );
+    }
+
+    #[test]
+    fn plan_creates_missing_pins_keeps_good_ones_and_deletes_stale_ones() {
+        let mut rules = listener();
+        let s = settings(json!({}));
+        let live = entry("aaa", "tg1", Status::Live);
+        let retired = {
+            let mut e = entry("old", "tg2", Status::Retired);
+            e.rule_arns = vec!["pin-old".into()];
+            e
+        };
+        let p = prod(&rules);
+        // An existing, correct pin for aaa recorded in the ledger, and a stale one for old.
+        let good = pin_specs(&live.deployment_id, "tg1", &p, &s)
+            .unwrap()
+            .remove(0);
+        rules.push(rule(
+            "pin-aaa",
+            Priority::Number(99),
+            good.conditions.clone(),
+            forward(&[("tg1", 1)]),
+        ));
+        let stale = pin_specs(&retired.deployment_id, "tg2", &p, &s)
+            .unwrap()
+            .remove(0);
+        rules.push(rule(
+            "pin-old",
+            Priority::Number(98),
+            stale.conditions,
+            forward(&[("tg2", 1)]),
+        ));
+        let mut live = live;
+        live.rule_arns = vec!["pin-aaa".into()];
+
+        let mut green = entry("bbb", "tg2", Status::Testing);
+        green.shifted_at = Some(datetime!(2026-01-01 0:00 UTC));
+        let entries = vec![live, retired, green];
+        let plan = plan(SVC, &entries, &rules, &BTreeMap::new(), &p, &s).unwrap();
+        assert_eq!(
+            plan.keep[&DeploymentId::parse("aaa").unwrap()],
+            vec!["pin-aaa".to_owned()]
+        );
+        assert_eq!(plan.delete, vec!["pin-old".to_owned()]);
+        assert_eq!(plan.create.len(), 1);
+        assert_eq!(plan.create[0].deployment_id.as_str(), "bbb");
+        assert_eq!(plan.create[0].target_group_arn, "tg2");
+    }
+
+    #[test]
+    fn a_pin_pointing_at_the_wrong_target_group_is_replaced() {
+        let mut rules = listener();
+        let s = settings(json!({}));
+        let p = prod(&rules);
+        let mut live = entry("aaa", "tg1", Status::Live);
+        let spec = pin_specs(&live.deployment_id, "tg1", &p, &s)
+            .unwrap()
+            .remove(0);
+        rules.push(rule(
+            "pin-wrong",
+            Priority::Number(99),
+            spec.conditions,
+            forward(&[("tg2", 1)]),
+        ));
+        live.rule_arns = vec!["pin-wrong".into()];
+        let plan = plan(SVC, &[live], &rules, &BTreeMap::new(), &p, &s).unwrap();
+        assert_eq!(plan.delete, vec!["pin-wrong".to_owned()]);
+        assert_eq!(plan.create.len(), 1);
+    }
+
+    #[test]
+    fn tagged_orphans_are_adopted_and_other_services_rules_are_left_alone() {
+        let mut rules = listener();
+        let s = settings(json!({}));
+        let p = prod(&rules);
+        let live = entry("aaa", "tg1", Status::Live);
+        let spec = pin_specs(&live.deployment_id, "tg1", &p, &s)
+            .unwrap()
+            .remove(0);
+        rules.push(rule(
+            "orphan",
+            Priority::Number(99),
+            spec.conditions.clone(),
+            forward(&[("tg1", 1)]),
+        ));
+        rules.push(rule(
+            "theirs",
+            Priority::Number(9),
+            spec.conditions,
+            forward(&[("tg-admin", 1)]),
+        ));
+        let candidates = orphan_candidates(std::slice::from_ref(&live), &rules, &p);
+        assert_eq!(candidates, vec!["orphan".to_owned()]);
+        let tags = BTreeMap::from([(
+            "orphan".to_owned(),
+            PinTags {
+                service_arn: SVC.into(),
+                deployment_id: "aaa".into(),
+            },
+        )]);
+        let plan = plan(SVC, &[live], &rules, &tags, &p, &s).unwrap();
+        assert!(plan.is_noop(), "{plan:?}");
+        assert_eq!(
+            plan.keep.values().next().unwrap(),
+            &vec!["orphan".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_pin_only_reroutes_requests_bound_for_its_own_production_rule() {
+        let mut rules = listener();
+        let s = settings(json!({"queryParam": "dpl"}));
+        let p = prod(&rules);
+        let g = gap(&p, &rules, &[], None);
+        let mut taken = taken_priorities(&rules);
+        for spec in pin_specs(&DeploymentId::parse("abc").unwrap(), "tg2", &p, &s).unwrap() {
+            let priority = g.free_priority(&taken).unwrap();
+            taken.insert(priority);
+            rules.push(rule(
+                &format!("pin{priority}"),
+                Priority::Number(priority),
+                spec.conditions,
+                forward(&[("tg2", 1)]),
+            ));
+        }
+        let before = listener();
+        let requests = [
+            Request::get("/admin/x").with_header("X-Deployment-ID", "abc"),
+            Request::get("/api/x")
+                .with_header("X-Test", "1")
+                .with_header("X-Deployment-ID", "abc"),
+            Request::get("/other").with_header("X-Deployment-ID", "abc"),
+            Request::get("/other").with_query("dpl", "abc"),
+            Request::get("/api/x"),
+            Request::get("/api/x").with_header("X-Deployment-ID", "abcd"),
+        ];
+        for req in &requests {
+            assert_eq!(
+                route(&rules, req).unwrap().arn,
+                route(&before, req).unwrap().arn,
+                "{req:?}"
+            );
+        }
+        for req in [
+            Request::get("/api/x").with_header("X-Deployment-ID", "ABC"),
+            Request::get("/api/x").with_query("dpl", "abc"),
+        ] {
+            assert_eq!(
+                route(&rules, &req).unwrap().live_targets(),
+                vec!["tg2"],
+                "{req:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,719 @@
+//! What each lifecycle stage does to the ledger: pure functions over plain data.
+//!
+//! A stage edits a [`Draft`] of the service's ledger entries; which pins must exist follows from
+//! the entries (see [`LedgerEntry::wants_pin`]), and the history line of each change is derived
+//! from the difference, so it always says exactly what changed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::DeploymentId;
+use crate::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
+
+/// The service's ledger entries, before and after a stage.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    service_arn: String,
+    before: BTreeMap<DeploymentId, LedgerEntry>,
+    after: BTreeMap<DeploymentId, LedgerEntry>,
+}
+
+/// One entry to write: the state it had when read (its version) and the state to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub expected_version: u64,
+    pub entry: LedgerEntry,
+    pub history: HistoryRecord,
+}
+
+/// Who is making the change, for the history.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub stage: String,
+    pub execution_id: String,
+    pub now: OffsetDateTime,
+}
+
+impl Draft {
+    pub fn new(service_arn: &str, entries: Vec<LedgerEntry>) -> Self {
+        let before: BTreeMap<_, _> = entries
+            .into_iter()
+            .map(|e| (e.deployment_id.clone(), e))
+            .collect();
+        Self {
+            service_arn: service_arn.to_owned(),
+            after: before.clone(),
+            before,
+        }
+    }
+
+    pub fn service_arn(&self) -> &str {
+        &self.service_arn
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &LedgerEntry> {
+        self.after.values()
+    }
+
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = &mut LedgerEntry> {
+        self.after.values_mut()
+    }
+
+    pub fn get(&self, id: &DeploymentId) -> Option<&LedgerEntry> {
+        self.after.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &DeploymentId) -> Option<&mut LedgerEntry> {
+        self.after.get_mut(id)
+    }
+
+    /// The non-final entry recorded for a revision.
+    pub fn by_revision(&self, revision_arn: &str) -> Option<&LedgerEntry> {
+        self.after
+            .values()
+            .filter(|e| e.service_revision_arn == revision_arn)
+            .min_by_key(|e| e.status.is_final())
+    }
+
+    /// The listener wiring recorded for this service, if any entry has it.
+    pub fn wiring(&self) -> Option<ServiceWiring> {
+        self.after
+            .values()
+            .filter(|e| !e.listener_arn.is_empty())
+            .max_by_key(|e| (!e.status.is_final(), e.updated_at))
+            .map(LedgerEntry::wiring)
+    }
+
+    /// The entry for `running`, created with `status` if the ledger has none yet.
+    fn entry_for(
+        &mut self,
+        running: &RunningVersion,
+        wiring: &ServiceWiring,
+        status: Status,
+        now: OffsetDateTime,
+    ) -> &mut LedgerEntry {
+        self.after
+            .entry(running.deployment_id.clone())
+            .or_insert_with(|| LedgerEntry::new(&self.service_arn, running, wiring, status, now))
+    }
+
+    /// Entries whose state differs from what was read, with a history line saying what changed.
+    pub fn changes(&self, actor: &Actor) -> Vec<Change> {
+        self.after
+            .values()
+            .filter_map(|after| {
+                let before = self.before.get(&after.deployment_id);
+                let change = describe_change(before, after);
+                if change.is_empty() {
+                    return None;
+                }
+                let mut entry = after.clone();
+                entry.updated_at = actor.now;
+                Some(Change {
+                    expected_version: before.map_or(0, |b| b.version),
+                    entry,
+                    history: HistoryRecord {
+                        at: actor.now,
+                        stage: actor.stage.clone(),
+                        execution_id: actor.execution_id.clone(),
+                        change,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the pins recorded in the ledger may no longer match what the entries want.
+    pub fn pins_need_attention(&self) -> bool {
+        self.after.values().any(|after| {
+            let before = self.before.get(&after.deployment_id);
+            let moved = before.is_none_or(|b| {
+                b.target_group_arn != after.target_group_arn
+                    || b.production_rule_arn != after.production_rule_arn
+                    || b.wants_pin() != after.wants_pin()
+            });
+            let recorded = !after.rule_arns.is_empty();
+            (after.wants_pin() && (moved || !recorded)) || (!after.wants_pin() && recorded)
+        })
+    }
+}
+
+fn stamp(t: Option<OffsetDateTime>) -> String {
+    t.and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+fn describe_change(before: Option<&LedgerEntry>, after: &LedgerEntry) -> String {
+    let Some(before) = before else {
+        return format!(
+            "recorded as {} on target group {} (revision {})",
+            after.status,
+            short_arn(&after.target_group_arn),
+            short_arn(&after.service_revision_arn)
+        );
+    };
+    if before.same_state_as(after) {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    if before.status != after.status {
+        parts.push(format!("status {} -> {}", before.status, after.status));
+    }
+    if before.target_group_arn != after.target_group_arn {
+        parts.push(format!(
+            "target group {} -> {}",
+            short_arn(&before.target_group_arn),
+            short_arn(&after.target_group_arn)
+        ));
+    }
+    if before.service_revision_arn != after.service_revision_arn {
+        parts.push(format!(
+            "revision -> {}",
+            short_arn(&after.service_revision_arn)
+        ));
+    }
+    if before.shifted_at.is_none() && after.shifted_at.is_some() {
+        parts.push("production shift began".to_owned());
+    }
+    if before.drain_until != after.drain_until {
+        parts.push(format!("drainUntil {}", stamp(after.drain_until)));
+    }
+    if before.rule_arns != after.rule_arns {
+        parts.push(format!(
+            "pins {} -> {}",
+            before.rule_arns.len(),
+            after.rule_arns.len()
+        ));
+    }
+    if before.last_error != after.last_error {
+        parts.push(match &after.last_error {
+            Some(e) => format!("error: {e}"),
+            None => "error cleared".to_owned(),
+        });
+    }
+    if parts.is_empty() {
+        parts.push("details updated".to_owned());
+    }
+    parts.join("; ")
+}
+
+/// The last path segment of an ARN, for short history lines.
+pub fn short_arn(arn: &str) -> &str {
+    let tail = arn.rsplit(':').next().unwrap_or(arn);
+    match tail.split('/').collect::<Vec<_>>().as_slice() {
+        [kind, name, ..] if *kind == "targetgroup" => name,
+        [.., last] => last,
+        _ => tail,
+    }
+}
+
+/// Versions whose target group is now running something else, or that are not running at all,
+/// lose their pins: a pin must only ever lead to the version it names.
+fn displace(
+    draft: &mut Draft,
+    running: &[&RunningVersion],
+    all_running_known: bool,
+    now: OffsetDateTime,
+) {
+    for entry in draft.entries_mut().filter(|e| !e.status.is_final()) {
+        let runs = |r: &&RunningVersion| r.deployment_id == entry.deployment_id;
+        let tg_taken = running
+            .iter()
+            .any(|r| r.target_group_arn == entry.target_group_arn && !runs(r));
+        let not_running = all_running_known && !running.iter().any(runs);
+        if tg_taken || not_running {
+            let status = if entry.status == Status::Testing {
+                Status::RolledBack
+            } else {
+                Status::Retired
+            };
+            entry.finish(status, now);
+        }
+    }
+}
+
+/// POST_TEST_TRAFFIC_SHIFT: record green as `testing`, make sure production (blue) is `live` and
+/// pinned. `blue` is `None` only for a service with nothing running before this deployment.
+pub fn post_test_traffic(
+    draft: &mut Draft,
+    green: &RunningVersion,
+    blue: Option<&RunningVersion>,
+    wiring: &ServiceWiring,
+    now: OffsetDateTime,
+) {
+    let running: Vec<&RunningVersion> = [Some(green), blue].into_iter().flatten().collect();
+    displace(draft, &running, true, now);
+    if let Some(blue) = blue {
+        let entry = draft.entry_for(blue, wiring, Status::Live, now);
+        entry.place(blue, wiring);
+        entry.make_live(now);
+        entry.shifted_at = None;
+    }
+    if blue.is_some_and(|b| b.deployment_id == green.deployment_id) {
+        // A forced redeploy: one version on both target groups; its pin moves at the shift.
+        return;
+    }
+    let entry = draft.entry_for(green, wiring, Status::Testing, now);
+    let repeat =
+        entry.service_revision_arn == green.service_revision_arn && !entry.status.is_final();
+    if !repeat {
+        entry.place(green, wiring);
+        entry.status = Status::Testing;
+        entry.shifted_at = None;
+        entry.live_at = None;
+        entry.drain_until = None;
+        entry.superseded_by = None;
+        entry.retired_at = None;
+        entry.expires_at = None;
+    }
+}
+
+/// PRODUCTION_TRAFFIC_SHIFT (and each LINEAR/CANARY step) going forward: green is pinned from now
+/// on; blue, when known, stays `live` and pinned.
+pub fn production_shift(
+    draft: &mut Draft,
+    green: &RunningVersion,
+    blue: Option<&RunningVersion>,
+    wiring: &ServiceWiring,
+    now: OffsetDateTime,
+) {
+    let running: Vec<&RunningVersion> = [Some(green), blue].into_iter().flatten().collect();
+    displace(draft, &running, blue.is_some(), now);
+    if let Some(blue) = blue.filter(|b| b.deployment_id != green.deployment_id) {
+        let entry = draft.entry_for(blue, wiring, Status::Live, now);
+        if entry.status != Status::Draining {
+            entry.place(blue, wiring);
+            entry.make_live(now);
+        }
+    }
+    let entry = draft.entry_for(green, wiring, Status::Testing, now);
+    entry.place(green, wiring);
+    match entry.status {
+        Status::Live | Status::Draining => entry.make_live(now),
+        Status::Testing => {
+            entry.shifted_at.get_or_insert(now);
+        }
+        Status::Retired | Status::RolledBack => {
+            entry.status = Status::Testing;
+            entry.shifted_at = Some(now);
+            entry.live_at = None;
+            entry.retired_at = None;
+            entry.expires_at = None;
+        }
+    }
+}
+
+/// A rollback (ECS re-invokes the traffic-shift hooks with green at weight 0): green loses its
+/// pin and is `rolled_back`; blue is `live` and pinned.
+pub fn rollback(
+    draft: &mut Draft,
+    green_revision_arn: &str,
+    green_id: Option<&DeploymentId>,
+    blue: Option<&RunningVersion>,
+    wiring: &ServiceWiring,
+    now: OffsetDateTime,
+) {
+    if let Some(blue) = blue {
+        displace(draft, &[blue], false, now);
+    }
+    let same_version = blue.is_some_and(|b| Some(&b.deployment_id) == green_id);
+    if !same_version {
+        for entry in draft.entries_mut() {
+            let is_green = Some(&entry.deployment_id) == green_id
+                || (entry.service_revision_arn == green_revision_arn && green_id.is_none());
+            if is_green && !entry.status.is_final() {
+                entry.finish(Status::RolledBack, now);
+            }
+        }
+    }
+    if let Some(blue) = blue {
+        let entry = draft.entry_for(blue, wiring, Status::Live, now);
+        entry.place(blue, wiring);
+        entry.make_live(now);
+        entry.shifted_at = None;
+    }
+}
+
+/// What POST_PRODUCTION_TRAFFIC_SHIFT answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Keep the deployment here; call again after this long.
+    For(Duration),
+    /// The previous version's pins are gone; ECS may scale it down.
+    Done,
+}
+
+/// POST_PRODUCTION_TRAFFIC_SHIFT: green becomes `live`; the previous version drains for the skew
+/// window and is retired once `drainUntil` has passed (which `release` may have moved earlier).
+pub fn post_shift(
+    draft: &mut Draft,
+    green: &RunningVersion,
+    wiring: &ServiceWiring,
+    skew_window: Duration,
+    poll_interval: Duration,
+    now: OffsetDateTime,
+) -> Hold {
+    displace(draft, &[green], false, now);
+    let green_entry = draft.entry_for(green, wiring, Status::Live, now);
+    green_entry.place(green, wiring);
+    let first_call = green_entry.status != Status::Live;
+    green_entry.make_live(now);
+    let green_id = green.deployment_id.clone();
+
+    let drain_until = now + skew_window;
+    for entry in draft.entries_mut() {
+        if entry.deployment_id == green_id {
+            continue;
+        }
+        // The version production just left: it drains; any other live entry was never
+        // superseded properly and drains along with it.
+        if entry.status == Status::Live || (first_call && entry.status == Status::Testing) {
+            if entry.status == Status::Testing {
+                entry.finish(Status::RolledBack, now);
+                continue;
+            }
+            entry.status = Status::Draining;
+            entry.drain_until = Some(drain_until);
+            entry.superseded_by = Some(green_id.clone());
+        }
+        if entry.status == Status::Draining && entry.drain_until.is_none_or(|until| until <= now) {
+            entry.finish(Status::Retired, now);
+        }
+    }
+    let earliest = draft
+        .entries()
+        .filter(|e| e.status == Status::Draining)
+        .filter_map(|e| e.drain_until)
+        .min();
+    match earliest {
+        None => Hold::Done,
+        Some(until) => {
+            let left = (until - now).unsigned_abs();
+            Hold::For(left.min(poll_interval).max(Duration::from_secs(1)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    const SVC: &str = "arn:aws:ecs:us-east-1:123456789012:service/c/web";
+    const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+
+    fn id(s: &str) -> DeploymentId {
+        DeploymentId::parse(s).unwrap()
+    }
+
+    fn version(d: &str, tg: &str, rev: &str) -> RunningVersion {
+        RunningVersion {
+            deployment_id: id(d),
+            service_revision_arn: format!(
+                "arn:aws:ecs:us-east-1:123456789012:service-revision/c/web/{rev}"
+            ),
+            target_group_arn: format!(
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/{tg}/0f"
+            ),
+            task_definition_arn: format!(
+                "arn:aws:ecs:us-east-1:123456789012:task-definition/web:{rev}"
+            ),
+        }
+    }
+
+    fn wiring() -> ServiceWiring {
+        ServiceWiring {
+            listener_arn: "arn:listener".into(),
+            production_rule_arn: "arn:rule".into(),
+        }
+    }
+
+    fn actor(now: OffsetDateTime) -> Actor {
+        Actor {
+            stage: "TEST".into(),
+            execution_id: "x".into(),
+            now,
+        }
+    }
+
+    /// Applies the draft's changes as the hook would: pins follow the entries, then the store writes.
+    fn commit(draft: &Draft, now: OffsetDateTime) -> Vec<LedgerEntry> {
+        let mut draft = draft.clone();
+        for e in draft.entries_mut() {
+            if e.wants_pin() && e.rule_arns.is_empty() {
+                e.rule_arns = vec![format!("pin-{}", e.deployment_id)];
+            } else if !e.wants_pin() {
+                e.rule_arns.clear();
+            }
+        }
+        let changed: BTreeMap<_, _> = draft
+            .changes(&actor(now))
+            .into_iter()
+            .map(|c| {
+                let mut e = c.entry;
+                e.version = c.expected_version + 1;
+                (e.deployment_id.clone(), e)
+            })
+            .collect();
+        draft
+            .entries()
+            .map(|e| {
+                changed
+                    .get(&e.deployment_id)
+                    .cloned()
+                    .unwrap_or_else(|| e.clone())
+            })
+            .collect()
+    }
+
+    fn status_of(entries: &[LedgerEntry], d: &str) -> Status {
+        entries
+            .iter()
+            .find(|e| e.deployment_id == id(d))
+            .unwrap()
+            .status
+    }
+
+    #[test]
+    fn first_deployment_records_green_testing_and_discovered_blue_live() {
+        let (a, b) = (version("aaa", "tg1", "1"), version("bbb", "tg2", "2"));
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &b, Some(&a), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        assert_eq!(status_of(&entries, "aaa"), Status::Live);
+        assert_eq!(status_of(&entries, "bbb"), Status::Testing);
+        let pinned: Vec<_> = entries
+            .iter()
+            .filter(|e| e.wants_pin())
+            .map(|e| e.deployment_id.as_str())
+            .collect();
+        assert_eq!(pinned, vec!["aaa"]);
+        assert!(draft.pins_need_attention(), "blue needs its first pin");
+    }
+
+    #[test]
+    fn a_whole_deployment_then_the_hold_then_retirement() {
+        let (a, b) = (version("aaa", "tg1", "1"), version("bbb", "tg2", "2"));
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &b, Some(&a), &wiring(), T0);
+        let entries = commit(&draft, T0);
+
+        let mut draft = Draft::new(SVC, entries);
+        production_shift(&mut draft, &b, Some(&a), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        let mut pinned: Vec<_> = entries
+            .iter()
+            .filter(|e| e.wants_pin())
+            .map(|e| e.deployment_id.to_string())
+            .collect();
+        pinned.sort();
+        assert_eq!(pinned, vec!["aaa", "bbb"]);
+
+        let window = Duration::from_secs(3600);
+        let poll = Duration::from_secs(60);
+        let mut draft = Draft::new(SVC, entries);
+        assert_eq!(
+            post_shift(&mut draft, &b, &wiring(), window, poll, T0),
+            Hold::For(poll)
+        );
+        let entries = commit(&draft, T0);
+        assert_eq!(status_of(&entries, "aaa"), Status::Draining);
+        assert_eq!(status_of(&entries, "bbb"), Status::Live);
+
+        // A poll within the window changes nothing.
+        let later = T0 + Duration::from_secs(1800);
+        let mut draft = Draft::new(SVC, entries.clone());
+        assert_eq!(
+            post_shift(&mut draft, &b, &wiring(), window, poll, later),
+            Hold::For(poll)
+        );
+        assert!(draft.changes(&actor(later)).is_empty());
+        assert!(!draft.pins_need_attention());
+
+        // Near the end the delay shrinks to what is left.
+        let near = T0 + Duration::from_secs(3590);
+        let mut draft = Draft::new(SVC, entries.clone());
+        assert_eq!(
+            post_shift(&mut draft, &b, &wiring(), window, poll, near),
+            Hold::For(Duration::from_secs(10))
+        );
+
+        let after = T0 + window;
+        let mut draft = Draft::new(SVC, entries);
+        assert_eq!(
+            post_shift(&mut draft, &b, &wiring(), window, poll, after),
+            Hold::Done
+        );
+        let entries = commit(&draft, after);
+        assert_eq!(status_of(&entries, "aaa"), Status::Retired);
+        assert!(draft.pins_need_attention(), "retiring must remove the pin");
+        let retired = entries
+            .iter()
+            .find(|e| e.deployment_id == id("aaa"))
+            .unwrap();
+        assert!(retired.rule_arns.is_empty() && retired.retired_at == Some(after));
+    }
+
+    #[test]
+    fn repeating_a_stage_changes_nothing() {
+        let (a, b) = (version("aaa", "tg1", "1"), version("bbb", "tg2", "2"));
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &b, Some(&a), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        let mut again = Draft::new(SVC, entries.clone());
+        post_test_traffic(
+            &mut again,
+            &b,
+            Some(&a),
+            &wiring(),
+            T0 + Duration::from_secs(5),
+        );
+        assert!(again.changes(&actor(T0)).is_empty());
+
+        let mut draft = Draft::new(SVC, entries);
+        production_shift(&mut draft, &b, Some(&a), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        let mut again = Draft::new(SVC, entries);
+        production_shift(
+            &mut again,
+            &b,
+            Some(&a),
+            &wiring(),
+            T0 + Duration::from_secs(5),
+        );
+        assert!(again.changes(&actor(T0)).is_empty());
+    }
+
+    #[test]
+    fn rollback_unpins_green_and_keeps_blue_live() {
+        let (a, b) = (version("aaa", "tg1", "1"), version("bbb", "tg2", "2"));
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &b, Some(&a), &wiring(), T0);
+        production_shift(&mut draft, &b, Some(&a), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        let mut draft = Draft::new(SVC, entries);
+        rollback(
+            &mut draft,
+            &b.service_revision_arn,
+            Some(&b.deployment_id),
+            Some(&a),
+            &wiring(),
+            T0,
+        );
+        let entries = commit(&draft, T0);
+        assert_eq!(status_of(&entries, "bbb"), Status::RolledBack);
+        assert_eq!(status_of(&entries, "aaa"), Status::Live);
+        let green = entries
+            .iter()
+            .find(|e| e.deployment_id == id("bbb"))
+            .unwrap();
+        assert!(!green.wants_pin());
+        assert!(green.expires_at.is_some());
+    }
+
+    #[test]
+    fn forced_redeploy_moves_the_one_pin_and_never_drains() {
+        let (a1, a2) = (version("aaa", "tg1", "1"), version("aaa", "tg2", "2"));
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &a2, Some(&a1), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].target_group_arn, a1.target_group_arn);
+        let mut draft = Draft::new(SVC, entries);
+        production_shift(&mut draft, &a2, Some(&a1), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        assert_eq!(entries[0].status, Status::Live);
+        assert_eq!(entries[0].target_group_arn, a2.target_group_arn);
+        let mut draft = Draft::new(SVC, entries);
+        let hold = post_shift(
+            &mut draft,
+            &a2,
+            &wiring(),
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+            T0,
+        );
+        assert_eq!(hold, Hold::Done);
+        let entries = commit(&draft, T0);
+        assert_eq!(entries[0].status, Status::Live);
+    }
+
+    #[test]
+    fn a_version_whose_target_group_now_runs_something_else_is_retired() {
+        // A was live on tg1 and never retired (no post-shift hook); B is live on tg2; C arrives on tg1.
+        let (a, b, c) = (
+            version("aaa", "tg1", "1"),
+            version("bbb", "tg2", "2"),
+            version("ccc", "tg1", "3"),
+        );
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &a, None, &wiring(), T0);
+        production_shift(&mut draft, &a, None, &wiring(), T0);
+        let entries = commit(&draft, T0);
+        let mut draft = Draft::new(SVC, entries);
+        post_test_traffic(&mut draft, &b, Some(&a), &wiring(), T0);
+        production_shift(&mut draft, &b, Some(&a), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        let mut draft = Draft::new(SVC, entries);
+        post_test_traffic(&mut draft, &c, Some(&b), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        assert_eq!(status_of(&entries, "aaa"), Status::Retired);
+        assert_eq!(status_of(&entries, "bbb"), Status::Live);
+        assert_eq!(status_of(&entries, "ccc"), Status::Testing);
+    }
+
+    #[test]
+    fn history_lines_say_what_changed() {
+        let (a, b) = (version("aaa", "tg1", "1"), version("bbb", "tg2", "2"));
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &b, Some(&a), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        let mut draft = Draft::new(SVC, entries);
+        production_shift(&mut draft, &b, Some(&a), &wiring(), T0);
+        post_shift(
+            &mut draft,
+            &b,
+            &wiring(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            T0,
+        );
+        let changes = draft.changes(&actor(T0));
+        let line = |d: &str| {
+            changes
+                .iter()
+                .find(|c| c.entry.deployment_id == id(d))
+                .unwrap()
+                .history
+                .change
+                .clone()
+        };
+        assert!(
+            line("aaa").contains("status live -> draining"),
+            "{}",
+            line("aaa")
+        );
+        assert!(
+            line("bbb").contains("status testing -> live"),
+            "{}",
+            line("bbb")
+        );
+    }
+
+    #[test]
+    fn short_arns() {
+        assert_eq!(
+            short_arn(
+                "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/web-blue/50dc6c495c0c9188"
+            ),
+            "web-blue"
+        );
+        assert_eq!(
+            short_arn("arn:aws:ecs:us-east-1:1:service-revision/c/web/123"),
+            "123"
+        );
+    }
+}
