@@ -1,1 +1,544 @@
+//! ECS describe calls, and how a revision's facts answer "which version runs where".
 
+use std::collections::BTreeMap;
+
+use aws_sdk_ecs as ecs;
+
+use super::{AwsError, AwsErrorKind, classify};
+use crate::DeploymentId;
+use crate::deployment_id::InvalidDeploymentId;
+use crate::ledger::{RunningVersion, ServiceWiring};
+use crate::listener::listener_arn_of_rule;
+use crate::settings::DeploymentIdSource;
+
+/// What a service revision says about its load balancing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionFacts {
+    pub arn: String,
+    pub task_definition_arn: String,
+    /// `resolvedConfiguration.loadBalancers`: the target group this revision actually serves from.
+    pub resolved: Vec<ResolvedLoadBalancer>,
+    /// `loadBalancers`: the service's configuration as this revision recorded it.
+    pub configured: Vec<ConfiguredLoadBalancer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedLoadBalancer {
+    pub target_group_arn: String,
+    pub production_rule_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfiguredLoadBalancer {
+    pub target_group_arn: Option<String>,
+    pub alternate_target_group_arn: Option<String>,
+    pub container_name: Option<String>,
+    pub production_rule_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDefinitionFacts {
+    pub arn: String,
+    pub containers: Vec<ContainerFacts>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerFacts {
+    pub name: String,
+    pub image: String,
+    pub environment: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error(
+        "service revision {revision} has no load balancer with a production listener rule; is the service using BLUE_GREEN behind an ALB?"
+    )]
+    NoProductionRule { revision: String },
+    #[error(
+        "service revision {revision} has no resolvedConfiguration.loadBalancers, so the target group it serves from is unknown"
+    )]
+    NoResolvedTargetGroup { revision: String },
+    #[error("production listener rule {rule} is not a listener-rule ARN")]
+    BadRuleArn { rule: String },
+    #[error(
+        "container {container:?} is not in task definition {task_definition} (it has: {available}); set `container`"
+    )]
+    ContainerNotFound {
+        container: String,
+        task_definition: String,
+        available: String,
+    },
+    #[error(
+        "task definition {task_definition} has several containers and the load balancer names none; set `container`"
+    )]
+    AmbiguousContainer { task_definition: String },
+    #[error(
+        "container {container:?} of {task_definition} has no {source_desc}; set it, or point `deploymentIdFrom` at where the ID is"
+    )]
+    NoDeploymentId {
+        container: String,
+        task_definition: String,
+        source_desc: String,
+    },
+    #[error(
+        "container {container:?} of {task_definition}: image {image:?} has no tag to use as deployment ID"
+    )]
+    ImageWithoutTag {
+        container: String,
+        task_definition: String,
+        image: String,
+    },
+    #[error(
+        "container {container:?} of {task_definition} carries an invalid deployment ID: {error}"
+    )]
+    InvalidDeploymentId {
+        container: String,
+        task_definition: String,
+        error: InvalidDeploymentId,
+    },
+    #[error("ECS has no {what} {arn}")]
+    Missing { what: &'static str, arn: String },
+}
+
+impl RevisionFacts {
+    fn production_index(&self) -> Option<usize> {
+        self.configured
+            .iter()
+            .position(|lb| lb.production_rule_arn.is_some())
+    }
+
+    /// The listener wiring and the target group this revision serves from.
+    pub fn placement(&self) -> Result<(String, ServiceWiring), DiscoveryError> {
+        let no_rule = || DiscoveryError::NoProductionRule {
+            revision: self.arn.clone(),
+        };
+        let configured_rule = self
+            .production_index()
+            .and_then(|i| self.configured[i].production_rule_arn.clone());
+        let resolved = self
+            .resolved
+            .iter()
+            .find(|r| {
+                configured_rule.is_none()
+                    || r.production_rule_arn == configured_rule
+                    || r.production_rule_arn.is_none()
+            })
+            .ok_or_else(|| DiscoveryError::NoResolvedTargetGroup {
+                revision: self.arn.clone(),
+            })?;
+        let rule = resolved
+            .production_rule_arn
+            .clone()
+            .or(configured_rule)
+            .ok_or_else(no_rule)?;
+        let listener_arn = listener_arn_of_rule(&rule)
+            .ok_or_else(|| DiscoveryError::BadRuleArn { rule: rule.clone() })?;
+        Ok((
+            resolved.target_group_arn.clone(),
+            ServiceWiring {
+                listener_arn,
+                production_rule_arn: rule,
+            },
+        ))
+    }
+
+    /// The load-balanced container, if the configuration names one.
+    pub fn load_balanced_container(&self) -> Option<&str> {
+        self.production_index()
+            .and_then(|i| self.configured[i].container_name.as_deref())
+            .or_else(|| {
+                self.configured
+                    .iter()
+                    .find_map(|lb| lb.container_name.as_deref())
+            })
+    }
+}
+
+/// Reads the deployment ID out of a task definition.
+pub fn deployment_id_of(
+    task_definition: &TaskDefinitionFacts,
+    container: Option<&str>,
+    source: &DeploymentIdSource,
+) -> Result<DeploymentId, DiscoveryError> {
+    let td = || task_definition.arn.clone();
+    let chosen = match container {
+        Some(name) => task_definition
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| DiscoveryError::ContainerNotFound {
+                container: name.to_owned(),
+                task_definition: td(),
+                available: task_definition
+                    .containers
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?,
+        None => match task_definition.containers.as_slice() {
+            [only] => only,
+            _ => {
+                return Err(DiscoveryError::AmbiguousContainer {
+                    task_definition: td(),
+                });
+            }
+        },
+    };
+    let missing = |desc: String| DiscoveryError::NoDeploymentId {
+        container: chosen.name.clone(),
+        task_definition: td(),
+        source_desc: desc,
+    };
+    let raw = match source {
+        DeploymentIdSource::Env(name) => chosen
+            .environment
+            .get(name)
+            .cloned()
+            .ok_or_else(|| missing(format!("environment variable {name}")))?,
+        DeploymentIdSource::Label(name) => chosen
+            .labels
+            .get(name)
+            .cloned()
+            .ok_or_else(|| missing(format!("docker label {name}")))?,
+        DeploymentIdSource::ImageTag => {
+            image_tag(&chosen.image).ok_or_else(|| DiscoveryError::ImageWithoutTag {
+                container: chosen.name.clone(),
+                task_definition: td(),
+                image: chosen.image.clone(),
+            })?
+        }
+    };
+    DeploymentId::parse(&raw).map_err(|error| DiscoveryError::InvalidDeploymentId {
+        container: chosen.name.clone(),
+        task_definition: td(),
+        error,
+    })
+}
+
+/// The tag of an image reference: `repo:tag`, `host:5000/repo:tag`, `repo:tag@sha256:…`.
+pub fn image_tag(image: &str) -> Option<String> {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last_segment = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    last_segment
+        .split_once(':')
+        .map(|(_, tag)| tag.to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// Which version a revision runs, where, and behind which listener.
+pub fn running_version(
+    revision: &RevisionFacts,
+    task_definition: &TaskDefinitionFacts,
+    container: Option<&str>,
+    source: &DeploymentIdSource,
+) -> Result<(RunningVersion, ServiceWiring), DiscoveryError> {
+    let (target_group_arn, wiring) = revision.placement()?;
+    let container = container.or_else(|| revision.load_balanced_container());
+    let deployment_id = deployment_id_of(task_definition, container, source)?;
+    Ok((
+        RunningVersion {
+            deployment_id,
+            service_revision_arn: revision.arn.clone(),
+            target_group_arn,
+            task_definition_arn: task_definition.arn.clone(),
+        },
+        wiring,
+    ))
+}
+
+#[derive(Clone, Debug)]
+pub struct Ecs {
+    client: ecs::Client,
+}
+
+impl Ecs {
+    pub fn new(client: ecs::Client) -> Self {
+        Self { client }
+    }
+
+    /// Facts of each revision, in the order asked; a revision ECS does not know is an error.
+    pub async fn describe_revisions(
+        &self,
+        arns: &[String],
+    ) -> Result<Vec<RevisionFacts>, EcsError> {
+        let answer = self
+            .client
+            .describe_service_revisions()
+            .set_service_revision_arns(Some(arns.to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeServiceRevisions", e))?;
+        let found: Vec<RevisionFacts> = answer
+            .service_revisions()
+            .iter()
+            .map(revision_from_sdk)
+            .collect();
+        arns.iter()
+            .map(|arn| {
+                found
+                    .iter()
+                    .find(|r| &r.arn == arn)
+                    .cloned()
+                    .ok_or_else(|| {
+                        EcsError::Discovery(DiscoveryError::Missing {
+                            what: "service revision",
+                            arn: arn.clone(),
+                        })
+                    })
+            })
+            .collect()
+    }
+
+    pub async fn describe_task_definition(
+        &self,
+        arn: &str,
+    ) -> Result<TaskDefinitionFacts, EcsError> {
+        let answer = self
+            .client
+            .describe_task_definition()
+            .task_definition(arn)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeTaskDefinition", e))?;
+        let td = answer.task_definition().ok_or_else(|| {
+            EcsError::Discovery(DiscoveryError::Missing {
+                what: "task definition",
+                arn: arn.to_owned(),
+            })
+        })?;
+        Ok(TaskDefinitionFacts {
+            arn: td.task_definition_arn().unwrap_or(arn).to_owned(),
+            containers: td
+                .container_definitions()
+                .iter()
+                .map(|c| ContainerFacts {
+                    name: c.name().unwrap_or_default().to_owned(),
+                    image: c.image().unwrap_or_default().to_owned(),
+                    environment: c
+                        .environment()
+                        .iter()
+                        .filter_map(|kv| {
+                            Some((
+                                kv.name()?.to_owned(),
+                                kv.value().unwrap_or_default().to_owned(),
+                            ))
+                        })
+                        .collect(),
+                    labels: c
+                        .docker_labels()
+                        .map(|labels| labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The revisions a deployment started from (blue), per `DescribeServiceDeployments`.
+    pub async fn source_revisions(&self, deployment_arn: &str) -> Result<Vec<String>, EcsError> {
+        let answer = self
+            .client
+            .describe_service_deployments()
+            .service_deployment_arns(deployment_arn)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeServiceDeployments", e))?;
+        let deployment = answer
+            .service_deployments()
+            .iter()
+            .find(|d| d.service_deployment_arn() == Some(deployment_arn))
+            .ok_or_else(|| {
+                EcsError::Discovery(DiscoveryError::Missing {
+                    what: "service deployment",
+                    arn: deployment_arn.to_owned(),
+                })
+            })?;
+        Ok(deployment
+            .source_service_revisions()
+            .iter()
+            .filter_map(|s| s.arn().map(str::to_owned))
+            .collect())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EcsError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+}
+
+impl EcsError {
+    pub fn aws_kind(&self) -> Option<AwsErrorKind> {
+        match self {
+            EcsError::Aws(e) => Some(e.kind),
+            EcsError::Discovery(_) => None,
+        }
+    }
+}
+
+fn revision_from_sdk(r: &ecs::types::ServiceRevision) -> RevisionFacts {
+    RevisionFacts {
+        arn: r.service_revision_arn().unwrap_or_default().to_owned(),
+        task_definition_arn: r.task_definition().unwrap_or_default().to_owned(),
+        resolved: r
+            .resolved_configuration()
+            .map(|c| c.load_balancers())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|lb| {
+                Some(ResolvedLoadBalancer {
+                    target_group_arn: lb.target_group_arn()?.to_owned(),
+                    production_rule_arn: lb.production_listener_rule().map(str::to_owned),
+                })
+            })
+            .collect(),
+        configured: r
+            .load_balancers()
+            .iter()
+            .map(|lb| ConfiguredLoadBalancer {
+                target_group_arn: lb.target_group_arn().map(str::to_owned),
+                alternate_target_group_arn: lb
+                    .advanced_configuration()
+                    .and_then(|a| a.alternate_target_group_arn())
+                    .map(str::to_owned),
+                container_name: lb.container_name().map(str::to_owned),
+                production_rule_arn: lb
+                    .advanced_configuration()
+                    .and_then(|a| a.production_listener_rule())
+                    .map(str::to_owned),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULE: &str = "arn:aws:elasticloadbalancing:us-east-1:1:listener-rule/app/web/50dc6c495c0c9188/f2f7dc8efc522ab2/9683b2d02a6cabee";
+
+    fn revision() -> RevisionFacts {
+        RevisionFacts {
+            arn: "rev-2".into(),
+            task_definition_arn: "td:2".into(),
+            resolved: vec![ResolvedLoadBalancer {
+                target_group_arn: "tg-green".into(),
+                production_rule_arn: Some(RULE.into()),
+            }],
+            configured: vec![ConfiguredLoadBalancer {
+                target_group_arn: Some("tg-blue".into()),
+                alternate_target_group_arn: Some("tg-green".into()),
+                container_name: Some("web".into()),
+                production_rule_arn: Some(RULE.into()),
+            }],
+        }
+    }
+
+    fn task_definition() -> TaskDefinitionFacts {
+        TaskDefinitionFacts {
+            arn: "td:2".into(),
+            containers: vec![
+                ContainerFacts {
+                    name: "web".into(),
+                    image: "123.dkr.ecr.us-east-1.amazonaws.com/web:9F86D08".into(),
+                    environment: BTreeMap::from([("DEPLOYMENT_ID".into(), "9F86D08".into())]),
+                    labels: BTreeMap::from([("sha".into(), "label-sha".into())]),
+                },
+                ContainerFacts {
+                    name: "sidecar".into(),
+                    image: "envoy:v1".into(),
+                    environment: BTreeMap::new(),
+                    labels: BTreeMap::new(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_resolved_target_group_wins_over_the_configured_one() {
+        let (running, wiring) = running_version(
+            &revision(),
+            &task_definition(),
+            None,
+            &DeploymentIdSource::Env("DEPLOYMENT_ID".into()),
+        )
+        .unwrap();
+        assert_eq!(running.target_group_arn, "tg-green");
+        assert_eq!(running.deployment_id.as_str(), "9f86d08");
+        assert_eq!(wiring.production_rule_arn, RULE);
+        assert!(
+            wiring
+                .listener_arn
+                .ends_with(":listener/app/web/50dc6c495c0c9188/f2f7dc8efc522ab2")
+        );
+    }
+
+    #[test]
+    fn without_a_resolved_configuration_nothing_is_guessed() {
+        let mut r = revision();
+        r.resolved.clear();
+        assert!(matches!(
+            r.placement(),
+            Err(DiscoveryError::NoResolvedTargetGroup { .. })
+        ));
+    }
+
+    #[test]
+    fn ids_come_from_env_label_or_image_tag() {
+        let td = task_definition();
+        let label =
+            deployment_id_of(&td, Some("web"), &DeploymentIdSource::Label("sha".into())).unwrap();
+        assert_eq!(label.as_str(), "label-sha");
+        let tag = deployment_id_of(&td, Some("web"), &DeploymentIdSource::ImageTag).unwrap();
+        assert_eq!(tag.as_str(), "9f86d08");
+        let err = deployment_id_of(
+            &td,
+            Some("sidecar"),
+            &DeploymentIdSource::Env("DEPLOYMENT_ID".into()),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("environment variable DEPLOYMENT_ID"),
+            "{err}"
+        );
+        let err = deployment_id_of(&td, Some("nope"), &DeploymentIdSource::ImageTag).unwrap_err();
+        assert!(err.to_string().contains("web, sidecar"), "{err}");
+        let err = deployment_id_of(&td, None, &DeploymentIdSource::ImageTag).unwrap_err();
+        assert!(matches!(err, DiscoveryError::AmbiguousContainer { .. }));
+    }
+
+    #[test]
+    fn an_invalid_id_in_the_task_definition_is_reported() {
+        let mut td = task_definition();
+        td.containers[0]
+            .environment
+            .insert("DEPLOYMENT_ID".into(), "v1*".into());
+        let err = deployment_id_of(
+            &td,
+            Some("web"),
+            &DeploymentIdSource::Env("DEPLOYMENT_ID".into()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, DiscoveryError::InvalidDeploymentId { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn image_tags() {
+        assert_eq!(image_tag("web:abc").as_deref(), Some("abc"));
+        assert_eq!(
+            image_tag("registry:5000/team/web:abc").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(image_tag("registry:5000/team/web").as_deref(), None);
+        assert_eq!(image_tag("web:abc@sha256:00ff").as_deref(), Some("abc"));
+        assert_eq!(image_tag("web@sha256:00ff").as_deref(), None);
+    }
+}
