@@ -1,1 +1,18 @@
-fn main() {}
+//! skewguard lifecycle hook for POST_PRODUCTION_TRAFFIC_SHIFT: holds the previous version pinned for the skew window, then retires it.
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use skewguard_core::cold_start;
+use skewguard_core::hook::{self, HookFunction};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    skewguard_core::telemetry::init();
+    let (config, table) = cold_start::hook_config(HookFunction::PostShift)?;
+    let clients = cold_start::clients(&cold_start::sdk_config().await, &table);
+    let (config, clients) = (&config, &clients);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        Ok::<_, Error>(hook::handle(config, clients, event.payload).await)
+    }))
+    .await
+}

@@ -1,1 +1,18 @@
-fn main() {}
+//! skewguard lifecycle hook for TEST_TRAFFIC_SHIFT and PRODUCTION_TRAFFIC_SHIFT: pins green as traffic moves, unpins it on rollback.
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use skewguard_core::cold_start;
+use skewguard_core::hook::{self, HookFunction};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    skewguard_core::telemetry::init();
+    let (config, table) = cold_start::hook_config(HookFunction::ProductionShift)?;
+    let clients = cold_start::clients(&cold_start::sdk_config().await, &table);
+    let (config, clients) = (&config, &clients);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        Ok::<_, Error>(hook::handle(config, clients, event.payload).await)
+    }))
+    .await
+}

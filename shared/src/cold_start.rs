@@ -1,0 +1,59 @@
+//! What a function reads once per cold start: the ledger table, the settings defaults and the
+//! SDK clients, all from the standard AWS configuration chain (so `AWS_ENDPOINT_URL_<SERVICE>`
+//! redirects them without special code).
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+
+use crate::aws::ecs::Ecs;
+use crate::aws::elb::Elb;
+use crate::aws::ledger_store::LedgerStore;
+use crate::hook::{Clients, HookConfig, HookFunction};
+use crate::settings::{EnvDefaults, Settings};
+
+pub const TABLE_ENV: &str = "SKEWGUARD_TABLE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ColdStartError {
+    #[error("{TABLE_ENV} is not set: it must name the skewguard ledger table")]
+    NoTable,
+    #[error("a function-level default is invalid: {0}")]
+    Defaults(#[from] crate::settings::SettingsError),
+}
+
+/// Loads the shared SDK configuration with bounded per-call time, so a hung endpoint costs a
+/// retry rather than the hook's whole budget.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .operation_timeout(Duration::from_secs(40))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+pub fn clients(sdk: &aws_config::SdkConfig, table: &str) -> Clients {
+    Clients {
+        ecs: Ecs::new(aws_sdk_ecs::Client::new(sdk)),
+        elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::new(sdk)),
+        ledger: LedgerStore::new(aws_sdk_dynamodb::Client::new(sdk), table),
+    }
+}
+
+/// Reads and validates the function's own configuration; an invalid default stops the cold
+/// start with a clear message rather than failing every invocation later.
+pub fn hook_config(function: HookFunction) -> Result<(HookConfig, String), ColdStartError> {
+    let table = std::env::var(TABLE_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .ok_or(ColdStartError::NoTable)?;
+    let defaults = EnvDefaults::from_env();
+    Settings::resolve(&Default::default(), &defaults)?;
+    Ok((HookConfig { function, defaults }, table))
+}
