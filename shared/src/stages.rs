@@ -397,6 +397,19 @@ pub fn post_shift(
     }
 }
 
+/// Ends the skew window now (`skewguard release`): every draining entry's `drainUntil` moves to
+/// `now`, and the holding hook retires it on its next call. Returns whether anything changed.
+pub fn release(draft: &mut Draft, now: OffsetDateTime) -> bool {
+    let mut changed = false;
+    for entry in draft.entries_mut().filter(|e| e.status == Status::Draining) {
+        if entry.drain_until.is_none_or(|until| until > now) {
+            entry.drain_until = Some(now);
+            changed = true;
+        }
+    }
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,6 +714,39 @@ mod tests {
             "{}",
             line("bbb")
         );
+    }
+
+    #[test]
+    fn release_moves_drain_until_to_now_and_the_next_poll_retires() {
+        let (a, b) = (version("aaa", "tg1", "1"), version("bbb", "tg2", "2"));
+        let window = Duration::from_secs(3600);
+        let poll = Duration::from_secs(60);
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &b, Some(&a), &wiring(), T0);
+        production_shift(&mut draft, &b, Some(&a), &wiring(), T0);
+        post_shift(&mut draft, &b, &wiring(), window, poll, T0);
+        let entries = commit(&draft, T0);
+        let later = T0 + Duration::from_secs(5);
+        let mut draft = Draft::new(SVC, entries);
+        assert!(release(&mut draft, later));
+        assert!(
+            draft.changes(&actor(later))[0]
+                .history
+                .change
+                .contains("drainUntil")
+        );
+        let entries = commit(&draft, later);
+        let mut again = Draft::new(SVC, entries.clone());
+        assert!(
+            !release(&mut again, later),
+            "a second release changes nothing"
+        );
+        let mut draft = Draft::new(SVC, entries);
+        assert_eq!(
+            post_shift(&mut draft, &b, &wiring(), window, poll, later),
+            Hold::Done
+        );
+        assert_eq!(status_of(&commit(&draft, later), "aaa"), Status::Retired);
     }
 
     #[test]

@@ -1,1 +1,10 @@
-
+pub mod aws;
+pub mod backend;
+pub mod data_plane;
+pub mod ecs_emulator;
+pub mod engine;
+pub mod fixtures;
+pub mod invariants;
+pub mod lambda;
+pub mod moto;
+pub mod world;

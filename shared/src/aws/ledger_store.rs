@@ -376,11 +376,12 @@ fn update_of(table: &str, change: &Change) -> Update {
             .collect();
         expression.push_str(&format!(" REMOVE {}", removed.join(", ")));
     }
-    names.insert("#pk".to_owned(), attr::SERVICE_ARN.to_owned());
-    names.insert("#v".to_owned(), attr::VERSION.to_owned());
+    // DynamoDB rejects names and values the expressions do not use.
     let condition = if change.expected_version == 0 {
+        names.insert("#pk".to_owned(), attr::SERVICE_ARN.to_owned());
         "attribute_not_exists(#pk)".to_owned()
     } else {
+        names.insert("#v".to_owned(), attr::VERSION.to_owned());
         values.insert(
             ":expected".to_owned(),
             AttributeValue::N(change.expected_version.to_string()),

@@ -1,0 +1,892 @@
+//! The deployment engine: plays ECS's part in a native blue/green deployment, following the
+//! stage order, event shapes and rollback behaviour AWS documents.
+//!
+//! Per deployment: a new task definition and revision (green, resolved to the target group that
+//! is not serving production), a service deployment in the ECS emulator, then each stage in
+//! order: hooks registered for it are invoked (IN_PROGRESS honoured with `callBackDelay`), green's
+//! tasks start at SCALE_UP and are registered in green's target group (in moto), traffic shifts
+//! rewrite the weights of the test and production rules as ECS does, bake time passes, and clean
+//! up deregisters and stops blue. A FAILED answer, an invalid answer, a crashed or timed-out
+//! hook, or a stop request rolls back: weights return to blue, and the hooks registered at
+//! TEST_TRAFFIC_SHIFT and PRODUCTION_TRAFFIC_SHIFT are invoked again with reversed weights.
+//! Green and blue alternate between the two target groups across deployments.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ecs::types::{ServiceDeploymentLifecycleStage, ServiceDeploymentStatus};
+use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
+use serde_json::{Map, Value, json};
+use skewguard_core::DeploymentId;
+use skewguard_core::event::LifecycleStage;
+use skewguard_core::hook::{self, Clients as HookClients, HookConfig, HookFunction};
+use skewguard_core::listener::Request;
+use skewguard_core::settings::EnvDefaults;
+
+use crate::ecs_emulator::{
+    ContainerDefinition, EcsEmulator, LoadBalancer, Rollback, ServiceDeployment, ServiceRevision,
+};
+use crate::fixtures::{AlbFixture, set_forward_weights};
+use crate::invariants::ServiceTruth;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What came back from invoking a hook.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invocation {
+    /// The function answered (its answer may still be invalid for ECS).
+    Answered(Value),
+    /// The function crashed, timed out or returned a function error.
+    Failed(String),
+}
+
+/// How the engine reaches the hook functions.
+pub trait Invoker: Send + Sync {
+    fn invoke<'a>(&'a self, function: HookFunction, event: Value) -> BoxFuture<'a, Invocation>;
+}
+
+/// Calls the hooks' handler in this process: the same code path as the Lambda binaries,
+/// without process start-up (fast, for the many stage-level tests).
+pub struct InProcess {
+    pub clients: HookClients,
+    pub defaults: EnvDefaults,
+}
+
+impl Invoker for InProcess {
+    fn invoke<'a>(&'a self, function: HookFunction, event: Value) -> BoxFuture<'a, Invocation> {
+        Box::pin(async move {
+            let config = HookConfig {
+                function,
+                defaults: self.defaults.clone(),
+            };
+            let answer = hook::handle(&config, &self.clients, event).await;
+            Invocation::Answered(serde_json::to_value(answer).unwrap_or(Value::Null))
+        })
+    }
+}
+
+/// A task of a deployment: serving on a loopback port until dropped.
+pub trait RunningTask: Send + Sync {
+    fn port(&self) -> u16;
+}
+
+/// Starts the tasks of a revision.
+pub trait TaskRunner: Send + Sync {
+    fn start<'a>(
+        &'a self,
+        deployment_id: &'a str,
+        environment: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Box<dyn RunningTask>, String>>;
+}
+
+/// Tasks that serve nothing: enough for hook-level tests, which never send traffic.
+pub struct PlaceholderTasks;
+
+struct PlaceholderTask(u16);
+
+impl RunningTask for PlaceholderTask {
+    fn port(&self) -> u16 {
+        self.0
+    }
+}
+
+static NEXT_PLACEHOLDER_PORT: AtomicU64 = AtomicU64::new(20_000);
+
+impl TaskRunner for PlaceholderTasks {
+    fn start<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Box<dyn RunningTask>, String>> {
+        let port = 20_000 + (NEXT_PLACEHOLDER_PORT.fetch_add(1, Ordering::Relaxed) % 40_000) as u16;
+        Box::pin(async move { Ok(Box::new(PlaceholderTask(port)) as Box<dyn RunningTask>) })
+    }
+}
+
+/// A hook as registered on the service (`deploymentConfiguration.lifecycleHooks[]`).
+#[derive(Debug, Clone)]
+pub struct HookRegistration {
+    pub function: HookFunction,
+    pub stages: Vec<LifecycleStage>,
+    pub hook_details: Map<String, Value>,
+    /// `timeoutConfiguration.timeoutInMinutes`, already time-scaled; action ROLLBACK.
+    pub timeout: Duration,
+}
+
+impl HookRegistration {
+    /// The three skewguard hooks, registered as the README says, with the same settings.
+    pub fn skewguard(hook_details: Value) -> Vec<HookRegistration> {
+        let details = hook_details.as_object().cloned().unwrap_or_default();
+        [
+            HookFunction::PostTestTraffic,
+            HookFunction::ProductionShift,
+            HookFunction::PostShift,
+        ]
+        .into_iter()
+        .map(|function| HookRegistration {
+            function,
+            stages: function.stages().to_vec(),
+            hook_details: details.clone(),
+            timeout: Duration::from_secs(600),
+        })
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    BlueGreen,
+    /// Production shifts in equal steps of this percentage.
+    Linear(u8),
+    /// First this percentage, then the rest.
+    Canary(u8),
+}
+
+impl Strategy {
+    fn production_steps(self) -> Vec<u8> {
+        match self {
+            Strategy::BlueGreen => vec![100],
+            Strategy::Linear(step) => {
+                let step = step.clamp(1, 100);
+                let mut steps: Vec<u8> = (1..)
+                    .map(|i| (i * step as u32).min(100) as u8)
+                    .take_while(|w| *w < 100)
+                    .collect();
+                steps.push(100);
+                steps
+            }
+            Strategy::Canary(first) => vec![first.clamp(1, 99), 100],
+        }
+    }
+}
+
+/// How one deployment ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    RolledBack { reason: String },
+}
+
+/// Something to do to a deployment while it runs, for rollback scenarios.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intervention {
+    None,
+    /// `StopServiceDeployment` with `stopType=ROLLBACK` (or an alarm) once this stage is reached.
+    StopAt(LifecycleStage),
+    /// Stop during bake time.
+    StopDuringBake,
+}
+
+/// The engine's view of one ECS service.
+pub struct ServiceSetup {
+    pub cluster: String,
+    pub name: String,
+    pub alb: AlbFixture,
+    pub container: String,
+    pub hooks: Vec<HookRegistration>,
+    pub strategy: Strategy,
+    pub bake: Duration,
+    /// A request that reaches the service's production rule.
+    pub probe: Request,
+}
+
+struct ServiceState {
+    setup: ServiceSetup,
+    service_arn: String,
+    current_revision: String,
+    /// The target group serving production (blue until the next deployment completes).
+    production_tg: String,
+    tasks: BTreeMap<String, Vec<Box<dyn RunningTask>>>,
+    truth: ServiceTruth,
+    stop_requested: Arc<AtomicBool>,
+    task_family_revision: u32,
+}
+
+/// Called after every step, for invariant checks and timelines.
+pub trait Observer: Send + Sync {
+    fn after_step<'a>(
+        &'a self,
+        service: &'a str,
+        step: &'a str,
+        truths: Vec<ServiceTruth>,
+    ) -> BoxFuture<'a, ()>;
+}
+
+/// Observes nothing.
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn after_step<'a>(&'a self, _: &'a str, _: &'a str, _: Vec<ServiceTruth>) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+pub struct Engine {
+    ecs: Arc<EcsEmulator>,
+    elb: aws_sdk_elasticloadbalancingv2::Client,
+    invoker: Arc<dyn Invoker>,
+    tasks: Arc<dyn TaskRunner>,
+    observer: Arc<dyn Observer>,
+    services: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<ServiceState>>>>,
+    truths: Mutex<BTreeMap<String, ServiceTruth>>,
+    /// Multiplies every wait the engine does (callBackDelay, bake); hooks keep real durations.
+    pub time_scale: f64,
+    executions: AtomicU64,
+}
+
+/// A handle to request a stop of whatever deployment of that service runs.
+#[derive(Clone)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn weights(green: &str, green_weight: u8, blue: &str) -> Value {
+    if green == blue {
+        json!({ green: green_weight })
+    } else {
+        json!({ green: green_weight, blue: 100 - green_weight })
+    }
+}
+
+impl Engine {
+    pub fn new(
+        ecs: Arc<EcsEmulator>,
+        elb: aws_sdk_elasticloadbalancingv2::Client,
+        invoker: Arc<dyn Invoker>,
+        tasks: Arc<dyn TaskRunner>,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        Self {
+            ecs,
+            elb,
+            invoker,
+            tasks,
+            observer,
+            services: Mutex::new(BTreeMap::new()),
+            truths: Mutex::new(BTreeMap::new()),
+            time_scale: 1.0,
+            executions: AtomicU64::new(1),
+        }
+    }
+
+    /// The world's truth about every service: what runs where, and what must be pinned.
+    pub fn truths(&self) -> Vec<ServiceTruth> {
+        self.truths
+            .lock()
+            .expect("truths")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn set_truth(&self, truth: &ServiceTruth) {
+        self.truths
+            .lock()
+            .expect("truths")
+            .insert(truth.service_arn.clone(), truth.clone());
+    }
+
+    /// A service already running `deployment_id` on the first target group, as before skewguard
+    /// was added: no hooks run for it.
+    pub async fn create_service(
+        &self,
+        setup: ServiceSetup,
+        deployment_id: &str,
+        environment: &[(String, String)],
+    ) -> Result<StopHandle, String> {
+        let service_arn = crate::ecs_emulator::service_arn(&setup.cluster, &setup.name);
+        let mut state = ServiceState {
+            service_arn: service_arn.clone(),
+            current_revision: String::new(),
+            production_tg: setup.alb.blue_tg.clone(),
+            tasks: BTreeMap::new(),
+            truth: ServiceTruth {
+                service_arn: service_arn.clone(),
+                production_rule_arn: setup.alb.production_rule_arn.clone(),
+                probe: setup.probe.clone(),
+                running: BTreeMap::new(),
+                must_be_pinned: Vec::new(),
+            },
+            stop_requested: Arc::new(AtomicBool::new(false)),
+            task_family_revision: 0,
+            setup,
+        };
+        let tg = state.production_tg.clone();
+        let revision = self.new_revision(&mut state, deployment_id, environment, &tg);
+        self.start_tasks(&mut state, deployment_id, environment, &tg)
+            .await?;
+        state.current_revision = revision;
+        self.set_truth(&state.truth);
+        let stop = StopHandle(state.stop_requested.clone());
+        self.services
+            .lock()
+            .expect("services")
+            .insert(service_arn, Arc::new(tokio::sync::Mutex::new(state)));
+        Ok(stop)
+    }
+
+    fn new_revision(
+        &self,
+        state: &mut ServiceState,
+        deployment_id: &str,
+        environment: &[(String, String)],
+        tg: &str,
+    ) -> String {
+        let setup = &state.setup;
+        let mut container = ContainerDefinition::new(
+            &setup.container,
+            &format!("registry.local/{}:{deployment_id}", setup.name),
+        )
+        .env("DEPLOYMENT_ID", deployment_id)
+        .port(8080);
+        for (k, v) in environment {
+            container = container.env(k, v);
+        }
+        let task_definition = self
+            .ecs
+            .register_task_definition(&setup.name, vec![container]);
+        state.task_family_revision += 1;
+        let revision = ServiceRevision::new(&setup.cluster, &setup.name, &task_definition)
+            .with_load_balancer(LoadBalancer::blue_green(
+                (&setup.container, 8080),
+                &setup.alb.blue_tg,
+                &setup.alb.green_tg,
+                &setup.alb.production_rule_arn,
+                setup.alb.test_rule_arn.as_deref(),
+            ))
+            .with_resolved(tg, Some(&setup.alb.production_rule_arn));
+        let arn = revision.service_revision_arn.clone();
+        self.ecs.put_service_revision(revision);
+        arn
+    }
+
+    async fn start_tasks(
+        &self,
+        state: &mut ServiceState,
+        deployment_id: &str,
+        environment: &[(String, String)],
+        tg: &str,
+    ) -> Result<(), String> {
+        let task = self.tasks.start(deployment_id, environment).await?;
+        self.elb
+            .register_targets()
+            .target_group_arn(tg)
+            .targets(
+                TargetDescription::builder()
+                    .id("127.0.0.1")
+                    .port(task.port() as i32)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| format!("RegisterTargets: {e:?}"))?;
+        state.tasks.entry(tg.to_owned()).or_default().push(task);
+        // A task whose ID skewguard must refuse runs nothing any pin may lead to.
+        match DeploymentId::parse(deployment_id) {
+            Ok(id) => state.truth.running.insert(tg.to_owned(), id),
+            Err(_) => state.truth.running.remove(tg),
+        };
+        Ok(())
+    }
+
+    async fn stop_tasks(&self, state: &mut ServiceState, tg: &str) -> Result<(), String> {
+        // ECS stops routing before it stops the task: deregister first.
+        let tasks = state.tasks.remove(tg).unwrap_or_default();
+        for task in &tasks {
+            self.elb
+                .deregister_targets()
+                .target_group_arn(tg)
+                .targets(
+                    TargetDescription::builder()
+                        .id("127.0.0.1")
+                        .port(task.port() as i32)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| format!("DeregisterTargets: {e:?}"))?;
+        }
+        state.truth.running.remove(tg);
+        drop(tasks);
+        Ok(())
+    }
+
+    async fn step(&self, state: &ServiceState, step: &str) {
+        self.set_truth(&state.truth);
+        self.observer
+            .after_step(&state.service_arn, step, self.truths())
+            .await;
+    }
+
+    fn service(&self, service_arn: &str) -> Result<Arc<tokio::sync::Mutex<ServiceState>>, String> {
+        self.services
+            .lock()
+            .expect("services")
+            .get(service_arn)
+            .cloned()
+            .ok_or_else(|| format!("unknown service {service_arn}"))
+    }
+
+    /// Deploys `deployment_id` to the service and runs the whole blue/green deployment.
+    pub async fn deploy(
+        &self,
+        service_arn: &str,
+        deployment_id: &str,
+        environment: &[(String, String)],
+        intervention: Intervention,
+    ) -> Result<Outcome, String> {
+        let service = self.service(service_arn)?;
+        let mut state = service.lock().await;
+        state.stop_requested.store(false, Ordering::SeqCst);
+        let blue_revision = state.current_revision.clone();
+        let blue_tg = state.production_tg.clone();
+        let green_tg = if blue_tg == state.setup.alb.blue_tg {
+            state.setup.alb.green_tg.clone()
+        } else {
+            state.setup.alb.blue_tg.clone()
+        };
+        let green_revision = self.new_revision(&mut state, deployment_id, environment, &green_tg);
+        let deployment = ServiceDeployment::new(
+            &state.setup.cluster,
+            &state.setup.name,
+            &[&blue_revision],
+            &green_revision,
+        );
+        let deployment_arn = deployment.service_deployment_arn.clone();
+        self.ecs.put_service_deployment(deployment);
+        let hooks_registered = !state.setup.hooks.is_empty();
+        let blue_id = state.truth.running.get(&blue_tg).cloned();
+        let green_id = DeploymentId::parse(deployment_id).ok();
+
+        let ctx = DeploymentContext {
+            deployment_arn: deployment_arn.clone(),
+            green_revision: green_revision.clone(),
+            blue_revision: blue_revision.clone(),
+        };
+        let result = self
+            .forward(
+                &mut state,
+                &ctx,
+                &blue_tg,
+                &green_tg,
+                deployment_id,
+                environment,
+                &intervention,
+                blue_id.as_ref(),
+                green_id.as_ref(),
+                hooks_registered,
+            )
+            .await?;
+        match result {
+            None => {
+                state.current_revision = green_revision;
+                state.production_tg = green_tg;
+                self.set_deployment(
+                    &deployment_arn,
+                    None,
+                    Some(ServiceDeploymentStatus::Successful),
+                );
+                self.step(&state, "deployment succeeded").await;
+                Ok(Outcome::Succeeded)
+            }
+            Some(reason) => {
+                self.rollback(
+                    &mut state,
+                    &ctx,
+                    &blue_tg,
+                    &green_tg,
+                    &reason,
+                    blue_id.as_ref(),
+                    hooks_registered,
+                )
+                .await?;
+                Ok(Outcome::RolledBack { reason })
+            }
+        }
+    }
+
+    fn set_deployment(
+        &self,
+        arn: &str,
+        stage: Option<LifecycleStage>,
+        status: Option<ServiceDeploymentStatus>,
+    ) {
+        self.ecs.update_service_deployment(arn, |d| {
+            if let Some(stage) = stage {
+                d.lifecycle_stage = Some(ServiceDeploymentLifecycleStage::from(stage.as_str()));
+            }
+            if let Some(status) = status {
+                d.status = status;
+                d.finished_at = Some(crate::ecs_emulator::now());
+            }
+            d.updated_at = crate::ecs_emulator::now();
+        });
+    }
+
+    /// Runs the stages forward; `Some(reason)` means the deployment must roll back.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        state: &mut ServiceState,
+        ctx: &DeploymentContext,
+        blue_tg: &str,
+        green_tg: &str,
+        deployment_id: &str,
+        environment: &[(String, String)],
+        intervention: &Intervention,
+        blue_id: Option<&DeploymentId>,
+        green_id: Option<&DeploymentId>,
+        hooks_registered: bool,
+    ) -> Result<Option<String>, String> {
+        let alb = state.setup.alb.clone();
+        let no_weights = json!({});
+        for stage in [
+            LifecycleStage::PreScaleUp,
+            LifecycleStage::PostScaleUp,
+            LifecycleStage::TestTrafficShift,
+            LifecycleStage::PostTestTrafficShift,
+            LifecycleStage::PreProductionTrafficShift,
+            LifecycleStage::ProductionTrafficShift,
+            LifecycleStage::PostProductionTrafficShift,
+        ] {
+            if *intervention == Intervention::StopAt(stage)
+                || state.stop_requested.load(Ordering::SeqCst)
+            {
+                return Ok(Some(format!("deployment stopped with ROLLBACK at {stage}")));
+            }
+            self.set_deployment(&ctx.deployment_arn, Some(stage), None);
+            match stage {
+                LifecycleStage::PostScaleUp => {
+                    // SCALE_UP (not hookable) comes first: green's tasks start, serving nothing yet.
+                    self.start_tasks(state, deployment_id, environment, green_tg)
+                        .await?;
+                    self.step(state, "SCALE_UP").await;
+                    if let Some(reason) = self
+                        .run_hooks(state, ctx, stage, &no_weights, &no_weights)
+                        .await
+                    {
+                        return Ok(Some(reason));
+                    }
+                }
+                LifecycleStage::TestTrafficShift => {
+                    if let Some(test_rule) = &alb.test_rule_arn {
+                        set_forward_weights(&self.elb, test_rule, &[(green_tg, 1), (blue_tg, 0)])
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    let test = weights(&ctx.green_revision, 100, &ctx.blue_revision);
+                    if let Some(reason) =
+                        self.run_hooks(state, ctx, stage, &test, &no_weights).await
+                    {
+                        return Ok(Some(reason));
+                    }
+                }
+                LifecycleStage::PostTestTrafficShift => {
+                    if let Some(reason) = self
+                        .run_hooks(state, ctx, stage, &no_weights, &no_weights)
+                        .await
+                    {
+                        return Ok(Some(reason));
+                    }
+                    if hooks_registered {
+                        state.truth.must_be_pinned = blue_id.cloned().into_iter().collect();
+                    }
+                    self.step(state, "after POST_TEST_TRAFFIC_SHIFT").await;
+                }
+                LifecycleStage::ProductionTrafficShift => {
+                    for green_weight in state.setup.strategy.production_steps() {
+                        if state.stop_requested.load(Ordering::SeqCst) {
+                            return Ok(Some(
+                                "deployment stopped with ROLLBACK during the production shift"
+                                    .to_owned(),
+                            ));
+                        }
+                        let pre_step = state.setup.strategy != Strategy::BlueGreen;
+                        if pre_step
+                            && let Some(reason) = self
+                                .run_hooks(
+                                    state,
+                                    ctx,
+                                    LifecycleStage::PreProductionTrafficShift,
+                                    &no_weights,
+                                    &no_weights,
+                                )
+                                .await
+                        {
+                            return Ok(Some(reason));
+                        }
+                        let blue_weight = 100 - green_weight as i32;
+                        set_forward_weights(
+                            &self.elb,
+                            &alb.production_rule_arn,
+                            &[(green_tg, green_weight as i32), (blue_tg, blue_weight)],
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        let production =
+                            weights(&ctx.green_revision, green_weight, &ctx.blue_revision);
+                        if let Some(reason) = self
+                            .run_hooks(state, ctx, stage, &no_weights, &production)
+                            .await
+                        {
+                            return Ok(Some(reason));
+                        }
+                        if hooks_registered {
+                            state.truth.must_be_pinned =
+                                blue_id.into_iter().chain(green_id).cloned().collect();
+                            dedup(&mut state.truth.must_be_pinned);
+                        }
+                        self.step(state, &format!("PRODUCTION_TRAFFIC_SHIFT {green_weight}%"))
+                            .await;
+                    }
+                }
+                LifecycleStage::PreProductionTrafficShift
+                    if state.setup.strategy != Strategy::BlueGreen =>
+                {
+                    // Invoked before each production step instead.
+                }
+                _ => {
+                    if let Some(reason) = self
+                        .run_hooks(state, ctx, stage, &no_weights, &no_weights)
+                        .await
+                    {
+                        return Ok(Some(reason));
+                    }
+                }
+            }
+        }
+        if hooks_registered {
+            state.truth.must_be_pinned = green_id.cloned().into_iter().collect();
+        }
+        self.set_deployment(&ctx.deployment_arn, None, None);
+        self.step(state, "BAKE_TIME").await;
+        let bake_until = Instant::now() + state.setup.bake.mul_f64(self.time_scale);
+        while Instant::now() < bake_until {
+            if *intervention == Intervention::StopDuringBake
+                || state.stop_requested.load(Ordering::SeqCst)
+            {
+                return Ok(Some(
+                    "deployment stopped with ROLLBACK during bake time".to_owned(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if *intervention == Intervention::StopDuringBake {
+            return Ok(Some(
+                "deployment stopped with ROLLBACK during bake time".to_owned(),
+            ));
+        }
+        // CLEAN_UP: blue is scaled down; its test-rule weight is already 0.
+        self.stop_tasks(state, blue_tg).await?;
+        self.step(state, "CLEAN_UP").await;
+        Ok(None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn rollback(
+        &self,
+        state: &mut ServiceState,
+        ctx: &DeploymentContext,
+        blue_tg: &str,
+        green_tg: &str,
+        reason: &str,
+        blue_id: Option<&DeploymentId>,
+        hooks_registered: bool,
+    ) -> Result<(), String> {
+        let alb = state.setup.alb.clone();
+        self.ecs
+            .update_service_deployment(&ctx.deployment_arn, |d| {
+                d.status = ServiceDeploymentStatus::RollbackInProgress;
+                d.rollback = Some(Rollback {
+                    reason: reason.to_owned(),
+                    started_at: crate::ecs_emulator::now(),
+                    service_revision_arn: ctx.blue_revision.clone(),
+                });
+            });
+        set_forward_weights(
+            &self.elb,
+            &alb.production_rule_arn,
+            &[(blue_tg, 1), (green_tg, 0)],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Some(test_rule) = &alb.test_rule_arn {
+            set_forward_weights(&self.elb, test_rule, &[(blue_tg, 1), (green_tg, 0)])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let reversed = weights(&ctx.green_revision, 0, &ctx.blue_revision);
+        let none = json!({});
+        // Rollback has no stage of its own: the traffic-shift hooks are invoked again.
+        for (stage, test, production) in [
+            (LifecycleStage::TestTrafficShift, &reversed, &none),
+            (LifecycleStage::ProductionTrafficShift, &none, &reversed),
+        ] {
+            if let Some(problem) = self.run_hooks(state, ctx, stage, test, production).await {
+                tracing::warn!(%problem, "a hook failed during rollback");
+            }
+        }
+        if hooks_registered {
+            state.truth.must_be_pinned = blue_id.cloned().into_iter().collect();
+        }
+        self.step(state, "rollback: hooks done").await;
+        self.stop_tasks(state, green_tg).await?;
+        self.ecs
+            .update_service_deployment(&ctx.deployment_arn, |d| {
+                d.status = ServiceDeploymentStatus::RollbackSuccessful;
+                d.finished_at = Some(crate::ecs_emulator::now());
+            });
+        self.step(state, "rollback: green stopped").await;
+        Ok(())
+    }
+
+    /// Invokes every hook registered for `stage`; `Some(reason)` if one failed.
+    async fn run_hooks(
+        &self,
+        state: &ServiceState,
+        ctx: &DeploymentContext,
+        stage: LifecycleStage,
+        test: &Value,
+        production: &Value,
+    ) -> Option<String> {
+        let registrations: Vec<HookRegistration> = state
+            .setup
+            .hooks
+            .iter()
+            .filter(|h| h.stages.contains(&stage))
+            .cloned()
+            .collect();
+        for registration in registrations {
+            if let Err(reason) = self
+                .run_hook(state, ctx, stage, &registration, test, production)
+                .await
+            {
+                return Some(reason);
+            }
+        }
+        None
+    }
+
+    async fn run_hook(
+        &self,
+        state: &ServiceState,
+        ctx: &DeploymentContext,
+        stage: LifecycleStage,
+        registration: &HookRegistration,
+        test: &Value,
+        production: &Value,
+    ) -> Result<(), String> {
+        let execution_id = format!(
+            "{:08x}-engine-{}",
+            self.executions.fetch_add(1, Ordering::Relaxed),
+            stage.as_str().to_ascii_lowercase()
+        );
+        let started = Instant::now();
+        let mut details = registration.hook_details.clone();
+        loop {
+            let event = json!({
+                "executionId": execution_id,
+                "lifecycleStage": stage.as_str(),
+                "resourceArn": ctx.deployment_arn,
+                "executionDetails": {
+                    "serviceArn": state.service_arn,
+                    "targetServiceRevisionArn": ctx.green_revision,
+                    "testTrafficWeights": test,
+                    "productionTrafficWeights": production,
+                },
+                "hookDetails": details,
+            });
+            let answer = match self.invoker.invoke(registration.function, event).await {
+                Invocation::Answered(answer) => answer,
+                Invocation::Failed(reason) => {
+                    return Err(format!(
+                        "{} failed at {stage}: {reason}",
+                        registration.function.name()
+                    ));
+                }
+            };
+            match answer.get("hookStatus").and_then(Value::as_str) {
+                Some("SUCCEEDED") => return Ok(()),
+                Some("FAILED") => {
+                    return Err(format!(
+                        "{} answered FAILED at {stage}",
+                        registration.function.name()
+                    ));
+                }
+                Some("IN_PROGRESS") => {
+                    let delay = answer
+                        .get("callBackDelay")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(30);
+                    if let Some(returned) = answer.get("hookDetails").and_then(Value::as_object) {
+                        for (k, v) in returned {
+                            details.insert(k.clone(), v.clone());
+                        }
+                    }
+                    self.step(state, &format!("{stage} holding")).await;
+                    let wait = Duration::from_secs(delay).mul_f64(self.time_scale);
+                    if started.elapsed() + wait > registration.timeout {
+                        return Err(format!(
+                            "{} timed out at {stage} (action ROLLBACK)",
+                            registration.function.name()
+                        ));
+                    }
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until {
+                        if state.stop_requested.load(Ordering::SeqCst) {
+                            return Err(format!(
+                                "deployment stopped with ROLLBACK while {} held {stage}",
+                                registration.function.name()
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "{} gave an invalid answer at {stage}: hookStatus {other:?}",
+                        registration.function.name()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+struct DeploymentContext {
+    deployment_arn: String,
+    green_revision: String,
+    blue_revision: String,
+}
+
+fn dedup(ids: &mut Vec<DeploymentId>) {
+    let mut seen = BTreeSet::new();
+    ids.retain(|id| seen.insert(id.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_steps_follow_the_strategy() {
+        assert_eq!(Strategy::BlueGreen.production_steps(), vec![100]);
+        assert_eq!(
+            Strategy::Linear(25).production_steps(),
+            vec![25, 50, 75, 100]
+        );
+        assert_eq!(
+            Strategy::Linear(30).production_steps(),
+            vec![30, 60, 90, 100]
+        );
+        assert_eq!(Strategy::Canary(10).production_steps(), vec![10, 100]);
+    }
+}

@@ -1,0 +1,667 @@
+//! The hooks' handlers through whole deployments, against moto (ELBv2, DynamoDB) and the ECS
+//! emulator, with every safety invariant checked after every step.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use skewguard_core::DeploymentId;
+use skewguard_core::event::LifecycleStage;
+use skewguard_core::hook::HookFunction;
+use skewguard_core::ledger::{LedgerEntry, Status};
+use skewguard_core::listener::Request;
+use skewguard_core::settings::EnvDefaults;
+use skewguard_core::stages::{self, Actor, Draft};
+use skewguard_world::engine::{
+    BoxFuture, HookRegistration, InProcess, Intervention, Invocation, Invoker, Outcome,
+    PlaceholderTasks, Strategy,
+};
+use skewguard_world::fixtures::AlbFixture;
+use skewguard_world::invariants::Observation;
+use skewguard_world::world::World;
+
+fn quick() -> Value {
+    json!({"skewWindow": "2s", "pollInterval": "1s"})
+}
+
+async fn entries(world: &World, service: &str) -> Vec<LedgerEntry> {
+    world.ledger().load(service).await.expect("ledger reads")
+}
+
+fn status(entries: &[LedgerEntry], id: &str) -> Option<Status> {
+    entries
+        .iter()
+        .find(|e| e.deployment_id.as_str() == id)
+        .map(|e| e.status)
+}
+
+async fn pins(world: &World, service: &str, id: &str) -> usize {
+    let names = [service];
+    let seen = Observation::take(world.elb(), world.ledger(), &world.alb.listener_arn, &names)
+        .await
+        .expect("observation");
+    seen.pins_of(service, id).len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_deployment_on_a_service_that_ran_before_skewguard() {
+    let world = World::start().await;
+    let (service, _) = world.service("web", "aaa111", quick()).await;
+    assert!(
+        entries(&world, &service).await.is_empty(),
+        "nothing recorded before the first hook"
+    );
+
+    let outcome = world
+        .engine
+        .deploy(&service, "bbb222", &[], Intervention::None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    world.assert_no_violations();
+
+    let ledger = entries(&world, &service).await;
+    assert_eq!(status(&ledger, "aaa111"), Some(Status::Retired));
+    assert_eq!(status(&ledger, "bbb222"), Some(Status::Live));
+    assert_eq!(pins(&world, &service, "bbb222").await, 1);
+    assert_eq!(pins(&world, &service, "aaa111").await, 0);
+    let history = world
+        .ledger()
+        .history(&service, &DeploymentId::parse("aaa111").unwrap())
+        .await
+        .unwrap();
+    let lines: Vec<&str> = history.iter().map(|h| h.change.as_str()).collect();
+    assert!(lines[0].starts_with("recorded as live"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("live -> draining")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.last().unwrap().contains("draining -> retired"),
+        "{lines:?}"
+    );
+    // The discovery of blue on a first deployment is the only DescribeServiceDeployments call.
+    assert_eq!(world.ecs.call_count("DescribeServiceDeployments"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_deployments_in_a_row_alternate_target_groups() {
+    let world = World::start().await;
+    let (service, _) = world.service("web", "v1", quick()).await;
+    for id in ["v2", "v3", "v4"] {
+        let outcome = world
+            .engine
+            .deploy(&service, id, &[], Intervention::None)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Succeeded, "deploying {id}");
+    }
+    world.assert_no_violations();
+    let ledger = entries(&world, &service).await;
+    let tg = |id: &str| {
+        ledger
+            .iter()
+            .find(|e| e.deployment_id.as_str() == id)
+            .unwrap()
+            .target_group_arn
+            .clone()
+    };
+    assert_eq!(tg("v2"), world.alb.green_tg);
+    assert_eq!(tg("v3"), world.alb.blue_tg);
+    assert_eq!(tg("v4"), world.alb.green_tg);
+    for retired in ["v1", "v2", "v3"] {
+        assert_eq!(status(&ledger, retired), Some(Status::Retired), "{retired}");
+        let entry = ledger
+            .iter()
+            .find(|e| e.deployment_id.as_str() == retired)
+            .unwrap();
+        assert!(entry.rule_arns.is_empty() && entry.expires_at.is_some());
+    }
+    assert_eq!(status(&ledger, "v4"), Some(Status::Live));
+    // Steady state needs no discovery of blue: DescribeServiceDeployments only on the first.
+    assert_eq!(world.ecs.call_count("DescribeServiceDeployments"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_at_the_production_shift_unpins_green() {
+    let world = World::start().await;
+    let (service, _) = world.service("web", "v1", quick()).await;
+    world
+        .engine
+        .deploy(&service, "v2", &[], Intervention::None)
+        .await
+        .unwrap();
+    let outcome = world
+        .engine
+        .deploy(
+            &service,
+            "v3",
+            &[],
+            Intervention::StopAt(LifecycleStage::PostProductionTrafficShift),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    world.assert_no_violations();
+    let ledger = entries(&world, &service).await;
+    assert_eq!(status(&ledger, "v3"), Some(Status::RolledBack));
+    assert_eq!(status(&ledger, "v2"), Some(Status::Live));
+    assert_eq!(pins(&world, &service, "v3").await, 0);
+    assert_eq!(pins(&world, &service, "v2").await, 1);
+    // Green had been pinned before the rollback removed it.
+    let history = world
+        .ledger()
+        .history(&service, &DeploymentId::parse("v3").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        history.iter().any(|h| h.change.contains("pins 0 -> 1")),
+        "{history:?}"
+    );
+    assert!(
+        history.last().unwrap().change.contains("-> rolled_back"),
+        "{history:?}"
+    );
+
+    // The service deploys normally afterwards.
+    assert_eq!(
+        world
+            .engine
+            .deploy(&service, "v4", &[], Intervention::None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded
+    );
+    world.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_after_the_test_shift_finishes_the_testing_entry() {
+    let world = World::start().await;
+    let (service, _) = world.service("web", "v1", quick()).await;
+    let outcome = world
+        .engine
+        .deploy(
+            &service,
+            "v2",
+            &[],
+            Intervention::StopAt(LifecycleStage::PreProductionTrafficShift),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }));
+    world.assert_no_violations();
+    let ledger = entries(&world, &service).await;
+    assert_eq!(status(&ledger, "v2"), Some(Status::RolledBack));
+    assert_eq!(status(&ledger, "v1"), Some(Status::Live));
+    assert_eq!(pins(&world, &service, "v1").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_during_the_hold_rolls_back_and_blue_stays_pinned() {
+    let world = World::start().await;
+    let (service, stop) = world
+        .service(
+            "web",
+            "v1",
+            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+        )
+        .await;
+    let watcher = {
+        let ledger = world.ledger().clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            loop {
+                let entries = ledger.load(&service).await.unwrap();
+                if status(&entries, "v1") == Some(Status::Draining) {
+                    stop.request();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        world.engine.deploy(&service, "v2", &[], Intervention::None),
+    )
+    .await
+    .expect("the stop ends the hold")
+    .unwrap();
+    watcher.abort();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    world.assert_no_violations();
+    let ledger = entries(&world, &service).await;
+    assert_eq!(status(&ledger, "v1"), Some(Status::Live));
+    assert_eq!(status(&ledger, "v2"), Some(Status::RolledBack));
+    assert_eq!(pins(&world, &service, "v1").await, 1);
+    assert_eq!(pins(&world, &service, "v2").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_ends_the_hold_on_the_next_poll() {
+    let world = World::start().await;
+    let (service, _) = world
+        .service(
+            "web",
+            "v1",
+            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+        )
+        .await;
+    let releaser = {
+        let ledger = world.ledger().clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            loop {
+                let entries = ledger.load(&service).await.unwrap();
+                if status(&entries, "v1") == Some(Status::Draining) {
+                    let now = time::OffsetDateTime::now_utc();
+                    let mut draft = Draft::new(&service, entries);
+                    assert!(stages::release(&mut draft, now));
+                    let actor = Actor {
+                        stage: "release".into(),
+                        execution_id: "test".into(),
+                        now,
+                    };
+                    ledger.commit(&draft.changes(&actor)).await.unwrap();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        world.engine.deploy(&service, "v2", &[], Intervention::None),
+    )
+    .await
+    .expect("a one-hour hold ends once released")
+    .unwrap();
+    releaser.abort();
+    assert_eq!(outcome, Outcome::Succeeded);
+    world.assert_no_violations();
+    let ledger = entries(&world, &service).await;
+    assert_eq!(status(&ledger, "v1"), Some(Status::Retired));
+}
+
+/// Invokes every hook twice with the same event (at-least-once delivery) and records whether
+/// the second call changed anything.
+struct Twice {
+    inner: InProcess,
+    ledger: skewguard_core::aws::ledger_store::LedgerStore,
+    service: String,
+    changed_on_repeat: std::sync::Mutex<Vec<String>>,
+}
+
+impl Invoker for Twice {
+    fn invoke<'a>(&'a self, function: HookFunction, event: Value) -> BoxFuture<'a, Invocation> {
+        Box::pin(async move {
+            let first = self.inner.invoke(function, event.clone()).await;
+            let before = self.ledger.load(&self.service).await.unwrap();
+            let second = self.inner.invoke(function, event.clone()).await;
+            let after = self.ledger.load(&self.service).await.unwrap();
+            if before != after {
+                self.changed_on_repeat.lock().unwrap().push(format!(
+                    "{} at {}",
+                    function.name(),
+                    event["lifecycleStage"]
+                ));
+            }
+            let same_kind = |i: &Invocation| match i {
+                Invocation::Answered(a) => a["hookStatus"].clone(),
+                Invocation::Failed(_) => Value::Null,
+            };
+            assert_eq!(
+                same_kind(&first),
+                same_kind(&second),
+                "a repeated call answers the same"
+            );
+            second
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_invocations_change_nothing_further() {
+    let service =
+        skewguard_world::ecs_emulator::service_arn(skewguard_world::world::CLUSTER, "web");
+    let twice: Arc<std::sync::OnceLock<Arc<Twice>>> = Arc::new(std::sync::OnceLock::new());
+    let handle = twice.clone();
+    let world = World::start_with(
+        move |clients| {
+            let invoker = Arc::new(Twice {
+                ledger: clients.ledger.clone(),
+                inner: InProcess {
+                    clients,
+                    defaults: EnvDefaults::default(),
+                },
+                service: service.clone(),
+                changed_on_repeat: std::sync::Mutex::new(Vec::new()),
+            });
+            handle.set(invoker.clone()).ok();
+            invoker
+        },
+        Arc::new(PlaceholderTasks),
+    )
+    .await;
+    let (service, _) = world
+        .service(
+            "web",
+            "v1",
+            json!({"skewWindow": "1s", "pollInterval": "1s"}),
+        )
+        .await;
+    assert_eq!(
+        world
+            .engine
+            .deploy(&service, "v2", &[], Intervention::None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded
+    );
+    assert_eq!(
+        world
+            .engine
+            .deploy(
+                &service,
+                "v3",
+                &[],
+                Intervention::StopAt(LifecycleStage::PostProductionTrafficShift)
+            )
+            .await
+            .unwrap(),
+        Outcome::RolledBack {
+            reason: "deployment stopped with ROLLBACK at POST_PRODUCTION_TRAFFIC_SHIFT".into()
+        }
+    );
+    world.assert_no_violations();
+    let changed = twice
+        .get()
+        .unwrap()
+        .changed_on_repeat
+        .lock()
+        .unwrap()
+        .clone();
+    assert!(
+        changed.is_empty(),
+        "repeats changed the ledger: {changed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_services_sharing_one_listener_deploy_the_same_ids_at_once() {
+    let world = World::start().await;
+    let (web, _) = world.service("web", "sha1", quick()).await;
+    let admin_alb = AlbFixture::with_path_rule_as_production(
+        &world.clients.elbv2,
+        &world.vpc,
+        "admin",
+        Some(&world.alb.listener_arn),
+        200,
+        "/admin/*",
+    )
+    .await
+    .unwrap();
+    let (admin, _) = world
+        .service_on(
+            "admin",
+            admin_alb,
+            Request::get("/admin/users"),
+            "sha1",
+            HookRegistration::skewguard(quick()),
+            Strategy::BlueGreen,
+        )
+        .await;
+    let (a, b) = tokio::join!(
+        world.engine.deploy(&web, "sha2", &[], Intervention::None),
+        world.engine.deploy(&admin, "sha2", &[], Intervention::None),
+    );
+    assert_eq!(a.unwrap(), Outcome::Succeeded);
+    assert_eq!(b.unwrap(), Outcome::Succeeded);
+    world.assert_no_violations();
+    for service in [&web, &admin] {
+        let ledger = entries(&world, service).await;
+        assert_eq!(status(&ledger, "sha2"), Some(Status::Live));
+        assert_eq!(status(&ledger, "sha1"), Some(Status::Retired));
+    }
+    let seen = Observation::take(
+        world.elb(),
+        world.ledger(),
+        &world.alb.listener_arn,
+        &[&web, &admin],
+    )
+    .await
+    .unwrap();
+    let priority = |service: &str| seen.pins_of(service, "sha2")[0].priority.number().unwrap();
+    assert!(
+        (11..100).contains(&priority(&web)),
+        "web pin between its test rule and production rule"
+    );
+    assert!(
+        (101..200).contains(&priority(&admin)),
+        "admin pin just ahead of its production rule"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_redeploy_moves_the_one_pin_and_does_not_hold() {
+    let world = World::start().await;
+    let (service, _) = world
+        .service(
+            "web",
+            "v1",
+            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+        )
+        .await;
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        world.engine.deploy(&service, "v1", &[], Intervention::None),
+    )
+    .await
+    .expect("no hold: one version")
+    .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    world.assert_no_violations();
+    let ledger = entries(&world, &service).await;
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].status, Status::Live);
+    assert_eq!(ledger[0].target_group_arn, world.alb.green_tg);
+    assert_eq!(pins(&world, &service, "v1").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn linear_and_canary_shifts_pin_green_from_the_first_step() {
+    let world = World::start().await;
+    let (linear, _) = world
+        .service_on(
+            "web",
+            world.alb.clone(),
+            Request::get("/api/cart"),
+            "v1",
+            HookRegistration::skewguard(quick()),
+            Strategy::Linear(25),
+        )
+        .await;
+    assert_eq!(
+        world
+            .engine
+            .deploy(&linear, "v2", &[], Intervention::None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded
+    );
+    let steps = world.checker.steps.lock().unwrap().clone();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.contains("PRODUCTION_TRAFFIC_SHIFT 25%")),
+        "{steps:?}"
+    );
+    world.assert_no_violations();
+
+    let canary_alb = AlbFixture::with_path_rule_as_production(
+        &world.clients.elbv2,
+        &world.vpc,
+        "shop",
+        Some(&world.alb.listener_arn),
+        300,
+        "/shop/*",
+    )
+    .await
+    .unwrap();
+    let (canary, _) = world
+        .service_on(
+            "shop",
+            canary_alb,
+            Request::get("/shop/x"),
+            "c1",
+            HookRegistration::skewguard(quick()),
+            Strategy::Canary(10),
+        )
+        .await;
+    assert_eq!(
+        world
+            .engine
+            .deploy(&canary, "c2", &[], Intervention::None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded
+    );
+    world.assert_no_violations();
+    assert_eq!(
+        status(&entries(&world, &canary).await, "c2"),
+        Some(Status::Live)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_deployment_id_fails_the_hook_and_rolls_back_cleanly() {
+    let world = World::start().await;
+    let (service, _) = world.service("web", "v1", quick()).await;
+    world
+        .engine
+        .deploy(&service, "v2", &[], Intervention::None)
+        .await
+        .unwrap();
+    // The engine writes the ID into the task definition as given: a wildcard-bearing ID.
+    let outcome = world
+        .engine
+        .deploy(&service, "v3*", &[], Intervention::None)
+        .await
+        .unwrap();
+    match outcome {
+        Outcome::RolledBack { reason } => assert!(
+            reason.contains("post-test-traffic answered FAILED"),
+            "{reason}"
+        ),
+        other => panic!("expected a rollback, got {other:?}"),
+    }
+    world.assert_no_violations();
+    let ledger = entries(&world, &service).await;
+    assert_eq!(
+        ledger.len(),
+        2,
+        "nothing recorded for the invalid ID: {ledger:?}"
+    );
+    assert_eq!(status(&ledger, "v2"), Some(Status::Live));
+    assert_eq!(pins(&world, &service, "v2").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_settings_follow_on_error() {
+    let world = World::start().await;
+    let (service, _) = world
+        .service("web", "v1", json!({"skewWindow": "soon"}))
+        .await;
+    let outcome = world
+        .engine
+        .deploy(&service, "v2", &[], Intervention::None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::RolledBack { .. }),
+        "rollback is the default: {outcome:?}"
+    );
+    world.assert_no_violations();
+    assert!(entries(&world, &service).await.is_empty());
+
+    let (other, _) = world
+        .service_on(
+            "admin",
+            AlbFixture::with_path_rule_as_production(
+                &world.clients.elbv2,
+                &world.vpc,
+                "admin",
+                Some(&world.alb.listener_arn),
+                200,
+                "/admin/*",
+            )
+            .await
+            .unwrap(),
+            Request::get("/admin/x"),
+            "a1",
+            HookRegistration::skewguard(json!({"skewWindow": "soon", "onError": "continue"})),
+            Strategy::BlueGreen,
+        )
+        .await;
+    let outcome = world
+        .engine
+        .deploy(&other, "a2", &[], Intervention::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded,
+        "onError: continue never blocks the deployment"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_events_and_wrong_stages_get_a_defined_answer() {
+    let world = World::start().await;
+    let invoker = InProcess {
+        clients: world.hook_clients.clone(),
+        defaults: EnvDefaults::default(),
+    };
+    let answer = |i: Invocation| match i {
+        Invocation::Answered(a) => a,
+        Invocation::Failed(f) => panic!("the handler must answer, not fail: {f}"),
+    };
+    for event in [
+        json!(null),
+        json!("POST_TEST_TRAFFIC_SHIFT"),
+        json!({"lifecycleStage": "POST_TEST_TRAFFIC_SHIFT"}),
+        json!({"executionId": "x", "lifecycleStage": "NOPE", "resourceArn": "arn:aws:ecs:us-east-1:1:service-deployment/c/s/1", "executionDetails": {}}),
+    ] {
+        let a = answer(
+            invoker
+                .invoke(HookFunction::PostTestTraffic, event.clone())
+                .await,
+        );
+        assert_eq!(a, json!({"hookStatus": "FAILED"}), "{event}");
+    }
+    let continue_on_error = json!({"hookDetails": {"onError": "continue"}, "lifecycleStage": 7});
+    let a = answer(
+        invoker
+            .invoke(HookFunction::PostShift, continue_on_error)
+            .await,
+    );
+    assert_eq!(a, json!({"hookStatus": "SUCCEEDED"}));
+
+    let wrong_stage = json!({
+        "executionId": "x",
+        "lifecycleStage": "PRE_SCALE_UP",
+        "resourceArn": "arn:aws:ecs:us-east-1:123456789012:service-deployment/shop/web/1",
+        "executionDetails": {
+            "serviceArn": "arn:aws:ecs:us-east-1:123456789012:service/shop/web",
+            "targetServiceRevisionArn": "arn:aws:ecs:us-east-1:123456789012:service-revision/shop/web/1",
+            "testTrafficWeights": {}, "productionTrafficWeights": {}
+        }
+    });
+    let a = answer(invoker.invoke(HookFunction::PostShift, wrong_stage).await);
+    assert_eq!(a, json!({"hookStatus": "FAILED"}));
+    assert!(
+        world.ecs.calls().is_empty(),
+        "a rejected event makes no AWS call"
+    );
+}
