@@ -236,6 +236,12 @@ pub struct Engine {
     /// Multiplies every wait the engine does (callBackDelay, bake); hooks keep real durations.
     pub time_scale: f64,
     executions: AtomicU64,
+    /// Hook invocations hold it shared; an observation holds it exclusively, so it sees the
+    /// world between invocations, never halfway through one (deployments still overlap).
+    quiesce: tokio::sync::RwLock<()>,
+    /// Services on which skewguard has recorded a deployment (post-test-traffic succeeded):
+    /// from then on their production version must stay pinned.
+    engaged: Mutex<BTreeSet<String>>,
 }
 
 /// A handle to request a stop of whatever deployment of that service runs.
@@ -274,6 +280,8 @@ impl Engine {
             truths: Mutex::new(BTreeMap::new()),
             time_scale: 1.0,
             executions: AtomicU64::new(1),
+            quiesce: tokio::sync::RwLock::new(()),
+            engaged: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -420,10 +428,15 @@ impl Engine {
     }
 
     async fn step(&self, state: &ServiceState, step: &str) {
+        let _exclusive = self.quiesce.write().await;
         self.set_truth(&state.truth);
         self.observer
             .after_step(&state.service_arn, step, self.truths())
             .await;
+    }
+
+    fn is_engaged(&self, service_arn: &str) -> bool {
+        self.engaged.lock().expect("engaged").contains(service_arn)
     }
 
     fn service(&self, service_arn: &str) -> Result<Arc<tokio::sync::Mutex<ServiceState>>, String> {
@@ -596,7 +609,7 @@ impl Engine {
                     {
                         return Ok(Some(reason));
                     }
-                    if hooks_registered {
+                    if hooks_registered && self.is_engaged(&state.service_arn) {
                         state.truth.must_be_pinned = blue_id.cloned().into_iter().collect();
                     }
                     self.step(state, "after POST_TEST_TRAFFIC_SHIFT").await;
@@ -639,7 +652,7 @@ impl Engine {
                         {
                             return Ok(Some(reason));
                         }
-                        if hooks_registered {
+                        if hooks_registered && self.is_engaged(&state.service_arn) {
                             state.truth.must_be_pinned =
                                 blue_id.into_iter().chain(green_id).cloned().collect();
                             dedup(&mut state.truth.must_be_pinned);
@@ -663,7 +676,7 @@ impl Engine {
                 }
             }
         }
-        if hooks_registered {
+        if hooks_registered && self.is_engaged(&state.service_arn) {
             state.truth.must_be_pinned = green_id.cloned().into_iter().collect();
         }
         self.set_deployment(&ctx.deployment_arn, None, None);
@@ -734,7 +747,7 @@ impl Engine {
                 tracing::warn!(%problem, "a hook failed during rollback");
             }
         }
-        if hooks_registered {
+        if hooks_registered && self.is_engaged(&state.service_arn) {
             state.truth.must_be_pinned = blue_id.cloned().into_iter().collect();
         }
         self.step(state, "rollback: hooks done").await;
@@ -804,7 +817,11 @@ impl Engine {
                 },
                 "hookDetails": details,
             });
-            let answer = match self.invoker.invoke(registration.function, event).await {
+            let invocation = {
+                let _shared = self.quiesce.read().await;
+                self.invoker.invoke(registration.function, event).await
+            };
+            let answer = match invocation {
                 Invocation::Answered(answer) => answer,
                 Invocation::Failed(reason) => {
                     return Err(format!(
@@ -814,7 +831,17 @@ impl Engine {
                 }
             };
             match answer.get("hookStatus").and_then(Value::as_str) {
-                Some("SUCCEEDED") => return Ok(()),
+                Some("SUCCEEDED") => {
+                    if stage == LifecycleStage::PostTestTrafficShift
+                        && registration.function == HookFunction::PostTestTraffic
+                    {
+                        self.engaged
+                            .lock()
+                            .expect("engaged")
+                            .insert(state.service_arn.clone());
+                    }
+                    return Ok(());
+                }
                 Some("FAILED") => {
                     return Err(format!(
                         "{} answered FAILED at {stage}",
