@@ -403,7 +403,7 @@ impl LedgerEntry {
 }
 
 /// Describes a revision and its task definition: which version it runs, where.
-async fn discover(
+pub async fn discover(
     revision_arn: &str,
     settings: &Settings,
     clients: &Clients,
@@ -517,7 +517,7 @@ async fn blue_from_weights(
 /// Makes the listener hold exactly the pins the draft's entries want, and records the rule ARNs
 /// on the entries. Rules are created with their tags in one call, so a crash between here and
 /// the ledger write leaves a tagged rule that the next invocation adopts.
-async fn sync_pins(
+pub async fn sync_pins(
     draft: &mut Draft,
     wiring: &ServiceWiring,
     settings: &Settings,
