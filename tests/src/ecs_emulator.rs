@@ -491,6 +491,8 @@ pub struct EcsState {
     pub calls: Vec<String>,
     /// Per operation, the errors its next calls answer with.
     pub faults: BTreeMap<String, VecDeque<Fault>>,
+    /// Answers of an operation held back this long before they are computed, in order.
+    pub delays: BTreeMap<String, VecDeque<Duration>>,
 }
 
 impl EcsState {
@@ -701,6 +703,16 @@ impl EcsEmulator {
         );
     }
 
+    /// The next call of `operation` is answered only after `delay` (a slow AWS endpoint).
+    pub fn delay_next(&self, operation: &str, delay: Duration) {
+        self.with_state(|s| {
+            s.delays
+                .entry(operation.to_owned())
+                .or_default()
+                .push_back(delay)
+        });
+    }
+
     pub fn fail_next_with(&self, operation: &str, fault: Fault) {
         self.with_state(|s| {
             s.faults
@@ -798,6 +810,13 @@ async fn handle(
             );
         }
     };
+    let delay = lock(state)
+        .delays
+        .get_mut(&operation)
+        .and_then(VecDeque::pop_front);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let result = (|| {
         let mut state = lock(state);
         state.calls.push(operation.clone());

@@ -33,6 +33,10 @@ use crate::ecs_emulator::{
 use crate::fixtures::{AlbFixture, set_forward_weights};
 use crate::invariants::ServiceTruth;
 
+/// How long deregistered targets keep serving in-flight requests (ECS's deregistration delay,
+/// shortened).
+const DEREGISTRATION_DELAY: Duration = Duration::from_millis(150);
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What came back from invoking a hook.
@@ -423,6 +427,8 @@ impl Engine {
                 .map_err(|e| format!("DeregisterTargets: {e:?}"))?;
         }
         state.truth.running.remove(tg);
+        // Connection draining: requests already routed to these targets finish first.
+        tokio::time::sleep(DEREGISTRATION_DELAY).await;
         drop(tasks);
         Ok(())
     }

@@ -6,5 +6,6 @@ pub mod engine;
 pub mod fixtures;
 pub mod invariants;
 pub mod lambda;
+pub mod live;
 pub mod moto;
 pub mod world;

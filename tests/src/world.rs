@@ -66,6 +66,11 @@ impl InvariantChecker {
         self.steps.lock().expect("steps").push(label.to_owned());
     }
 
+    /// The most recent observation, for timelines.
+    pub async fn last_observation(&self) -> Option<Observation> {
+        self.previous.lock().await.clone()
+    }
+
     pub fn found(&self) -> Vec<String> {
         self.violations.lock().expect("violations").clone()
     }
@@ -95,6 +100,102 @@ pub struct World {
     pub checker: Arc<InvariantChecker>,
     pub engine: Engine,
     pub alb: AlbFixture,
+    /// The production rule's path pattern, e.g. `/api/*`.
+    pub production_path: String,
+}
+
+/// The stand-ins, the ledger table and an ALB, before the engine is attached.
+pub struct StandIns {
+    pub moto: MotoServer,
+    pub ecs: Arc<EcsEmulator>,
+    pub clients: Clients,
+    pub endpoints: Endpoints,
+    pub vpc: Vpc,
+    pub hook_clients: HookClients,
+    pub checker: Arc<InvariantChecker>,
+    pub alb: AlbFixture,
+    pub production_path: String,
+}
+
+impl StandIns {
+    /// moto, the ECS emulator, the ledger table, and an ALB whose production rule matches
+    /// `production_path` at priority 100, with the ECS test rule at priority 10.
+    pub async fn start(production_path: &str) -> StandIns {
+        skewguard_core::telemetry::init();
+        let moto = MotoServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+        let ecs = Arc::new(EcsEmulator::start().await.expect("ECS emulator starts"));
+        let endpoints = Endpoints::new(ecs.endpoint(), moto.endpoint());
+        let clients = Clients::new(&endpoints).await;
+        create_ledger_table(&clients.dynamodb, TABLE)
+            .await
+            .expect("ledger table");
+        let vpc = Vpc::default_in(&moto.endpoint()).await.expect("moto VPC");
+        let alb = AlbFixture::with_path_rule_as_production(
+            &clients.elbv2,
+            &vpc,
+            "web",
+            None,
+            100,
+            production_path,
+        )
+        .await
+        .expect("ALB")
+        .with_test_rule(&clients.elbv2, 10)
+        .await
+        .expect("test rule");
+        let hook_clients = skewguard_core::cold_start::clients(&clients.config, TABLE);
+        let checker = Arc::new(InvariantChecker::new(
+            hook_clients.elb.clone(),
+            hook_clients.ledger.clone(),
+            &alb.listener_arn,
+        ));
+        StandIns {
+            moto,
+            ecs,
+            clients,
+            endpoints,
+            vpc,
+            hook_clients,
+            checker,
+            alb,
+            production_path: production_path.to_owned(),
+        }
+    }
+
+    /// The hooks called in this process.
+    pub fn in_process(&self) -> Arc<dyn Invoker> {
+        Arc::new(InProcess {
+            clients: self.hook_clients.clone(),
+            defaults: EnvDefaults::default(),
+        })
+    }
+
+    pub fn with_engine(
+        self,
+        invoker: Arc<dyn Invoker>,
+        tasks: Arc<dyn TaskRunner>,
+        observer: Arc<dyn Observer>,
+    ) -> World {
+        let engine = Engine::new(
+            self.ecs.clone(),
+            self.clients.elbv2.clone(),
+            invoker,
+            tasks,
+            observer,
+        );
+        World {
+            moto: self.moto,
+            ecs: self.ecs,
+            clients: self.clients,
+            endpoints: self.endpoints,
+            vpc: self.vpc,
+            hook_clients: self.hook_clients,
+            checker: self.checker,
+            engine,
+            alb: self.alb,
+            production_path: self.production_path,
+        }
+    }
 }
 
 impl World {
@@ -117,52 +218,10 @@ impl World {
         invoker: impl FnOnce(HookClients) -> Arc<dyn Invoker>,
         tasks: Arc<dyn TaskRunner>,
     ) -> World {
-        skewguard_core::telemetry::init();
-        let moto = MotoServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-        let ecs = Arc::new(EcsEmulator::start().await.expect("ECS emulator starts"));
-        let endpoints = Endpoints::new(ecs.endpoint(), moto.endpoint());
-        let clients = Clients::new(&endpoints).await;
-        create_ledger_table(&clients.dynamodb, TABLE)
-            .await
-            .expect("ledger table");
-        let vpc = Vpc::default_in(&moto.endpoint()).await.expect("moto VPC");
-        let alb = AlbFixture::with_path_rule_as_production(
-            &clients.elbv2,
-            &vpc,
-            "web",
-            None,
-            100,
-            "/api/*",
-        )
-        .await
-        .expect("ALB")
-        .with_test_rule(&clients.elbv2, 10)
-        .await
-        .expect("test rule");
-        let hook_clients = skewguard_core::cold_start::clients(&clients.config, TABLE);
-        let checker = Arc::new(InvariantChecker::new(
-            hook_clients.elb.clone(),
-            hook_clients.ledger.clone(),
-            &alb.listener_arn,
-        ));
-        let engine = Engine::new(
-            ecs.clone(),
-            clients.elbv2.clone(),
-            invoker(hook_clients.clone()),
-            tasks,
-            checker.clone(),
-        );
-        World {
-            moto,
-            ecs,
-            clients,
-            endpoints,
-            vpc,
-            hook_clients,
-            checker,
-            engine,
-            alb,
-        }
+        let stand_ins = StandIns::start("/api/*").await;
+        let invoker = invoker(stand_ins.hook_clients.clone());
+        let observer = stand_ins.checker.clone();
+        stand_ins.with_engine(invoker, tasks, observer)
     }
 
     /// A service behind the world's ALB running `deployment_id`, with skewguard's hooks.
