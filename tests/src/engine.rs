@@ -441,6 +441,32 @@ impl Engine {
             .await;
     }
 
+    /// Requests a stop (rollback) of the service's running deployment, as an alarm would.
+    pub fn stop_handle(&self, service_arn: &str) -> Result<StopHandle, String> {
+        let service = self.service(service_arn)?;
+        let state = service
+            .try_lock()
+            .map_err(|_| "the service is busy".to_owned())?;
+        Ok(StopHandle(state.stop_requested.clone()))
+    }
+
+    /// Changes the deployment strategy for the service's next deployments.
+    pub async fn set_strategy(&self, service_arn: &str, strategy: Strategy) -> Result<(), String> {
+        self.service(service_arn)?.lock().await.setup.strategy = strategy;
+        Ok(())
+    }
+
+    /// Unregisters one of the service's hooks (for tests that prove a check can fail).
+    pub async fn drop_hook(&self, service_arn: &str, function: HookFunction) -> Result<(), String> {
+        self.service(service_arn)?
+            .lock()
+            .await
+            .setup
+            .hooks
+            .retain(|h| h.function != function);
+        Ok(())
+    }
+
     fn is_engaged(&self, service_arn: &str) -> bool {
         self.engaged.lock().expect("engaged").contains(service_arn)
     }

@@ -85,6 +85,8 @@ pub struct LocalFunction {
     /// The warm instance, if any; its lock also serialises invocations.
     instance: tokio::sync::Mutex<Option<Instance>>,
     cold_starts: AtomicU32,
+    /// The pid of the newest process, readable while an invocation holds the instance.
+    last_pid: AtomicU32,
     logs: LogRing,
 }
 
@@ -128,6 +130,7 @@ impl LocalFunction {
             arn,
             instance: tokio::sync::Mutex::new(None),
             cold_starts: AtomicU32::new(0),
+            last_pid: AtomicU32::new(0),
             logs: LogRing::new(
                 LOG_LINES,
                 std::env::var(ECHO_LOGS_ENV).as_deref() == Ok("1"),
@@ -224,6 +227,12 @@ impl LocalFunction {
     }
 
     /// The process id of the warm instance, if one is running and no invocation holds it.
+    /// The pid of the newest process, even while it is serving an invocation (for tests that
+    /// kill it mid-invocation). It may have exited since.
+    pub fn last_pid(&self) -> Option<u32> {
+        Some(self.last_pid.load(Ordering::SeqCst)).filter(|p| *p != 0)
+    }
+
     pub fn pid(&self) -> Option<u32> {
         let slot = self.instance.try_lock().ok()?;
         let instance = slot.as_ref()?;
@@ -293,6 +302,7 @@ impl LocalFunction {
             "INIT_START Runtime Version: provided.al2023 Instance: {number} Pid: {}",
             child.id()
         ));
+        self.last_pid.store(child.id(), Ordering::SeqCst);
         Ok(Instance {
             child: Mutex::new(child),
             api,

@@ -146,15 +146,20 @@ struct Protection {
 }
 
 impl Protection {
-    /// Whether `id` of `service` was still protected at the first step after `at`: a wrong
-    /// answer is skew only if the promise still held once the answer was in.
-    fn protected_after(&self, at: Instant, service: &str, id: &str) -> bool {
+    /// Whether `id` of `service` was protected both at the last step before `at` and at the
+    /// first step after it: a wrong answer is skew only if the promise held on both sides of it
+    /// (a pin being removed at the end of its window, or restored by a rollback, is not).
+    fn protected_around(&self, at: Instant, service: &str, id: &str) -> bool {
         let key = (service.to_owned(), id.to_owned());
-        self.steps
+        let before = self.steps.iter().rev().find(|(t, _)| *t <= at);
+        let after = self
+            .steps
             .iter()
             .find(|(t, _)| *t >= at)
-            .or(self.steps.last())
-            .is_some_and(|(_, set)| set.contains(&key))
+            .or(self.steps.last());
+        [before, after]
+            .into_iter()
+            .all(|step| step.is_some_and(|(_, set)| set.contains(&key)))
     }
 }
 
@@ -255,7 +260,7 @@ impl Traffic {
             }
             match &tab.pin {
                 Some(pin) if answer.served_by.as_deref() == Some(pin.as_str()) => c.own += 1,
-                Some(pin) if protection.protected_after(answer.at, &tab.service_arn, pin) => {
+                Some(pin) if protection.protected_around(answer.at, &tab.service_arn, pin) => {
                     c.skewed += 1
                 }
                 Some(_) => c.fell_back += 1,

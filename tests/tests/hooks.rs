@@ -212,7 +212,7 @@ async fn a_stop_during_the_hold_rolls_back_and_blue_stays_pinned() {
         let service = service.clone();
         tokio::spawn(async move {
             loop {
-                let entries = ledger.load(&service).await.unwrap();
+                let entries = ledger.load(&service).await.unwrap_or_default();
                 if status(&entries, "v1") == Some(Status::Draining) {
                     stop.request();
                     return;
@@ -253,7 +253,7 @@ async fn a_release_ends_the_hold_on_the_next_poll() {
         let service = service.clone();
         tokio::spawn(async move {
             loop {
-                let entries = ledger.load(&service).await.unwrap();
+                let entries = ledger.load(&service).await.unwrap_or_default();
                 if status(&entries, "v1") == Some(Status::Draining) {
                     let now = time::OffsetDateTime::now_utc();
                     let mut draft = Draft::new(&service, entries);
