@@ -17,7 +17,7 @@ use crate::aws::{AwsError, AwsErrorKind};
 use crate::event::{HookAnswer, HookEvent, LifecycleStage, MalformedEvent};
 use crate::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
 use crate::pins::{self, PinError, PinTags};
-use crate::settings::{EnvDefaults, OnError, Settings, SettingsError};
+use crate::settings::{AfterWindow, EnvDefaults, OnError, Settings, SettingsError};
 use crate::stages::{self, Actor, Draft, Hold};
 
 /// Read the ledger and decide again this many times when another writer got there first.
@@ -367,7 +367,9 @@ async fn attempt_stage(
             )));
         }
     };
-    if draft.pins_need_attention() {
+    let catch_all_moved =
+        settings.after_window == AfterWindow::Retired && draft.production_changed();
+    if draft.pins_need_attention() || catch_all_moved {
         sync_pins(&mut draft, &wiring, settings, &clients.elb).await?;
     }
     let actor = Actor {
@@ -562,13 +564,13 @@ pub async fn sync_pins(
         for spec in &plan.create {
             let priority = plan
                 .gap
-                .free_priority(&taken)
+                .priority_for(spec, &taken)
                 .ok_or_else(|| plan.gap.exhausted(&spec.deployment_id))?;
             let rule = NewRule {
                 listener_arn: wiring.listener_arn.clone(),
                 priority,
                 conditions: spec.conditions.clone(),
-                target_group_arn: spec.target_group_arn.clone(),
+                action: spec.action.clone(),
                 tags: PinTags {
                     service_arn: service_arn.clone(),
                     deployment_id: spec.deployment_id.to_string(),

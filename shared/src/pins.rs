@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::DeploymentId;
 use crate::ledger::LedgerEntry;
 use crate::listener::{
-    Condition, ListenerRule, Priority, QueryMatch, RuleAction, canonical_conditions,
+    Condition, ListenerRule, Priority, QueryMatch, RuleAction, WeightedTarget, canonical_conditions,
 };
-use crate::settings::{MAX_PRIORITY, PriorityRange, Settings};
+use crate::settings::{AfterWindow, MAX_PRIORITY, PriorityRange, Settings};
 
 /// ALB quotas that bound a pin rule.
 const MAX_VALUES_PER_CONDITION: usize = 3;
@@ -28,12 +28,104 @@ pub struct PinTags {
     pub deployment_id: String,
 }
 
-/// One pin rule to exist: requests matching `conditions` go to `target_group_arn`.
+/// One rule to exist: requests matching `conditions` get `action` — a forward to the target
+/// group running the deployment (a pin), or the retired answer (the catch-all after the pins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinSpec {
     pub deployment_id: DeploymentId,
-    pub target_group_arn: String,
     pub conditions: Vec<Condition>,
+    pub action: RuleAction,
+}
+
+impl PinSpec {
+    pub fn target_group_arn(&self) -> Option<&str> {
+        match &self.action {
+            RuleAction::Forward(targets) => targets.first().map(|t| t.target_group_arn.as_str()),
+            _ => None,
+        }
+    }
+
+    pub fn is_catch_all(&self) -> bool {
+        matches!(self.action, RuleAction::FixedResponse { .. })
+    }
+
+    /// Whether an existing rule already is this rule (its priority aside).
+    fn is_met_by(&self, rule: &ListenerRule) -> bool {
+        let same_action = match (&self.action, &rule.action) {
+            (RuleAction::Forward(want), RuleAction::Forward(have)) => {
+                have.len() == 1
+                    && have[0].weight > 0
+                    && want
+                        .first()
+                        .is_some_and(|w| w.target_group_arn == have[0].target_group_arn)
+            }
+            (want @ RuleAction::FixedResponse { .. }, have) => want == have,
+            _ => false,
+        };
+        same_action
+            && canonical_conditions(&rule.conditions) == canonical_conditions(&self.conditions)
+    }
+}
+
+/// The status of the retired answer.
+pub const RETIRED_STATUS: u16 = 409;
+
+/// The body of the retired answer: what a client needs to offer a reload.
+pub fn retired_body(current: &DeploymentId) -> String {
+    serde_json::json!({"error": "deployment_retired", "currentDeploymentId": current.as_str()})
+        .to_string()
+}
+
+/// The catch-all after the pins (`afterWindow: retired`): a request that carries the pin header
+/// with an ID no pin matched gets 409 with the current production deployment ID.
+pub fn retired_spec(
+    current: &DeploymentId,
+    production_rule: &ListenerRule,
+    settings: &Settings,
+) -> Result<PinSpec, PinError> {
+    check_copyable(production_rule)?;
+    let mut conditions = production_rule.conditions.clone();
+    conditions.push(Condition::HttpHeader {
+        name: settings.header_name.clone(),
+        values: vec!["*".to_owned()],
+    });
+    check_quotas(current, &conditions)?;
+    Ok(PinSpec {
+        deployment_id: current.clone(),
+        conditions,
+        action: RuleAction::FixedResponse {
+            status_code: RETIRED_STATUS,
+            content_type: Some("application/json".to_owned()),
+            body: Some(retired_body(current)),
+        },
+    })
+}
+
+fn forward(target_group_arn: &str) -> RuleAction {
+    RuleAction::Forward(vec![WeightedTarget {
+        target_group_arn: target_group_arn.to_owned(),
+        weight: 1,
+    }])
+}
+
+fn check_copyable(production_rule: &ListenerRule) -> Result<(), PinError> {
+    if let Some(what) = production_rule.uncopyable.first() {
+        return Err(PinError::ProductionRuleUncopyable {
+            rule: production_rule.arn.clone(),
+            what: what.clone(),
+        });
+    }
+    if let Some(Condition::Unsupported(what)) = production_rule
+        .conditions
+        .iter()
+        .find(|c| matches!(c, Condition::Unsupported(_)))
+    {
+        return Err(PinError::ProductionRuleUncopyable {
+            rule: production_rule.arn.clone(),
+            what: what.clone(),
+        });
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,22 +165,7 @@ pub fn pin_specs(
     production_rule: &ListenerRule,
     settings: &Settings,
 ) -> Result<Vec<PinSpec>, PinError> {
-    if let Some(what) = production_rule.uncopyable.first() {
-        return Err(PinError::ProductionRuleUncopyable {
-            rule: production_rule.arn.clone(),
-            what: what.clone(),
-        });
-    }
-    if let Some(Condition::Unsupported(what)) = production_rule
-        .conditions
-        .iter()
-        .find(|c| matches!(c, Condition::Unsupported(_)))
-    {
-        return Err(PinError::ProductionRuleUncopyable {
-            rule: production_rule.arn.clone(),
-            what: what.clone(),
-        });
-    }
+    check_copyable(production_rule)?;
     let id = deployment_id.as_str();
     let mut pin_conditions = vec![Condition::HttpHeader {
         name: settings.header_name.clone(),
@@ -121,8 +198,8 @@ pub fn pin_specs(
             check_quotas(deployment_id, &conditions)?;
             Ok(PinSpec {
                 deployment_id: deployment_id.clone(),
-                target_group_arn: target_group_arn.to_owned(),
                 conditions,
+                action: forward(target_group_arn),
             })
         })
         .collect()
@@ -174,6 +251,8 @@ pub struct Gap {
     /// The production rule's priority; `MAX_PRIORITY + 1` for a default rule.
     pub below: u32,
     pub range: Option<PriorityRange>,
+    /// The highest slot is kept for the retired catch-all, which must come after every pin.
+    pub reserve_top: bool,
 }
 
 impl Gap {
@@ -181,10 +260,15 @@ impl Gap {
         (self.above + 1).max(self.range.map_or(1, |r| r.low))
     }
 
-    fn highest(&self) -> u32 {
+    /// The highest priority in the gap: the catch-all's slot when one is kept.
+    pub fn top(&self) -> u32 {
         (self.below - 1)
             .min(MAX_PRIORITY)
             .min(self.range.map_or(MAX_PRIORITY, |r| r.high))
+    }
+
+    fn highest(&self) -> u32 {
+        self.top().saturating_sub(u32::from(self.reserve_top))
     }
 
     pub fn contains(&self, priority: u32) -> bool {
@@ -198,6 +282,15 @@ impl Gap {
             return None;
         }
         (low..=high).rev().find(|p| !taken.contains(p))
+    }
+
+    /// Where a new rule for `spec` goes: the catch-all in the top slot, pins below it.
+    pub fn priority_for(&self, spec: &PinSpec, taken: &BTreeSet<u32>) -> Option<u32> {
+        if spec.is_catch_all() {
+            Some(self.top()).filter(|p| !taken.contains(p) && *p > self.above)
+        } else {
+            self.free_priority(taken)
+        }
     }
 
     pub fn exhausted(&self, deployment_id: &DeploymentId) -> PinError {
@@ -281,6 +374,7 @@ pub fn gap(
     rules: &[ListenerRule],
     own: &[&ListenerRule],
     range: Option<PriorityRange>,
+    reserve_top: bool,
 ) -> Gap {
     let below = production_rule
         .priority
@@ -298,6 +392,7 @@ pub fn gap(
         above,
         below,
         range,
+        reserve_top,
     }
 }
 
@@ -327,33 +422,49 @@ pub fn plan(
     settings: &Settings,
 ) -> Result<PinPlan, PinError> {
     let own = own_rules(service_arn, entries, rules, tags);
-    let gap = gap(production_rule, rules, &own, settings.priority_range);
+    let retired = settings.after_window == AfterWindow::Retired;
+    let gap = gap(
+        production_rule,
+        rules,
+        &own,
+        settings.priority_range,
+        retired,
+    );
     let mut unused: Vec<&ListenerRule> = own.clone();
     unused.sort_by_key(|r| r.priority);
     let mut keep: BTreeMap<DeploymentId, Vec<String>> = BTreeMap::new();
     let mut create = Vec::new();
+    let mut specs = Vec::new();
     for entry in entries.iter().filter(|e| e.wants_pin()) {
-        for spec in pin_specs(
+        specs.extend(pin_specs(
             &entry.deployment_id,
             &entry.target_group_arn,
             production_rule,
             settings,
-        )? {
-            let wanted = canonical_conditions(&spec.conditions);
-            let found = unused.iter().position(|r| {
-                r.priority.number().is_some_and(|p| gap.contains(p))
-                    && r.action == forward_only(&spec.target_group_arn, &r.action)
-                    && canonical_conditions(&r.conditions) == wanted
-            });
-            match found {
-                Some(index) => {
-                    let rule = unused.remove(index);
-                    keep.entry(spec.deployment_id.clone())
-                        .or_default()
-                        .push(rule.arn.clone());
+        )?);
+    }
+    if retired && let Some(current) = production_version(entries) {
+        specs.push(retired_spec(current, production_rule, settings)?);
+    }
+    for spec in specs {
+        let found = unused.iter().position(|r| {
+            let slot_ok = r.priority.number().is_some_and(|p| {
+                if spec.is_catch_all() {
+                    p == gap.top()
+                } else {
+                    gap.contains(p)
                 }
-                None => create.push(spec),
+            });
+            slot_ok && spec.is_met_by(r)
+        });
+        match found {
+            Some(index) => {
+                let rule = unused.remove(index);
+                keep.entry(spec.deployment_id.clone())
+                    .or_default()
+                    .push(rule.arn.clone());
             }
+            None => create.push(spec),
         }
     }
     Ok(PinPlan {
@@ -364,18 +475,13 @@ pub fn plan(
     })
 }
 
-/// `action` if it forwards only to `target_group_arn`, otherwise a value it cannot equal.
-fn forward_only(target_group_arn: &str, action: &RuleAction) -> RuleAction {
-    match action {
-        RuleAction::Forward(targets)
-            if targets.len() == 1
-                && targets[0].target_group_arn == target_group_arn
-                && targets[0].weight > 0 =>
-        {
-            action.clone()
-        }
-        _ => RuleAction::Other("not a forward to the wanted target group".to_owned()),
-    }
+/// The version production runs now: the most recently live entry.
+pub fn production_version(entries: &[LedgerEntry]) -> Option<&DeploymentId> {
+    entries
+        .iter()
+        .filter(|e| e.status == crate::ledger::Status::Live)
+        .max_by_key(|e| e.live_at)
+        .map(|e| &e.deployment_id)
 }
 
 /// Priorities in use on the listener.
@@ -606,7 +712,7 @@ mod tests {
     #[test]
     fn the_gap_lies_between_the_last_other_rule_and_the_production_rule() {
         let rules = listener();
-        let g = gap(&prod(&rules), &rules, &[], None);
+        let g = gap(&prod(&rules), &rules, &[], None, false);
         assert_eq!((g.above, g.below), (90, 100));
         assert_eq!(g.free_priority(&taken_priorities(&rules)), Some(99));
         let limited = Gap {
@@ -629,7 +735,7 @@ mod tests {
     fn a_default_production_rule_puts_pins_after_every_rule() {
         let rules = listener();
         let default = rules.iter().find(|r| r.is_default()).unwrap().clone();
-        let g = gap(&default, &rules, &[], None);
+        let g = gap(&default, &rules, &[], None, false);
         assert_eq!(g.above, 100);
         assert_eq!(
             g.free_priority(&taken_priorities(&rules)),
@@ -681,7 +787,7 @@ mod tests {
         assert_eq!(plan.delete, vec!["pin-old".to_owned()]);
         assert_eq!(plan.create.len(), 1);
         assert_eq!(plan.create[0].deployment_id.as_str(), "bbb");
-        assert_eq!(plan.create[0].target_group_arn, "tg2");
+        assert_eq!(plan.create[0].target_group_arn(), Some("tg2"));
     }
 
     #[test]
@@ -744,11 +850,90 @@ mod tests {
     }
 
     #[test]
+    fn after_the_window_a_retired_id_gets_409_naming_production_and_pins_still_win() {
+        let mut rules = listener();
+        let s = settings(json!({"afterWindow": "retired"}));
+        let p = prod(&rules);
+        let mut live = entry("bbb", "tg2", Status::Live);
+        live.live_at = Some(datetime!(2026-01-01 0:00 UTC));
+        let retired = entry("aaa", "tg1", Status::Retired);
+        let entries = vec![live, retired];
+        let plan = plan(SVC, &entries, &rules, &BTreeMap::new(), &p, &s).unwrap();
+        assert_eq!(
+            plan.create.len(),
+            2,
+            "the live pin and the catch-all: {plan:?}"
+        );
+        assert!(plan.gap.reserve_top);
+        let mut taken = taken_priorities(&rules);
+        for spec in &plan.create {
+            let priority = if spec.is_catch_all() {
+                plan.gap.top()
+            } else {
+                plan.gap.free_priority(&taken).unwrap()
+            };
+            taken.insert(priority);
+            rules.push(rule(
+                &format!("r{priority}"),
+                Priority::Number(priority),
+                spec.conditions.clone(),
+                spec.action.clone(),
+            ));
+        }
+        let retired_answer = route(
+            &rules,
+            &Request::get("/api/x").with_header("X-Deployment-ID", "aaa"),
+        )
+        .unwrap();
+        match &retired_answer.action {
+            RuleAction::FixedResponse {
+                status_code, body, ..
+            } => {
+                assert_eq!(*status_code, 409);
+                assert!(
+                    body.as_deref()
+                        .unwrap()
+                        .contains("\"currentDeploymentId\":\"bbb\"")
+                );
+            }
+            other => panic!("expected the retired answer, got {other:?}"),
+        }
+        let pinned = route(
+            &rules,
+            &Request::get("/api/x").with_header("X-Deployment-ID", "BBB"),
+        )
+        .unwrap();
+        assert_eq!(pinned.live_targets(), vec!["tg2"]);
+        let unpinned = route(&rules, &Request::get("/api/x")).unwrap();
+        assert_eq!(unpinned.arn, "prod");
+        let elsewhere = route(
+            &rules,
+            &Request::get("/admin/x").with_header("X-Deployment-ID", "aaa"),
+        )
+        .unwrap();
+        assert_eq!(elsewhere.arn, "other");
+        // Applied, the plan is a no-op the next time.
+        let mut entries = entries;
+        entries[0].rule_arns = rules
+            .iter()
+            .filter(|r| r.arn.starts_with('r'))
+            .map(|r| r.arn.clone())
+            .collect();
+        let again = plan_for(&entries, &rules, &s);
+        assert!(again.is_noop(), "{again:?}");
+    }
+
+    fn plan_for(entries: &[LedgerEntry], rules: &[ListenerRule], s: &Settings) -> PinPlan {
+        let p = prod(rules);
+        plan(SVC, entries, rules, &BTreeMap::new(), &p, s).unwrap()
+    }
+
+    #[test]
     fn a_pin_only_reroutes_requests_bound_for_its_own_production_rule() {
         let mut rules = listener();
         let s = settings(json!({"queryParam": "dpl"}));
         let p = prod(&rules);
-        let g = gap(&p, &rules, &[], None);
+        let g = gap(&p, &rules, &[], None, false);
         let mut taken = taken_priorities(&rules);
         for spec in pin_specs(&DeploymentId::parse("abc").unwrap(), "tg2", &p, &s).unwrap() {
             let priority = g.free_priority(&taken).unwrap();

@@ -11,7 +11,7 @@ pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
 pub const MAX_PRIORITY: u32 = 50_000;
 
 /// Every key a user may set, with the env variable that sets its function-level default.
-pub const SETTING_KEYS: [(&str, &str); 9] = [
+pub const SETTING_KEYS: [(&str, &str); 10] = [
     ("headerName", "SKEWGUARD_HEADER_NAME"),
     ("queryParam", "SKEWGUARD_QUERY_PARAM"),
     ("cookieName", "SKEWGUARD_COOKIE_NAME"),
@@ -21,6 +21,7 @@ pub const SETTING_KEYS: [(&str, &str); 9] = [
     ("pollInterval", "SKEWGUARD_POLL_INTERVAL"),
     ("priorityRange", "SKEWGUARD_PRIORITY_RANGE"),
     ("onError", "SKEWGUARD_ON_ERROR"),
+    ("afterWindow", "SKEWGUARD_AFTER_WINDOW"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,16 @@ pub struct Settings {
     pub poll_interval: Duration,
     pub priority_range: Option<PriorityRange>,
     pub on_error: OnError,
+    pub after_window: AfterWindow,
+}
+
+/// What a request carrying a pin whose version is gone gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterWindow {
+    /// Production, as if it carried no pin.
+    Fallthrough,
+    /// A 409 JSON answer naming the current production deployment, from one catch-all rule.
+    Retired,
 }
 
 /// Where a task definition carries its deployment ID.
@@ -158,6 +169,9 @@ impl Settings {
                 .parse("pollInterval", parse_poll_interval)?
                 .unwrap_or(Duration::from_secs(60)),
             priority_range: source.parse("priorityRange", parse_priority_range)?,
+            after_window: source
+                .parse("afterWindow", parse_after_window)?
+                .unwrap_or(AfterWindow::Fallthrough),
         })
     }
 
@@ -219,6 +233,14 @@ fn env_var_of(key: &str) -> &'static str {
         .find(|(k, _)| *k == key)
         .map(|(_, var)| *var)
         .unwrap_or("?")
+}
+
+fn parse_after_window(raw: &str) -> Result<AfterWindow, String> {
+    match raw {
+        "fallthrough" => Ok(AfterWindow::Fallthrough),
+        "retired" => Ok(AfterWindow::Retired),
+        _ => Err("must be `fallthrough` or `retired`".to_owned()),
+    }
 }
 
 fn parse_on_error(raw: &str) -> Result<OnError, String> {
@@ -361,6 +383,7 @@ mod tests {
         assert_eq!(s.poll_interval, Duration::from_secs(60));
         assert_eq!(s.priority_range, None);
         assert_eq!(s.on_error, OnError::Rollback);
+        assert_eq!(s.after_window, AfterWindow::Fallthrough);
     }
 
     #[test]
@@ -387,7 +410,7 @@ mod tests {
                 "headerName": "X-Build", "queryParam": "dpl", "cookieName": "__dpl",
                 "deploymentIdFrom": "label:com.example.sha", "container": "web",
                 "skewWindow": "90m", "pollInterval": "15s", "priorityRange": "100-899",
-                "onError": "continue"
+                "onError": "continue", "afterWindow": "retired"
             })),
             &EnvDefaults::default(),
         )
@@ -408,6 +431,7 @@ mod tests {
             })
         );
         assert_eq!(s.on_error, OnError::Continue);
+        assert_eq!(s.after_window, AfterWindow::Retired);
         let tag = Settings::resolve(
             &details(json!({"deploymentIdFrom": "image-tag"})),
             &EnvDefaults::default(),
@@ -442,6 +466,7 @@ mod tests {
             (json!({"deploymentIdFrom": "env:"}), "deploymentIdFrom"),
             (json!({"onError": "ignore"}), "onError"),
             (json!({"skewWindow": 60}), "skewWindow"),
+            (json!({"afterWindow": "410"}), "afterWindow"),
         ] {
             let msg = error_of(input.clone());
             assert!(msg.contains(&format!("`{key}`")), "{input} gave {msg}");

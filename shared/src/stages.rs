@@ -126,6 +126,17 @@ impl Draft {
             .collect()
     }
 
+    /// Whether the version production runs changed (the retired answer names it).
+    pub fn production_changed(&self) -> bool {
+        let live = |m: &BTreeMap<DeploymentId, LedgerEntry>| -> Vec<DeploymentId> {
+            m.values()
+                .filter(|e| e.status == Status::Live)
+                .map(|e| e.deployment_id.clone())
+                .collect()
+        };
+        live(&self.before) != live(&self.after)
+    }
+
     /// Whether the pins recorded in the ledger may no longer match what the entries want.
     pub fn pins_need_attention(&self) -> bool {
         self.after.values().any(|after| {

@@ -617,6 +617,76 @@ async fn invalid_settings_follow_on_error() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn after_the_window_a_retired_pin_gets_the_retired_answer() {
+    let world = World::start().await;
+    let (service, _) = world
+        .service(
+            "web",
+            "v1",
+            json!({"skewWindow": "1s", "pollInterval": "1s", "afterWindow": "retired"}),
+        )
+        .await;
+    assert_eq!(
+        world
+            .engine
+            .deploy(&service, "v2", &[], Intervention::None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded
+    );
+    assert_eq!(
+        world
+            .engine
+            .deploy(&service, "v3", &[], Intervention::None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded
+    );
+    world.assert_no_violations();
+    let seen = Observation::take(
+        world.elb(),
+        world.ledger(),
+        &world.alb.listener_arn,
+        &[&service],
+    )
+    .await
+    .unwrap();
+    let answer = |id: &str| {
+        skewguard_core::listener::route(
+            &seen.rules,
+            &Request::get("/api/cart").with_header("X-Deployment-ID", id),
+        )
+        .unwrap()
+        .clone()
+    };
+    for retired in ["v1", "v2", "made-up"] {
+        match answer(retired).action {
+            skewguard_core::listener::RuleAction::FixedResponse {
+                status_code, body, ..
+            } => {
+                assert_eq!(status_code, 409);
+                assert_eq!(
+                    serde_json::from_str::<Value>(&body.unwrap()).unwrap(),
+                    json!({"error": "deployment_retired", "currentDeploymentId": "v3"})
+                );
+            }
+            other => panic!("{retired} should get the retired answer, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        answer("v3").live_targets(),
+        vec![world.alb.blue_tg.as_str()],
+        "v3 still reaches v3"
+    );
+    let unpinned =
+        skewguard_core::listener::route(&seen.rules, &Request::get("/api/cart")).unwrap();
+    assert_eq!(
+        unpinned.arn, world.alb.production_rule_arn,
+        "requests without an ID reach production"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn malformed_events_and_wrong_stages_get_a_defined_answer() {
     let world = World::start().await;
     let invoker = InProcess {

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use aws_sdk_elasticloadbalancingv2 as elb;
 use elb::types::{
-    Action, ActionTypeEnum, ForwardActionConfig, HostHeaderConditionConfig,
-    HttpHeaderConditionConfig, HttpRequestMethodConditionConfig, PathPatternConditionConfig,
-    QueryStringConditionConfig, QueryStringKeyValuePair, Rule, RuleCondition,
-    SourceIpConditionConfig, Tag, TargetGroupTuple,
+    Action, ActionTypeEnum, FixedResponseActionConfig, ForwardActionConfig,
+    HostHeaderConditionConfig, HttpHeaderConditionConfig, HttpRequestMethodConditionConfig,
+    PathPatternConditionConfig, QueryStringConditionConfig, QueryStringKeyValuePair, Rule,
+    RuleCondition, SourceIpConditionConfig, Tag, TargetGroupTuple,
 };
 
 use super::{AwsError, classify};
@@ -27,7 +27,7 @@ pub struct NewRule {
     pub listener_arn: String,
     pub priority: u32,
     pub conditions: Vec<Condition>,
-    pub target_group_arn: String,
+    pub action: RuleAction,
     pub tags: PinTags,
 }
 
@@ -118,7 +118,7 @@ impl Elb {
             .listener_arn(&rule.listener_arn)
             .priority(rule.priority as i32)
             .set_conditions(Some(rule.conditions.iter().map(condition_to_sdk).collect()))
-            .actions(forward_to(&rule.target_group_arn))
+            .actions(action_to_sdk(&rule.action))
             .tags(
                 Tag::builder()
                     .key(TAG_SERVICE)
@@ -163,20 +163,43 @@ impl Elb {
     }
 }
 
-fn forward_to(target_group_arn: &str) -> Action {
-    Action::builder()
-        .r#type(ActionTypeEnum::Forward)
-        .forward_config(
-            ForwardActionConfig::builder()
-                .target_groups(
-                    TargetGroupTuple::builder()
-                        .target_group_arn(target_group_arn)
-                        .weight(1)
-                        .build(),
-                )
-                .build(),
-        )
-        .build()
+/// A forward to one target group, or a fixed response; pins need nothing else.
+fn action_to_sdk(action: &RuleAction) -> Action {
+    match action {
+        RuleAction::Forward(targets) => Action::builder()
+            .r#type(ActionTypeEnum::Forward)
+            .forward_config(
+                ForwardActionConfig::builder()
+                    .set_target_groups(Some(
+                        targets
+                            .iter()
+                            .map(|t| {
+                                TargetGroupTuple::builder()
+                                    .target_group_arn(&t.target_group_arn)
+                                    .weight(t.weight as i32)
+                                    .build()
+                            })
+                            .collect(),
+                    ))
+                    .build(),
+            )
+            .build(),
+        RuleAction::FixedResponse {
+            status_code,
+            content_type,
+            body,
+        } => Action::builder()
+            .r#type(ActionTypeEnum::FixedResponse)
+            .fixed_response_config(
+                FixedResponseActionConfig::builder()
+                    .status_code(status_code.to_string())
+                    .set_content_type(content_type.clone())
+                    .set_message_body(body.clone())
+                    .build(),
+            )
+            .build(),
+        RuleAction::Other(_) => Action::builder().build(),
+    }
 }
 
 /// Translates an SDK rule into the plain model.
