@@ -440,8 +440,9 @@ async fn green_version(
     }
 }
 
-/// Blue before the production shift: the live entry on the other target group, or (on a
-/// service's first deployment under skewguard) the deployment's source revision.
+/// Blue before the production shift: the deployment's source revision (per ECS, so a stale
+/// ledger can never name the wrong version), taken from the ledger when it knows that revision
+/// and described otherwise (a service's first deployment under skewguard).
 async fn blue_before_shift(
     event: &HookEvent,
     draft: &Draft,
@@ -449,17 +450,17 @@ async fn blue_before_shift(
     settings: &Settings,
     clients: &Clients,
 ) -> Result<Option<RunningVersion>, HookError> {
-    if let Some(live) = draft
-        .entries()
-        .filter(|e| e.status == Status::Live && e.target_group_arn != green.target_group_arn)
-        .max_by_key(|e| e.live_at)
-    {
-        return Ok(Some(live.running()));
-    }
     let sources = clients.ecs.source_revisions(&event.deployment_arn).await?;
     if sources.is_empty() {
         info!(stage = %event.stage, "no source revision: the service's first deployment");
         return Ok(None);
+    }
+    if let Some(known) = draft
+        .entries()
+        .filter(|e| !e.status.is_final() && e.target_group_arn != green.target_group_arn)
+        .find(|e| sources.contains(&e.service_revision_arn))
+    {
+        return Ok(Some(known.running()));
     }
     let revisions = clients.ecs.describe_revisions(&sources).await?;
     let mut candidates = Vec::new();

@@ -436,8 +436,20 @@ impl Engine {
     async fn step(&self, state: &ServiceState, step: &str) {
         let _exclusive = self.quiesce.write().await;
         self.set_truth(&state.truth);
+        // Another service's promise is updated by its own deployment after its hook returns, so
+        // it may lag what its hook just did; it is checked at that service's own steps.
+        let truths = self
+            .truths()
+            .into_iter()
+            .map(|mut truth| {
+                if truth.service_arn != state.service_arn {
+                    truth.must_be_pinned.clear();
+                }
+                truth
+            })
+            .collect();
         self.observer
-            .after_step(&state.service_arn, step, self.truths())
+            .after_step(&state.service_arn, step, truths)
             .await;
     }
 
@@ -464,6 +476,21 @@ impl Engine {
             .setup
             .hooks
             .retain(|h| h.function != function);
+        Ok(())
+    }
+
+    /// Registers another hook on the service.
+    pub async fn add_hook(
+        &self,
+        service_arn: &str,
+        registration: HookRegistration,
+    ) -> Result<(), String> {
+        self.service(service_arn)?
+            .lock()
+            .await
+            .setup
+            .hooks
+            .push(registration);
         Ok(())
     }
 
@@ -508,6 +535,10 @@ impl Engine {
         let deployment_arn = deployment.service_deployment_arn.clone();
         self.ecs.put_service_deployment(deployment);
         let hooks_registered = !state.setup.hooks.is_empty();
+        if !hooks_registered {
+            // Nothing promises pins for a deployment skewguard does not take part in.
+            state.truth.must_be_pinned.clear();
+        }
         let blue_id = state.truth.running.get(&blue_tg).cloned();
         let green_id = DeploymentId::parse(deployment_id).ok();
 

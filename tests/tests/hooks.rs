@@ -80,8 +80,13 @@ async fn first_deployment_on_a_service_that_ran_before_skewguard() {
         lines.last().unwrap().contains("draining -> retired"),
         "{lines:?}"
     );
-    // The discovery of blue on a first deployment is the only DescribeServiceDeployments call.
+    // Blue is the deployment's source revision, described once on this first deployment.
     assert_eq!(world.ecs.call_count("DescribeServiceDeployments"), 1);
+    assert_eq!(
+        world.ecs.call_count("DescribeServiceRevisions"),
+        2,
+        "green, then blue"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,8 +123,99 @@ async fn three_deployments_in_a_row_alternate_target_groups() {
         assert!(entry.rule_arns.is_empty() && entry.expires_at.is_some());
     }
     assert_eq!(status(&ledger, "v4"), Some(Status::Live));
-    // Steady state needs no discovery of blue: DescribeServiceDeployments only on the first.
-    assert_eq!(world.ecs.call_count("DescribeServiceDeployments"), 1);
+    // Blue is checked against ECS on every deployment, but described only on the first: after
+    // that the ledger knows the source revision.
+    assert_eq!(world.ecs.call_count("DescribeServiceDeployments"), 3);
+    assert_eq!(
+        world.ecs.call_count("DescribeServiceRevisions"),
+        3 + 1,
+        "green each time, blue once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_live_entry_is_never_taken_for_blue() {
+    // The ledger says v1 is live on the first target group, but the service was since deployed
+    // twice without skewguard's hooks: that target group now runs v3.
+    let world = World::start().await;
+    let (service, _) = world.service("web", "v1", quick()).await;
+    assert_eq!(
+        world
+            .engine
+            .deploy(&service, "v2", &[], Intervention::None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded
+    );
+    let ledger_before = entries(&world, &service).await;
+    world
+        .engine
+        .drop_hook(&service, HookFunction::PostTestTraffic)
+        .await
+        .unwrap();
+    world
+        .engine
+        .drop_hook(&service, HookFunction::ProductionShift)
+        .await
+        .unwrap();
+    world
+        .engine
+        .drop_hook(&service, HookFunction::PostShift)
+        .await
+        .unwrap();
+    for id in ["v3", "v4"] {
+        world
+            .engine
+            .deploy(&service, id, &[], Intervention::None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        entries(&world, &service).await,
+        ledger_before,
+        "no hook ran"
+    );
+    for registration in skewguard_world::engine::HookRegistration::skewguard(quick()) {
+        world.engine.add_hook(&service, registration).await.unwrap();
+    }
+    // Without the hooks nothing retired v2, whose pin now leads to whatever runs on its target
+    // group: that is reported (and is what the reconciler repairs between deployments).
+    let before = world.checker.found();
+    assert!(
+        before
+            .iter()
+            .any(|v| v.contains("invariant 1") && v.contains("for v2")),
+        "{before:#?}"
+    );
+    world.checker.violations.lock().unwrap().clear();
+    assert_eq!(
+        world
+            .engine
+            .deploy(&service, "v5", &[], Intervention::None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded
+    );
+    // The first hook of the next deployment (after SCALE_UP) puts it right.
+    let after: Vec<String> = world
+        .checker
+        .found()
+        .into_iter()
+        .filter(|v| !v.contains(": SCALE_UP:"))
+        .collect();
+    assert!(after.is_empty(), "{after:#?}");
+    let ledger = entries(&world, &service).await;
+    assert_eq!(
+        status(&ledger, "v4"),
+        Some(Status::Retired),
+        "v4 was blue: {ledger:?}"
+    );
+    assert_eq!(
+        status(&ledger, "v2"),
+        Some(Status::Retired),
+        "v2 no longer ran anywhere"
+    );
+    assert_eq!(status(&ledger, "v5"), Some(Status::Live));
 }
 
 #[tokio::test(flavor = "multi_thread")]
