@@ -1,0 +1,522 @@
+// The browser test: real headless Chromium tabs running the example app against the live local
+// world (moto, the ECS emulator, the real hook processes, real `checkout` backends and the ALB
+// data plane), through one origin that serves the published frontend and forwards `/v2/*` to
+// the data plane (e2e/cdn.mjs).
+//
+//   1. tab 1 loads build A (cart schema v1);
+//   2. deploy B (v2, a breaking change): B under test traffic, A pinned;
+//   3. B takes production, the skew window starts, the frontend CDN publishes B;
+//   4. tab 2 opens, loads build B and is served by B, while tab 1 is still served by A;
+//   5. after the window: tab 1 shows "New version available — reload" (afterWindow: retired);
+//   6. tab 1 reloads and gets build B, served by B;
+//   7. tab 2 never noticed anything.
+// Tab 1 must not see a single validation error (nor any HTTP or network error) from start to
+// banner; tab 2 none at all. A screenshot of each step goes to target/browser-test/ (NN-*.png),
+// with report.json, the world's log and the browsers' console. Exits 1 if any expectation
+// fails.
+//
+// Needs: the example app built for A and B (npm run build:e2e), the Rust binaries
+// (cargo build --workspace --bins), moto (./dev setup) and Chromium at /usr/bin/chromium.
+// Options: --world BIN, --builds DIR, --out DIR, --chromium PATH, --a ID, --b ID,
+// --skew-window 8s, --after-window retired|fallthrough|default (default: retired).
+// `fallthrough` (and `default`, which leaves the setting out) expects step 5 to be the skew
+// that `retired` prevents: tab 1 falls through to B and its validation errors start.
+
+import { spawn } from 'node:child_process';
+import { createWriteStream, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startCdn } from './cdn.mjs';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const APP = path.resolve(HERE, '..');
+const ROOT = path.resolve(APP, '../..');
+
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+function parseArgs(argv) {
+  const targetDir = process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target');
+  const options = {
+    world: path.join(targetDir, 'debug', 'browser-world'),
+    builds: path.join(APP, 'dist'),
+    out: path.join(ROOT, 'target', 'browser-test'),
+    chromium: '/usr/bin/chromium',
+    a: 'a1b2c3d',
+    b: 'b2c3d4e',
+    skewWindow: '8s',
+    afterWindow: 'retired',
+  };
+  const flags = {
+    '--world': 'world',
+    '--builds': 'builds',
+    '--out': 'out',
+    '--chromium': 'chromium',
+    '--a': 'a',
+    '--b': 'b',
+    '--skew-window': 'skewWindow',
+    '--after-window': 'afterWindow',
+  };
+  for (let i = 0; i < argv.length; i += 2) {
+    const key = flags[argv[i]];
+    if (!key || argv[i + 1] === undefined) throw new Error(`unknown option or missing value: ${argv[i]}`);
+    options[key] = argv[i + 1];
+  }
+  if (!['retired', 'fallthrough', 'default'].includes(options.afterWindow)) {
+    throw new Error('--after-window must be retired, fallthrough or default');
+  }
+  const seconds = /^(\d+)s$/.exec(options.skewWindow);
+  if (!seconds) throw new Error('--skew-window must be whole seconds, e.g. 8s');
+  options.windowMs = Number(seconds[1]) * 1000;
+  return options;
+}
+
+const started = Date.now();
+const since = () => ((Date.now() - started) / 1000).toFixed(1).padStart(5) + 's';
+const say = (line) => console.log(`${since()}  ${line}`);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The `browser-world` process: JSON lines out, commands in. */
+class World {
+  constructor(child, logPath) {
+    this.child = child;
+    this.events = [];
+    this.waiters = new Set();
+    this.exited = null;
+    this.logTail = [];
+    const log = createWriteStream(logPath);
+    readline.createInterface({ input: child.stderr }).on('line', (line) => {
+      log.write(`${line}\n`);
+      this.logTail.push(line);
+      if (this.logTail.length > 24) this.logTail.shift();
+    });
+    readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      log.write(`[event] ${line}\n`);
+      let event;
+      try {
+        event = JSON.parse(line);
+      } catch {
+        return;
+      }
+      event.receivedAt = Date.now();
+      this.events.push(event);
+      this.wake();
+    });
+    child.on('exit', (code, signal) => {
+      this.exited = { code, signal };
+      this.wake();
+    });
+  }
+
+  static start(bin, args, logPath) {
+    if (!existsSync(bin)) {
+      throw new Error(`${bin} does not exist: build it with \`cargo build --workspace --bins\``);
+    }
+    const child = spawn(bin, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+    return new World(child, logPath);
+  }
+
+  wake() {
+    for (const waiter of this.waiters) waiter();
+  }
+
+  /** The first event from index `from` on that matches, waiting up to `timeoutMs`. */
+  waitFor(what, predicate, { from = 0, timeoutMs = 60_000 } = {}) {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const found = this.events.slice(from).find(predicate);
+        if (found) return finish(() => resolve(found));
+        const rolledBack = this.events
+          .slice(from)
+          .find((e) => e.event === 'deployed' && e.outcome !== 'succeeded' && !predicate(e));
+        if (rolledBack) {
+          return finish(() => reject(new Error(`the deployment of ${rolledBack.deploymentId} ended ${rolledBack.outcome} (${rolledBack.reason}) before ${what}`)));
+        }
+        const fatal = this.events.find((e) => e.event === 'error');
+        if (fatal) return finish(() => reject(new Error(`browser-world: ${fatal.message}`)));
+        if (this.exited) {
+          return finish(() =>
+            reject(new Error(`browser-world exited (${JSON.stringify(this.exited)}) before ${what}\n${this.tail()}`)),
+          );
+        }
+      };
+      const timer = setTimeout(
+        () => finish(() => reject(new Error(`timed out after ${timeoutMs / 1000}s waiting for ${what}\n${this.tail()}`))),
+        timeoutMs,
+      );
+      const finish = (settle) => {
+        clearTimeout(timer);
+        this.waiters.delete(check);
+        settle();
+      };
+      this.waiters.add(check);
+      check();
+    });
+  }
+
+  send(line) {
+    this.child.stdin.write(`${line}\n`);
+  }
+
+  tail() {
+    return this.logTail.map((l) => `    world | ${l}`).join('\n');
+  }
+
+  async stop() {
+    if (this.exited) return this.events.find((e) => e.event === 'bye');
+    this.send('quit');
+    const bye = await this.waitFor('bye', (e) => e.event === 'bye', { timeoutMs: 20_000 }).catch(() => undefined);
+    await Promise.race([new Promise((r) => this.child.once('exit', r)), sleep(10_000)]);
+    if (!this.exited) this.child.kill('SIGKILL');
+    return bye;
+  }
+}
+
+/** What a tab shows, read from its DOM. */
+async function readTab(page) {
+  return page.evaluate(() => {
+    const text = (id) => document.querySelector(`[data-testid="${id}"]`)?.textContent ?? null;
+    const number = (id) => Number(text(id) ?? NaN);
+    return {
+      build: text('build-id'),
+      schema: text('build-schema'),
+      servedBy: text('served-by'),
+      requests: number('requests'),
+      valid: number('valid'),
+      validationErrors: number('validation-errors'),
+      httpErrors: number('http-errors'),
+      networkErrors: number('network-errors'),
+      lastError: text('last-error'),
+      total: text('total'),
+      banner: text('banner'),
+      bannerCurrent: text('banner-current'),
+    };
+  });
+}
+
+/** Waits until the tab shows what `predicate` wants; throws with the last reading otherwise. */
+async function waitForTab(tab, what, predicate, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      last = await readTab(tab.page);
+      if (predicate(last)) return last;
+    } catch (error) {
+      last = { error: String(error) }; // mid-navigation
+    }
+    await sleep(100);
+  }
+  throw new Error(`${tab.name}: timed out after ${timeoutMs / 1000}s waiting until ${what}; it shows ${JSON.stringify(last)}`);
+}
+
+/**
+ * Samples a tab every 150 ms; each reading that breaks `rule` is a failure (the first reading
+ * per reason is kept, with how many more broke it the same way).
+ */
+function monitor(tab, rule) {
+  const samples = [];
+  const broken = new Map();
+  let running = true;
+  const done = (async () => {
+    while (running) {
+      try {
+        const sample = { at: Date.now(), ...(await readTab(tab.page)) };
+        samples.push(sample);
+        const reason = rule(sample);
+        if (reason) {
+          const seen = broken.get(reason);
+          if (seen) seen.count++;
+          else broken.set(reason, { sample, count: 1 });
+        }
+      } catch {
+        // navigating (a reload): nothing to read for a moment
+      }
+      await sleep(150);
+    }
+  })();
+  return {
+    samples,
+    /** Stops sampling; returns one failure line per reason. */
+    stop: async () => {
+      running = false;
+      await done;
+      return [...broken].map(
+        ([reason, { sample, count }]) =>
+          `${tab.name} from ${((sample.at - started) / 1000).toFixed(1)}s: ${reason} (${count} readings; first: ${JSON.stringify(sample)})`,
+      );
+    },
+  };
+}
+
+async function main() {
+  const options = parseArgs(process.argv.slice(2));
+  const { a: A, b: B } = options;
+  const retiredMode = options.afterWindow === 'retired';
+  rmSync(options.out, { recursive: true, force: true });
+  mkdirSync(options.out, { recursive: true });
+  for (const id of [A, B]) {
+    if (!existsSync(path.join(options.builds, id, 'index.html'))) {
+      throw new Error(`no frontend build ${path.join(options.builds, id)}: run \`npm run build:e2e\` in examples/web`);
+    }
+  }
+  if (!existsSync(options.chromium)) {
+    throw new Error(`${options.chromium} does not exist: apt-get install -y chromium`);
+  }
+
+  const report = { options, steps: [], failures: [], events: null, tabs: {} };
+  const failures = report.failures;
+  const tabs = [];
+  const console_ = createWriteStream(path.join(options.out, 'browser-console.log'));
+  let world;
+  let cdn;
+  let browser;
+  let stepNumber = 0;
+
+  const screenshot = async (tab, label) => {
+    const file = `${String(stepNumber).padStart(2, '0')}-${label}.png`;
+    await tab.page.screenshot({ path: path.join(options.out, file), fullPage: true });
+    return file;
+  };
+  const step = async (name, body) => {
+    stepNumber++;
+    const stepStarted = Date.now();
+    say(`step ${stepNumber}: ${name}`);
+    const record = { number: stepNumber, name, ok: false, screenshots: [] };
+    report.steps.push(record);
+    await body(record);
+    record.ok = true;
+    record.seconds = (Date.now() - stepStarted) / 1000;
+  };
+  const openTab = async (name) => {
+    const page = await context.newPage();
+    const tab = { name, page };
+    page.on('pageerror', (error) => failures.push(`${name}: uncaught error in the page: ${error.message}`));
+    page.on('console', (message) => console_.write(`${since()} ${name} ${message.type()}: ${message.text()}\n`));
+    tabs.push(tab);
+    await page.goto(cdn.url, { waitUntil: 'load' });
+    return tab;
+  };
+  let context;
+  const monitors = [];
+
+  try {
+    say(`starting browser-world (${A} on cart schema v1; skewWindow ${options.skewWindow}, afterWindow ${options.afterWindow})`);
+    world = World.start(
+      options.world,
+      ['--deployment-id', A, '--schema', 'v1', '--skew-window', options.skewWindow, '--poll-interval', '1s', '--after-window', options.afterWindow],
+      path.join(options.out, 'world.log'),
+    );
+    const ready = await world.waitFor('the world to be ready', (e) => e.event === 'ready', { timeoutMs: 120_000 });
+    say(`world ready: data plane ${ready.url}, hookDetails ${JSON.stringify(ready.hookDetails)}`);
+    cdn = await startCdn({
+      api: ready.url,
+      builds: { [A]: path.join(options.builds, A), [B]: path.join(options.builds, B) },
+      current: A,
+      log: (line) => say(`cdn: ${line}`),
+    });
+    say(`frontend origin ${cdn.url} (publishes ${A}; /v2/* goes to the data plane)`);
+    browser = await chromium.launch({ executablePath: options.chromium, headless: true, args: CHROMIUM_ARGS });
+    say(`chromium ${browser.version()}`);
+    // One browser context for both tabs: they share cookies and storage, as two tabs of one
+    // browser do. The pin is a header in each tab's own JavaScript, so tab 2 cannot re-pin tab 1.
+    context = await browser.newContext({ viewport: { width: 900, height: 720 } });
+
+    let tab1;
+    let tab2;
+    let holdingAt;
+    let deployFrom;
+
+    await step(`tab 1 loads build ${A} (v1) and is served by ${A}`, async (record) => {
+      tab1 = await openTab('tab 1');
+      const seen = await waitForTab(tab1, `build ${A} shows a valid cart served by ${A}`, (s) =>
+        s.build === A && s.schema === 'v1' && s.servedBy === A && s.valid >= 3,
+      );
+      record.tab1 = seen;
+      record.screenshots.push(await screenshot(tab1, `tab1-loads-build-${A}`));
+    });
+
+    // From here until its banner, tab 1 must be served by A without a single error. After the
+    // window, with fallthrough, answers from B and the validation errors they cause are what
+    // skewguard no longer prevents.
+    const windowOver = () => holdingAt !== undefined && Date.now() >= holdingAt + options.windowMs - 1000;
+    monitors.push(
+      monitor(
+        tab1,
+        (s) => {
+          if (s.build !== A) return null; // reloaded
+          if (s.banner !== null && !retiredMode) return 'a retired banner without afterWindow: retired';
+          if (s.banner !== null && !windowOver()) return 'the retired banner before the skew window ended';
+          const skewOk = !retiredMode && windowOver();
+          if (s.servedBy !== A && s.servedBy !== '—' && !skewOk) return `served by ${s.servedBy}, not ${A}`;
+          if (s.validationErrors > 0 && !skewOk) return 'a validation error';
+          if (s.httpErrors > 0 || s.networkErrors > 0) return 'an HTTP or network error';
+          return null;
+        },
+      ),
+    );
+    report.tabs['tab 1'] = monitors[0].samples;
+
+    await step(`deploy ${B} (v2): ${B} under test traffic, tab 1 pinned to ${A}`, async (record) => {
+      deployFrom = world.events.length;
+      world.send(`deploy ${B} v2`);
+      const event = await world.waitFor('POST_TEST_TRAFFIC_SHIFT', (e) => e.event === 'step' && e.step === 'after POST_TEST_TRAFFIC_SHIFT', {
+        from: deployFrom,
+      });
+      record.rules = event.rules;
+      if (!event.rules.some((r) => r.kind === `pin ${A}`)) throw new Error(`no pin for ${A} after POST_TEST_TRAFFIC_SHIFT: ${JSON.stringify(event.rules)}`);
+      const before = (await readTab(tab1.page)).requests;
+      record.tab1 = await waitForTab(tab1, `2 more answers from ${A}`, (s) => s.requests >= before + 2 && s.servedBy === A);
+      record.screenshots.push(await screenshot(tab1, `tab1-pinned-to-${A}-while-${B}-in-test`));
+    });
+
+    await step(`${B} takes production; skew window starts; the CDN publishes frontend ${B}; tab 1 still on ${A}`, async (record) => {
+      const event = await world.waitFor(
+        'POST_PRODUCTION_TRAFFIC_SHIFT holding',
+        (e) => e.event === 'step' && e.step.startsWith('POST_PRODUCTION_TRAFFIC_SHIFT holding'),
+        { from: deployFrom },
+      );
+      holdingAt = event.receivedAt;
+      record.rules = event.rules;
+      record.ledger = event.ledger;
+      cdn.publish(B);
+      const before = (await readTab(tab1.page)).requests;
+      record.tab1 = await waitForTab(tab1, `2 more answers from ${A}`, (s) => s.requests >= before + 2 && s.servedBy === A);
+      record.screenshots.push(await screenshot(tab1, `tab1-still-${A}-after-${B}-took-production`));
+    });
+
+    await step(`tab 2 opens, loads build ${B} (v2) and is served by ${B}; tab 1 still served by ${A}`, async (record) => {
+      tab2 = await openTab('tab 2');
+      monitors.push(
+        monitor(
+          tab2,
+          (s) => {
+            if (s.build !== B) return `build ${s.build}, not ${B}`;
+            if (s.servedBy !== B && s.servedBy !== '—') return `served by ${s.servedBy}, not ${B}`;
+            if (s.validationErrors + s.httpErrors + s.networkErrors > 0) return 'an error';
+            if (s.banner !== null) return 'a retired banner';
+            return null;
+          },
+        ),
+      );
+      report.tabs['tab 2'] = monitors[1].samples;
+      record.tab2 = await waitForTab(tab2, `build ${B} shows a valid cart served by ${B}`, (s) =>
+        s.build === B && s.schema === 'v2' && s.servedBy === B && s.valid >= 3,
+      );
+      record.tab1 = await readTab(tab1.page);
+      if (record.tab1.servedBy !== A) throw new Error(`tab 1 is served by ${record.tab1.servedBy} once tab 2 opened`);
+      if (Date.now() >= holdingAt + options.windowMs) {
+        throw new Error('the skew window ended before tab 2 was checked: use a longer --skew-window on this machine');
+      }
+      record.screenshots.push(await screenshot(tab2, `tab2-loads-build-${B}`));
+      record.screenshots.push(await screenshot(tab1, `tab1-still-${A}-beside-tab2`));
+    });
+
+    if (retiredMode) {
+      await step(`the skew window ends: tab 1 shows "New version available — reload" naming ${B}`, async (record) => {
+        const seen = await waitForTab(tab1, 'the retired banner shows', (s) => s.banner !== null, options.windowMs + 30_000);
+        record.tab1 = seen;
+        record.afterHoldStart = (Date.now() - holdingAt) / 1000;
+        if (!seen.banner.includes('New version available — reload')) throw new Error(`banner says ${JSON.stringify(seen.banner)}`);
+        if (seen.bannerCurrent !== B) throw new Error(`the banner names ${seen.bannerCurrent} as current, not ${B}`);
+        if (seen.validationErrors !== 0) throw new Error(`tab 1 saw ${seen.validationErrors} validation errors`);
+        record.screenshots.push(await screenshot(tab1, 'tab1-retired-banner'));
+      });
+    } else {
+      await step(`the skew window ends (afterWindow ${options.afterWindow}): tab 1 falls through to ${B} and breaks`, async (record) => {
+        const seen = await waitForTab(
+          tab1,
+          `tab 1 is served by ${B} and counts validation errors`,
+          (s) => s.servedBy === B && s.validationErrors > 0,
+          options.windowMs + 30_000,
+        );
+        record.tab1 = seen;
+        if (seen.banner !== null) throw new Error('a retired banner with fallthrough');
+        record.screenshots.push(await screenshot(tab1, `tab1-falls-through-to-${B}`));
+      });
+    }
+
+    await step(`the deployment of ${B} completes`, async (record) => {
+      const done = await world.waitFor(`the deployment of ${B} to end`, (e) => e.event === 'deployed', {
+        from: deployFrom,
+        timeoutMs: 60_000,
+      });
+      record.outcome = done;
+      if (done.outcome !== 'succeeded') throw new Error(`the deployment of ${B} ended ${done.outcome}: ${done.reason}`);
+      record.rules = world.events.filter((e) => e.event === 'step').at(-1)?.rules;
+      record.tab1 = await readTab(tab1.page);
+      record.screenshots.push(await screenshot(tab1, `tab1-after-the-deployment`));
+    });
+
+    await step(`tab 1 reloads and gets build ${B}, served by ${B}`, async (record) => {
+      if (retiredMode) await tab1.page.getByTestId('reload').click();
+      else await tab1.page.reload();
+      record.tab1 = await waitForTab(tab1, `build ${B} shows a valid cart served by ${B}`, (s) =>
+        s.build === B && s.schema === 'v2' && s.servedBy === B && s.valid >= 3 && s.banner === null &&
+        s.validationErrors + s.httpErrors + s.networkErrors === 0,
+      );
+      record.screenshots.push(await screenshot(tab1, `tab1-reloaded-gets-${B}`));
+    });
+
+    await step(`tab 2 stayed on ${B} without an error throughout`, async (record) => {
+      record.tab2 = await readTab(tab2.page);
+      const t = record.tab2;
+      if (t.servedBy !== B || t.validationErrors + t.httpErrors + t.networkErrors > 0) {
+        throw new Error(`tab 2 shows ${JSON.stringify(t)}`);
+      }
+      record.screenshots.push(await screenshot(tab2, `tab2-still-${B}`));
+    });
+  } catch (error) {
+    failures.push(`step ${stepNumber}: ${error.message ?? error}`);
+    for (const tab of tabs) {
+      const file = `${String(stepNumber).padStart(2, '0')}-FAILED-${tab.name.replace(' ', '')}.png`;
+      await tab.page.screenshot({ path: path.join(options.out, file), fullPage: true }).catch(() => {});
+    }
+  } finally {
+    for (const m of monitors) failures.push(...(await m.stop()));
+    await browser?.close().catch(() => {});
+    await cdn?.close();
+    if (world) {
+      const bye = await world.stop();
+      report.events = world.events;
+      if (!bye) failures.push('browser-world did not say bye');
+      else if (bye.violations.length > 0) failures.push(...bye.violations.map((v) => `invariant violated: ${v}`));
+    }
+    console_.end();
+  }
+
+  report.seconds = (Date.now() - started) / 1000;
+  report.ok = failures.length === 0;
+  writeFileSync(path.join(options.out, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
+  const pngs = readdirSync(options.out).filter((f) => f.endsWith('.png')).sort();
+  console.log(`\nscreenshots in ${path.relative(process.cwd(), options.out) || '.'}: ${pngs.join(', ')}`);
+  for (const s of report.steps) console.log(`  ${s.ok ? 'ok  ' : 'FAIL'} ${s.number}. ${s.name}${s.seconds ? ` (${s.seconds.toFixed(1)}s)` : ''}`);
+  const samples = report.tabs['tab 1'] ?? [];
+  console.log(`tab 1 was read ${samples.length} times; tab 2 ${(report.tabs['tab 2'] ?? []).length} times`);
+  if (failures.length > 0) {
+    console.log(`\nFAILED (${failures.length}):`);
+    for (const f of failures) console.log(`  - ${f}`);
+    if (world) console.log(`\nlast lines of the world's log:\n${world.tail()}`);
+    return 1;
+  }
+  console.log(`\nbrowser test passed in ${report.seconds.toFixed(1)}s`);
+  return 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error) => {
+    console.error(`browser test: ${error.stack ?? error}`);
+    process.exit(1);
+  },
+);
