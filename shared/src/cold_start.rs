@@ -57,3 +57,15 @@ pub fn hook_config(function: HookFunction) -> Result<(HookConfig, String), ColdS
     Settings::resolve(&Default::default(), &defaults)?;
     Ok((HookConfig { function, defaults }, table))
 }
+
+/// The reconciler's own configuration: the ledger table and the function-level settings
+/// defaults (each service's `hookDetails` go over them).
+pub fn reconciler_config() -> Result<(EnvDefaults, String), ColdStartError> {
+    let table = std::env::var(TABLE_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .ok_or(ColdStartError::NoTable)?;
+    let defaults = EnvDefaults::from_env();
+    Settings::resolve(&Default::default(), &defaults)?;
+    Ok((defaults, table))
+}

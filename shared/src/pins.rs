@@ -356,9 +356,14 @@ pub fn orphan_candidates(
         .filter(|r| {
             !r.is_default() && r.arn != production_rule.arn && !recorded.contains(r.arn.as_str())
         })
-        .filter(
-            |r| matches!(r.forward_targets().as_slice(), [one] if service_targets.contains(one)),
-        )
+        .filter(|r| {
+            let to_this_service =
+                matches!(r.forward_targets().as_slice(), [one] if service_targets.contains(one));
+            // A retired catch-all lost between "rule created" and "ledger written".
+            let retired_answer = matches!(&r.action,
+                RuleAction::FixedResponse { status_code, .. } if *status_code == RETIRED_STATUS);
+            to_this_service || retired_answer
+        })
         .filter(|r| {
             r.conditions
                 .iter()

@@ -415,6 +415,168 @@ fn revision_from_sdk(r: &ecs::types::ServiceRevision) -> RevisionFacts {
     }
 }
 
+/// One service deployment, as `DescribeServiceDeployments` tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentFacts {
+    pub arn: String,
+    /// ECS's status: `IN_PROGRESS`, `SUCCESSFUL`, `ROLLBACK_SUCCESSFUL`, …
+    pub status: String,
+    pub created_at: Option<time::OffsetDateTime>,
+    /// Blue: the revisions the deployment started from.
+    pub source_revisions: Vec<String>,
+    /// Green: the revision being deployed.
+    pub target_revision: Option<String>,
+    /// The revision ECS rolls back to, once a rollback started.
+    pub rollback_revision: Option<String>,
+    /// The lifecycle hooks the deployment was configured with.
+    pub hooks: Vec<HookRegistrationFacts>,
+}
+
+/// A lifecycle hook as a deployment's `deploymentConfiguration.lifecycleHooks[]` records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookRegistrationFacts {
+    pub target_arn: String,
+    pub stages: Vec<String>,
+    /// `hookDetails`, when it is a JSON object.
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// ECS answers at most this many ARNs per `DescribeServiceDeployments` call.
+const DESCRIBE_DEPLOYMENTS_BATCH: usize = 20;
+
+impl Ecs {
+    /// The service's most recent deployments (at most `limit`), newest first.
+    pub async fn list_service_deployments(
+        &self,
+        service_arn: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, EcsError> {
+        let mut request = self
+            .client
+            .list_service_deployments()
+            .service(service_arn)
+            .max_results(limit.clamp(1, 100) as i32);
+        if let Some(cluster) = cluster_of_service(service_arn) {
+            request = request.cluster(cluster);
+        }
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| classify("ListServiceDeployments", e))?;
+        let mut briefs: Vec<(i64, usize, String)> = answer
+            .service_deployments()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                let at = d.created_at().map_or(0, |t| t.to_millis().unwrap_or(0));
+                Some((at, i, d.service_deployment_arn()?.to_owned()))
+            })
+            .collect();
+        // Newest first whatever order the answer had; ties keep ECS's order.
+        briefs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        Ok(briefs
+            .into_iter()
+            .take(limit)
+            .map(|(_, _, arn)| arn)
+            .collect())
+    }
+
+    /// Facts of each deployment, in the order asked; deployments ECS does not know are left out.
+    pub async fn describe_service_deployments(
+        &self,
+        arns: &[String],
+    ) -> Result<Vec<DeploymentFacts>, EcsError> {
+        let mut found = Vec::new();
+        for batch in arns.chunks(DESCRIBE_DEPLOYMENTS_BATCH) {
+            let answer = self
+                .client
+                .describe_service_deployments()
+                .set_service_deployment_arns(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeServiceDeployments", e))?;
+            found.extend(answer.service_deployments().iter().map(deployment_from_sdk));
+        }
+        Ok(arns
+            .iter()
+            .filter_map(|arn| found.iter().find(|d| &d.arn == arn).cloned())
+            .collect())
+    }
+}
+
+/// `cluster` of `arn:aws:ecs:REGION:ACCOUNT:service/CLUSTER/NAME`.
+pub fn cluster_of_service(service_arn: &str) -> Option<&str> {
+    let (_, path) = service_arn.split_once(":service/")?;
+    let (cluster, name) = path.split_once('/')?;
+    (!cluster.is_empty() && !name.is_empty()).then_some(cluster)
+}
+
+fn deployment_from_sdk(d: &ecs::types::ServiceDeployment) -> DeploymentFacts {
+    DeploymentFacts {
+        arn: d.service_deployment_arn().unwrap_or_default().to_owned(),
+        status: d
+            .status()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+        created_at: d
+            .created_at()
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp_nanos(t.as_nanos()).ok()),
+        source_revisions: d
+            .source_service_revisions()
+            .iter()
+            .filter_map(|s| s.arn().map(str::to_owned))
+            .collect(),
+        target_revision: d
+            .target_service_revision()
+            .and_then(|t| t.arn())
+            .map(str::to_owned),
+        rollback_revision: d
+            .rollback()
+            .and_then(|r| r.service_revision_arn())
+            .map(str::to_owned),
+        hooks: d
+            .deployment_configuration()
+            .map(|c| c.lifecycle_hooks())
+            .unwrap_or_default()
+            .iter()
+            .map(|h| HookRegistrationFacts {
+                target_arn: h.hook_target_arn().unwrap_or_default().to_owned(),
+                stages: h
+                    .lifecycle_stages()
+                    .iter()
+                    .map(|s| s.as_str().to_owned())
+                    .collect(),
+                details: h
+                    .hook_details()
+                    .and_then(|doc| match document_to_json(doc) {
+                        serde_json::Value::Object(map) => Some(map),
+                        _ => None,
+                    }),
+            })
+            .collect(),
+    }
+}
+
+/// A Smithy document as JSON.
+pub fn document_to_json(doc: &aws_smithy_types::Document) -> serde_json::Value {
+    use aws_smithy_types::{Document, Number};
+    use serde_json::Value;
+    match doc {
+        Document::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), document_to_json(v)))
+                .collect(),
+        ),
+        Document::Array(items) => Value::Array(items.iter().map(document_to_json).collect()),
+        Document::Number(Number::PosInt(n)) => Value::from(*n),
+        Document::Number(Number::NegInt(n)) => Value::from(*n),
+        Document::Number(Number::Float(f)) => Value::from(*f),
+        Document::String(s) => Value::String(s.clone()),
+        Document::Bool(b) => Value::Bool(*b),
+        Document::Null => Value::Null,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,212 @@
+//! `skewguard`: see what skewguard is doing without the AWS console.
+//!
+//! Every command reads AWS through the standard configuration chain (profiles, `--region`,
+//! `AWS_ENDPOINT_URL_*`), so it works against AWS and the local world alike, and prints either
+//! a table (coloured on a terminal) or JSON (`--output json`).
+
+pub mod commands;
+pub mod render;
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_dynamodb::config::ProvideCredentials;
+use clap::{Parser, Subcommand, ValueEnum};
+use skewguard_core::aws::ledger_store::LedgerError;
+use skewguard_core::hook::{Clients, HookError};
+
+pub use commands::Rendered;
+
+/// The default ledger table name.
+pub const DEFAULT_TABLE: &str = "skewguard-ledger";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skewguard",
+    version,
+    about = "See and steer skewguard: pins, ledger, skew windows, drift",
+    long_about = "See and steer skewguard: which deployment each pin leads to, the ledger history, \
+                  where a request would go, ending a skew window early, and repairing drift.\n\n\
+                  AWS access uses the standard configuration chain: AWS_PROFILE or --profile, \
+                  AWS_REGION or --region, and AWS_ENDPOINT_URL_<SERVICE> for other endpoints."
+)]
+pub struct Cli {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    /// The ledger table.
+    #[arg(long, env = "SKEWGUARD_TABLE", default_value = DEFAULT_TABLE, global = true)]
+    pub table: String,
+    /// AWS region (else AWS_REGION or the profile's).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// AWS profile (else AWS_PROFILE).
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One table per service: deployments, status, target group, pins, skew windows.
+    Status {
+        /// Service ARNs or `cluster/service`; every service in the ledger if none.
+        services: Vec<String>,
+        /// Also list every retired and rolled-back deployment (else the 3 most recent).
+        #[arg(long)]
+        all: bool,
+    },
+    /// The ledger history of one deployment of a service.
+    History {
+        /// Service ARN or `cluster/service`.
+        service: String,
+        deployment_id: String,
+    },
+    /// Which rule, target group and deployment a request would reach, and for how long.
+    Explain {
+        /// The listener ARN.
+        #[arg(long)]
+        listener: String,
+        /// A request header, `NAME=VALUE` (repeatable).
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        /// A query parameter, `KEY=VALUE` (repeatable).
+        #[arg(long = "query", value_name = "KEY=VALUE")]
+        query: Vec<String>,
+        /// The Host header.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// The request path.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// The request method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The client's source IP.
+        #[arg(long)]
+        source_ip: Option<std::net::IpAddr>,
+    },
+    /// End the current skew window now: the holding hook retires the previous version on its
+    /// next call.
+    Release {
+        /// Service ARN or `cluster/service`.
+        service: String,
+    },
+    /// Compare ledger, listener and ECS, and repair drift (the reconciler, run locally).
+    Reconcile {
+        /// Service ARNs or `cluster/service`; every service in the ledger if none.
+        services: Vec<String>,
+        /// Report what would be repaired without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("unknown service {given:?}: {why}")]
+    UnknownService { given: String, why: String },
+    #[error(
+        "no AWS credentials found ({0}); set AWS_PROFILE or --profile, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )]
+    NoCredentials(String),
+    #[error("no AWS region: pass --region or set AWS_REGION")]
+    NoRegion,
+    #[error(
+        "the ledger table {table:?} does not exist in {region}; pass --table or set SKEWGUARD_TABLE"
+    )]
+    TableMissing { table: String, region: String },
+    #[error("invalid argument: {0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the commands need: the SDK clients and where they point.
+pub struct Context {
+    pub clients: Clients,
+    pub table: String,
+    pub region: String,
+}
+
+impl Context {
+    /// Loads the AWS configuration the standard way and makes sure credentials resolve.
+    pub async fn load(cli: &Cli) -> Result<Context, CliError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(20))
+                .operation_timeout(Duration::from_secs(60))
+                .build(),
+        );
+        if let Some(profile) = &cli.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = &cli.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let config = loader.load().await;
+        let region = config
+            .region()
+            .map(|r| r.to_string())
+            .ok_or(CliError::NoRegion)?;
+        let provider = config
+            .credentials_provider()
+            .ok_or_else(|| CliError::NoCredentials("no credentials provider".to_owned()))?;
+        provider
+            .provide_credentials()
+            .await
+            .map_err(|e| CliError::NoCredentials(e.to_string()))?;
+        Ok(Context {
+            clients: skewguard_core::cold_start::clients(&config, &cli.table),
+            table: cli.table.clone(),
+            region,
+        })
+    }
+
+    /// A ledger error, said plainly.
+    pub fn ledger_error(&self, e: LedgerError) -> CliError {
+        match &e {
+            LedgerError::Aws(aws) if aws.code == "ResourceNotFoundException" => {
+                CliError::TableMissing {
+                    table: self.table.clone(),
+                    region: self.region.clone(),
+                }
+            }
+            _ => CliError::Failed(e.to_string()),
+        }
+    }
+
+    pub fn hook_error(&self, e: HookError) -> CliError {
+        match e {
+            HookError::Ledger(l) => self.ledger_error(l),
+            HookError::Aws(aws) if aws.code == "ResourceNotFoundException" => {
+                CliError::TableMissing {
+                    table: self.table.clone(),
+                    region: self.region.clone(),
+                }
+            }
+            other => CliError::Failed(format!("{} ({})", other, other.kind())),
+        }
+    }
+}
+
+/// Runs one command: the text to print, and whether part of it failed (exit non-zero).
+pub async fn run(cli: Cli) -> Result<(String, bool), CliError> {
+    let ctx = Context::load(&cli).await?;
+    let style = render::Style::detect();
+    let rendered = commands::dispatch(&ctx, cli.command).await?;
+    let text = match cli.output {
+        Output::Json => rendered.json(),
+        Output::Table => rendered.table(&style),
+    };
+    Ok((text, rendered.failed()))
+}

@@ -1,0 +1,445 @@
+//! The `skewguard` binary against the local world, configured only the standard way
+//! (`AWS_ENDPOINT_URL_*`, credentials and region from the environment): status, history,
+//! explain (checked against what the local ALB data plane does with the same request), release,
+//! reconcile, and clear errors.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use skewguard_core::ledger::Status;
+use skewguard_world::data_plane::{DataPlane, RULE_HEADER, TARGET_GROUP_HEADER};
+use skewguard_world::engine::{Intervention, Outcome};
+use skewguard_world::world::{TABLE, World};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// Runs `skewguard` with exactly `env` (nothing inherited but PATH).
+async fn skewguard_with(env: &[(String, String)], args: &[&str]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_skewguard"));
+    command.env_clear().args(args);
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("skewguard finishes")
+        .expect("skewguard runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn world_env(world: &World) -> Vec<(String, String)> {
+    let mut env = skewguard_world::aws::function_env(&world.endpoints);
+    env.push(("SKEWGUARD_TABLE".into(), TABLE.into()));
+    env.push(("HOME".into(), "/nonexistent".into()));
+    env
+}
+
+async fn skewguard(world: &World, args: &[&str]) -> Run {
+    skewguard_with(&world_env(world), args).await
+}
+
+/// Sends one request through the data plane; the rule and target group it reports.
+async fn through_plane(
+    plane: &DataPlane,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (String, Option<String>) {
+    let mut stream = tokio::net::TcpStream::connect(plane.addr()).await.unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("the data plane answers")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let head = answer.split("\r\n\r\n").next().unwrap_or_default();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    (
+        header(RULE_HEADER).unwrap_or_else(|| panic!("no rule header in {head}")),
+        header(TARGET_GROUP_HEADER),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_clear_and_exit_non_zero() {
+    let world = World::start().await;
+    // No credentials anywhere.
+    let bare = vec![
+        ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED".to_owned(), "true".to_owned()),
+        ("HOME".to_owned(), "/nonexistent".to_owned()),
+    ];
+    let run = skewguard_with(&bare, &["status"]).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("no AWS credentials found"),
+        "{}",
+        run.stderr
+    );
+    // The table does not exist.
+    let run = skewguard(&world, &["--table", "nope", "status"]).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("the ledger table \"nope\" does not exist in us-east-1"),
+        "{}",
+        run.stderr
+    );
+    // An unknown service, both ways of naming it.
+    for given in [
+        "shop/nope",
+        "arn:aws:ecs:us-east-1:123456789012:service/shop/nope",
+    ] {
+        let run = skewguard(&world, &["history", given, "v1"]).await;
+        assert_ne!(run.code, 0);
+        assert!(run.stderr.contains("unknown service"), "{}", run.stderr);
+    }
+    let run = skewguard(
+        &world,
+        &[
+            "explain",
+            "--listener",
+            &world.alb.listener_arn,
+            "--header",
+            "nonsense",
+        ],
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("NAME=VALUE"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_explain_release_and_reconcile_against_the_world() {
+    let world = std::sync::Arc::new(World::start().await);
+    let (service, _) = world
+        .service(
+            "web",
+            "v1",
+            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+        )
+        .await;
+    let deploy = {
+        let (world, service) = (world.clone(), service.clone());
+        tokio::spawn(async move {
+            world
+                .engine
+                .deploy(&service, "v2", &[], Intervention::None)
+                .await
+        })
+    };
+    // Wait for the hold: v1 draining for an hour, v2 live.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hold never began"
+        );
+        if let Ok(entries) = world.ledger().load(&service).await
+            && entries
+                .iter()
+                .any(|e| e.deployment_id.as_str() == "v1" && e.status == Status::Draining)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // status, as JSON and as a table (no colour when piped).
+    let status = skewguard(&world, &["status", "-o", "json"]).await.json();
+    let web = &status["services"][0];
+    assert_eq!(web["serviceArn"], json!(service));
+    let row = |id: &str| {
+        web["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["deploymentId"] == json!(id))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row("v2")["status"], json!("live"));
+    assert_eq!(row("v1")["status"], json!("draining"));
+    let left = row("v1")["secondsLeft"].as_i64().unwrap();
+    assert!((3500..=3600).contains(&left), "{left}");
+    let priority = |id: &str| row(id)["pins"][0]["priority"].as_str().unwrap().to_owned();
+    let table = skewguard(&world, &["status", "shop/web"]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(!table.stdout.contains('\x1b'), "no colour when piped");
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines[0], format!("web  {service}"));
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        [
+            "DEPLOYMENT",
+            "STATUS",
+            "TARGET",
+            "GROUP",
+            "PINS",
+            "LIVE",
+            "SINCE",
+            "DRAIN",
+            "UNTIL",
+            "LAST",
+            "CHANGE"
+        ]
+    );
+    let cells = |line: &str| {
+        line.split_whitespace()
+            .take(4)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(cells(lines[2]), ["v2", "live", "web-tg2", &priority("v2")]);
+    assert_eq!(
+        cells(lines[3]),
+        ["v1", "draining", "web-tg1", &priority("v1")]
+    );
+    assert!(lines[3].contains(" left)"), "{}", lines[3]);
+    let coloured = skewguard_with(
+        &[
+            world_env(&world),
+            vec![("CLICOLOR_FORCE".into(), "1".into())],
+        ]
+        .concat(),
+        &["status"],
+    )
+    .await;
+    assert!(
+        coloured.stdout.contains("\x1b[33mdraining\x1b[0m"),
+        "{}",
+        coloured.stdout
+    );
+
+    // history
+    let history = skewguard(&world, &["history", "shop/web", "v1", "-o", "json"])
+        .await
+        .json();
+    let changes: Vec<&str> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["change"].as_str().unwrap())
+        .collect();
+    assert!(changes[0].starts_with("recorded as live"), "{changes:?}");
+    assert!(
+        changes.last().unwrap().contains("live -> draining"),
+        "{changes:?}"
+    );
+
+    // explain agrees with the data plane, request by request.
+    let plane = DataPlane::start(world.clients.elbv2.clone(), world.alb.listener_arn.clone())
+        .await
+        .unwrap();
+    let truth = world.engine.truths().remove(0);
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("/api/cart", vec![]),
+        ("/api/cart", vec![("X-Deployment-ID", "v1")]),
+        ("/api/cart", vec![("X-Deployment-ID", "V2")]),
+        ("/api/cart", vec![("X-Deployment-ID", "ghost")]),
+        ("/api/cart", vec![("X-Test-Traffic", "1")]),
+        ("/elsewhere", vec![("X-Deployment-ID", "v1")]),
+    ];
+    for (path, headers) in &cases {
+        let mut args = vec![
+            "explain",
+            "--listener",
+            &world.alb.listener_arn,
+            "--path",
+            path,
+        ];
+        let pairs: Vec<String> = headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for p in &pairs {
+            args.extend(["--header", p.as_str()]);
+        }
+        args.extend(["-o", "json"]);
+        let explained = skewguard(&world, &args).await.json();
+        let (rule, target_group) = through_plane(&plane, path, headers).await;
+        assert_eq!(
+            explained["rule"]["priority"],
+            json!(rule),
+            "{path} {headers:?}: {explained}"
+        );
+        let chosen: Vec<&Value> = explained["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["weight"].as_u64() > Some(0))
+            .collect();
+        match &target_group {
+            Some(tg) => {
+                assert_eq!(chosen.len(), 1, "{explained}");
+                assert_eq!(chosen[0]["targetGroupArn"], json!(tg), "{path} {headers:?}");
+                // The deployment explain names is the one that runs there.
+                assert_eq!(
+                    chosen[0]["deploymentId"].as_str(),
+                    truth.running.get(tg).map(|d| d.as_str()),
+                    "{path} {headers:?}: {explained}"
+                );
+            }
+            None => assert!(chosen.is_empty(), "{explained}"),
+        }
+    }
+    let pinned = skewguard(
+        &world,
+        &[
+            "explain",
+            "--listener",
+            &world.alb.listener_arn,
+            "--path",
+            "/api/cart",
+            "--header",
+            "X-Deployment-ID=v1",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(pinned["rule"]["kind"], json!("pin"));
+    let drain_until = world
+        .ledger()
+        .load(&service)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.deployment_id.as_str() == "v1")
+        .unwrap()
+        .drain_until
+        .unwrap();
+    assert_eq!(
+        pinned["holdsUntil"],
+        json!(
+            drain_until
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        )
+    );
+    let ghost = skewguard(
+        &world,
+        &[
+            "explain",
+            "--listener",
+            &world.alb.listener_arn,
+            "--path",
+            "/api/cart",
+            "--header",
+            "X-Deployment-ID=ghost",
+        ],
+    )
+    .await;
+    assert!(
+        ghost.stdout.contains("production rule of web"),
+        "{}",
+        ghost.stdout
+    );
+
+    // release ends the hold: the deployment completes on the hook's next poll.
+    let released = skewguard(&world, &["release", "shop/web"]).await;
+    assert_eq!(released.code, 0, "{}", released.stderr);
+    assert!(
+        released.stdout.contains("skew window ended"),
+        "{}",
+        released.stdout
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(60), deploy)
+        .await
+        .expect("the released hold ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    let again = skewguard(&world, &["release", "shop/web", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(again["released"], json!([]));
+    let history = skewguard(&world, &["history", "shop/web", "v1", "-o", "json"])
+        .await
+        .json();
+    let lines = history["history"].as_array().unwrap();
+    assert!(
+        lines.iter().any(|h| h["stage"] == json!("release")
+            && h["executionId"] == json!("cli")
+            && h["change"].as_str().unwrap().contains("ended early")),
+        "{history}"
+    );
+    assert!(
+        lines.last().unwrap()["change"]
+            .as_str()
+            .unwrap()
+            .contains("draining -> retired")
+    );
+
+    // reconcile: in line; then drift, a dry run, a run, and a run that finds nothing.
+    let run = skewguard(&world, &["reconcile"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "web: in line; nothing to repair\n");
+    let pin = world
+        .ledger()
+        .load(&service)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.deployment_id.as_str() == "v2")
+        .unwrap()
+        .rule_arns[0]
+        .clone();
+    world.elb().delete_rule(&pin).await.unwrap();
+    let dry = skewguard(&world, &["reconcile", &service, "--dry-run", "-o", "json"])
+        .await
+        .json();
+    let kinds: Vec<&str> = dry["services"][0]["report"]["repairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["pin-restored", "pin-forgotten"]);
+    let run = skewguard(&world, &["reconcile", "shop/web"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("web: repaired 2 things\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["pin-restored", "v2"])),
+        "{}",
+        run.stdout
+    );
+    world.check("after skewguard reconcile").await;
+    world.assert_no_violations();
+    let run = skewguard(&world, &["reconcile", "-o", "json"]).await.json();
+    assert_eq!(run["services"][0]["report"]["repairs"], json!([]));
+}

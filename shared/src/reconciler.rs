@@ -1,0 +1,592 @@
+//! Running the reconciler against AWS: read the ledger, ECS and the listener, decide
+//! ([`crate::reconcile`]), bring the listener in line, write the ledger conditionally, and
+//! report every repair. Used by the `reconciler` function (EventBridge deployment events and a
+//! schedule) and by `skewguard reconcile`.
+//!
+//! Safe to run concurrently with a hook: every ledger write is conditional on the version read
+//! (a conflict means reading and deciding again); the ledger is read again right before the
+//! listener is changed; and while a deployment is in flight, rules of versions ECS runs are left
+//! to the hooks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tracing::{error, info, warn};
+
+use crate::DeploymentId;
+use crate::aws::AwsErrorKind;
+use crate::aws::ecs::{DeploymentFacts, Ecs, EcsError, running_version};
+use crate::aws::elb::NewRule;
+use crate::event::MalformedEvent;
+use crate::hook::{Clients, HookError};
+use crate::ledger::LedgerEntry;
+use crate::pins::{self, PinError, PinTags};
+use crate::reconcile::{
+    self, DEPLOYMENTS_READ, DeploymentSummary, EcsView, Repair, SettingsSource,
+};
+use crate::settings::{EnvDefaults, Settings};
+use crate::stages::{Actor, Draft};
+
+/// The reconciler fails the way a hook does.
+pub type ReconcileError = HookError;
+
+/// Read, decide and write again this many times when another writer got there first.
+const MAX_ATTEMPTS: u32 = 6;
+
+#[derive(Debug, Clone)]
+pub struct ReconcileOptions {
+    /// Function-level settings defaults (`SKEWGUARD_*`), under each service's `hookDetails`.
+    pub defaults: EnvDefaults,
+    /// Report what would be repaired without changing anything.
+    pub dry_run: bool,
+    /// For the history: the Lambda request ID, or `cli`.
+    pub execution_id: String,
+}
+
+/// What one run did (or, in a dry run, would do) to one service.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceReport {
+    pub service_arn: String,
+    pub dry_run: bool,
+    pub latest_deployment: Option<DeploymentSummary>,
+    /// No deployment in flight: ECS's answer is all that runs.
+    pub settled: bool,
+    pub settings: SettingsSource,
+    pub repairs: Vec<Repair>,
+    /// What was left alone, and why.
+    pub notes: Vec<String>,
+}
+
+impl ServiceReport {
+    pub fn changed(&self) -> bool {
+        !self.repairs.is_empty()
+    }
+}
+
+/// What ECS says about a service, and the settings its hooks run with.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub view: EcsView,
+    pub settings: Settings,
+    pub source: SettingsSource,
+    pub notes: Vec<String>,
+}
+
+/// Reads the service's recent deployments, what they run and where, and its settings.
+pub async fn observe_ecs(
+    ecs: &Ecs,
+    service_arn: &str,
+    defaults: &EnvDefaults,
+) -> Result<Observed, ReconcileError> {
+    let arns = ecs
+        .list_service_deployments(service_arn, DEPLOYMENTS_READ)
+        .await?;
+    let deployments: Vec<DeploymentFacts> = if arns.is_empty() {
+        Vec::new()
+    } else {
+        ecs.describe_service_deployments(&arns).await?
+    };
+    let (settings, source) = reconcile::service_settings(&deployments, defaults)
+        .map_err(|e| HookError::Inconsistent(e.to_string()))?;
+    let running = reconcile::running_revisions(&deployments);
+    let mut view = EcsView {
+        settled: running.settled,
+        known: !deployments.is_empty(),
+        rolled_back_revisions: running.rolled_back.clone(),
+        latest: deployments.first().map(|d| DeploymentSummary {
+            arn: d.arn.clone(),
+            status: d.status.clone(),
+        }),
+        ..EcsView::default()
+    };
+    let mut notes = Vec::new();
+    if running.revisions.is_empty() {
+        return Ok(Observed {
+            view,
+            settings,
+            source,
+            notes,
+        });
+    }
+    let revisions = match ecs.describe_revisions(&running.revisions).await {
+        Ok(revisions) => revisions,
+        Err(EcsError::Discovery(e)) => {
+            notes.push(format!(
+                "ECS could not describe what runs ({e}); only the listener is checked against the ledger"
+            ));
+            view.known = false;
+            view.settled = false;
+            return Ok(Observed {
+                view,
+                settings,
+                source,
+                notes,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for revision in revisions {
+        let (target_group, wiring) = match revision.placement() {
+            Ok(placement) => placement,
+            Err(e) => {
+                notes.push(format!("revision {}: {e}", revision.arn));
+                view.settled = false;
+                continue;
+            }
+        };
+        let task_definition = ecs
+            .describe_task_definition(&revision.task_definition_arn)
+            .await?;
+        match running_version(
+            &revision,
+            &task_definition,
+            settings.container.as_deref(),
+            &settings.deployment_id_from,
+        ) {
+            Ok((version, _)) => {
+                if running.production.as_deref() == Some(revision.arn.as_str()) {
+                    view.production = Some(version.deployment_id.clone());
+                    view.wiring = Some(wiring);
+                } else if view.wiring.is_none() {
+                    view.wiring = Some(wiring);
+                }
+                view.running.push(version);
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "revision {} on {}: {e}; nothing may be pinned to that target group",
+                    revision.arn, target_group
+                ));
+                view.unidentified.push(target_group);
+            }
+        }
+    }
+    Ok(Observed {
+        view,
+        settings,
+        source,
+        notes,
+    })
+}
+
+/// Reconciles one service, retrying from a fresh read when the ledger changed meanwhile.
+pub async fn reconcile_service(
+    clients: &Clients,
+    service_arn: &str,
+    options: &ReconcileOptions,
+) -> Result<ServiceReport, ReconcileError> {
+    let mut earlier = Vec::new();
+    for attempt in 1..=MAX_ATTEMPTS {
+        match attempt_service(clients, service_arn, options).await {
+            Ok(mut report) => {
+                report.notes.extend(earlier);
+                for repair in &report.repairs {
+                    info!(
+                        service = %service_arn,
+                        kind = %repair.kind,
+                        deployment_id = repair.deployment_id.as_ref().map(DeploymentId::as_str),
+                        rule_arn = repair.rule_arn.as_deref(),
+                        detail = %repair.detail,
+                        dry_run = options.dry_run,
+                        execution_id = %options.execution_id,
+                        "{}",
+                        if options.dry_run { "would repair" } else { "repaired" }
+                    );
+                }
+                for note in &report.notes {
+                    info!(service = %service_arn, note = %note, "left alone");
+                }
+                return Ok(report);
+            }
+            Err(Attempt::Conflict(what)) if attempt < MAX_ATTEMPTS => {
+                warn!(service = %service_arn, attempt, what = %what, "the ledger or listener changed meanwhile; reading again");
+                earlier.push(format!("attempt {attempt}: {what}; decided again"));
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(Attempt::Conflict(_)) => return Err(HookError::Contention(attempt)),
+            Err(Attempt::Failed(e)) => return Err(e),
+        }
+    }
+    Err(HookError::Contention(MAX_ATTEMPTS))
+}
+
+/// Reconciles each service; one failing does not stop the others.
+pub async fn reconcile_services(
+    clients: &Clients,
+    services: &[String],
+    options: &ReconcileOptions,
+) -> Vec<(String, Result<ServiceReport, ReconcileError>)> {
+    let mut results = Vec::new();
+    for service in services {
+        let result = reconcile_service(clients, service, options).await;
+        if let Err(e) = &result {
+            error!(service = %service, error_kind = e.kind(), error = %e, "reconciling failed");
+        }
+        results.push((service.clone(), result));
+    }
+    results
+}
+
+enum Attempt {
+    Conflict(String),
+    Failed(ReconcileError),
+}
+
+impl From<HookError> for Attempt {
+    fn from(e: HookError) -> Self {
+        match &e {
+            HookError::Aws(aws) if aws.kind == AwsErrorKind::Conflict => {
+                Attempt::Conflict(aws.to_string())
+            }
+            _ => Attempt::Failed(e),
+        }
+    }
+}
+
+impl From<crate::aws::ledger_store::LedgerError> for Attempt {
+    fn from(e: crate::aws::ledger_store::LedgerError) -> Self {
+        HookError::from(e).into()
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let jitter = OffsetDateTime::now_utc().nanosecond() as u64 % 50;
+    Duration::from_millis(50 * (1 << (attempt - 1).min(5)) + jitter)
+}
+
+fn versions(entries: &[LedgerEntry]) -> BTreeMap<DeploymentId, u64> {
+    entries
+        .iter()
+        .map(|e| (e.deployment_id.clone(), e.version))
+        .collect()
+}
+
+async fn attempt_service(
+    clients: &Clients,
+    service_arn: &str,
+    options: &ReconcileOptions,
+) -> Result<ServiceReport, Attempt> {
+    let now = OffsetDateTime::now_utc();
+    let entries = clients.ledger.load(service_arn).await?;
+    let observed = observe_ecs(&clients.ecs, service_arn, &options.defaults).await?;
+    let Observed {
+        view,
+        settings,
+        source,
+        mut notes,
+    } = observed;
+    let mut report = ServiceReport {
+        service_arn: service_arn.to_owned(),
+        dry_run: options.dry_run,
+        latest_deployment: view.latest.clone(),
+        settled: view.settled,
+        settings: source,
+        repairs: Vec::new(),
+        notes: Vec::new(),
+    };
+    let mut draft = Draft::new(service_arn, entries.clone());
+    let mut repairs = reconcile::decide(&mut draft, &view, now);
+    let Some(wiring) = draft.wiring().or_else(|| view.wiring.clone()) else {
+        notes.push(
+            "the ledger has no entry with a listener and ECS names none: nothing to compare"
+                .to_owned(),
+        );
+        report.notes = notes;
+        return Ok(report);
+    };
+    let rules = clients
+        .elb
+        .describe_listener_rules(&wiring.listener_arn)
+        .await
+        .map_err(HookError::from)?;
+    let production_rule = rules
+        .iter()
+        .find(|r| r.arn == wiring.production_rule_arn)
+        .cloned()
+        .ok_or_else(|| {
+            HookError::Pins(PinError::ProductionRuleMissing {
+                rule: wiring.production_rule_arn.clone(),
+                listener: wiring.listener_arn.clone(),
+            })
+        })?;
+    // Every rule's tags, not only the hooks' cheap candidates: orphans can be anywhere.
+    let candidates: Vec<String> = rules
+        .iter()
+        .filter(|r| !r.is_default() && r.arn != production_rule.arn)
+        .map(|r| r.arn.clone())
+        .collect();
+    let tags: BTreeMap<String, PinTags> = if candidates.is_empty() {
+        BTreeMap::new()
+    } else {
+        clients
+            .elb
+            .describe_pin_tags(&candidates)
+            .await
+            .map_err(HookError::from)?
+    };
+    let review = reconcile::review_pins(&draft, &view, &rules, &tags, &production_rule, &settings)
+        .map_err(HookError::from)?;
+    repairs.extend(review.repairs.iter().cloned());
+    notes.extend(review.notes.iter().cloned());
+    let actor = Actor {
+        stage: reconcile::STAGE.to_owned(),
+        execution_id: options.execution_id.clone(),
+        now,
+    };
+    if options.dry_run {
+        report.repairs = repairs;
+        report.notes = notes;
+        return Ok(report);
+    }
+
+    let mut created: BTreeMap<DeploymentId, Vec<String>> = BTreeMap::new();
+    if !review.plan.is_noop() {
+        // Last look before touching the listener: a hook may have written meanwhile.
+        let fresh = clients.ledger.load(service_arn).await?;
+        if versions(&fresh) != versions(&entries) {
+            return Err(Attempt::Conflict(
+                "the ledger changed while deciding".to_owned(),
+            ));
+        }
+        for arn in &review.plan.delete {
+            clients
+                .elb
+                .delete_rule(arn)
+                .await
+                .map_err(HookError::from)?;
+        }
+        let mut listener = rules.clone();
+        listener.retain(|r| !review.plan.delete.contains(&r.arn));
+        for spec in &review.plan.create {
+            let arn = create_pin(
+                clients,
+                &wiring.listener_arn,
+                &review.plan,
+                spec,
+                service_arn,
+                &mut listener,
+            )
+            .await?;
+            let repair = repairs.iter_mut().find(|r| {
+                r.kind == reconcile::RepairKind::PinRestored
+                    && r.rule_arn.is_none()
+                    && r.deployment_id.as_ref() == Some(&spec.deployment_id)
+            });
+            if let Some(repair) = repair {
+                repair.rule_arn = Some(arn.clone());
+            }
+            created
+                .entry(spec.deployment_id.clone())
+                .or_default()
+                .push(arn);
+        }
+    }
+    reconcile::record_pins(&mut draft, &review, &created);
+    let changes = reconcile::history_lines(&draft, &repairs, &actor);
+    clients.ledger.commit(&changes).await?;
+    report.repairs = repairs;
+    report.notes = notes;
+    Ok(report)
+}
+
+/// Creates one pin at the highest free priority of the gap, reading the listener again when a
+/// priority was taken meanwhile.
+async fn create_pin(
+    clients: &Clients,
+    listener_arn: &str,
+    plan: &pins::PinPlan,
+    spec: &pins::PinSpec,
+    service_arn: &str,
+    listener: &mut Vec<crate::listener::ListenerRule>,
+) -> Result<String, Attempt> {
+    for attempt in 1..=MAX_ATTEMPTS {
+        let taken = pins::taken_priorities(listener);
+        let priority = plan
+            .gap
+            .priority_for(spec, &taken)
+            .ok_or_else(|| HookError::Pins(plan.gap.exhausted(&spec.deployment_id)))?;
+        let rule = NewRule {
+            listener_arn: listener_arn.to_owned(),
+            priority,
+            conditions: spec.conditions.clone(),
+            action: spec.action.clone(),
+            tags: PinTags {
+                service_arn: service_arn.to_owned(),
+                deployment_id: spec.deployment_id.to_string(),
+            },
+        };
+        match clients.elb.create_rule(&rule).await {
+            Ok(arn) => {
+                info!(service = %service_arn, deployment_id = %spec.deployment_id, priority, rule_arn = %arn, "pin restored");
+                listener.push(crate::listener::ListenerRule {
+                    arn: arn.clone(),
+                    priority: crate::listener::Priority::Number(priority),
+                    conditions: spec.conditions.clone(),
+                    action: spec.action.clone(),
+                    uncopyable: Vec::new(),
+                });
+                return Ok(arn);
+            }
+            Err(err) if err.is("PriorityInUse") => {
+                warn!(
+                    priority,
+                    attempt, "priority taken meanwhile; reading the listener again"
+                );
+                *listener = clients
+                    .elb
+                    .describe_listener_rules(listener_arn)
+                    .await
+                    .map_err(HookError::from)?;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(err) if err.kind == AwsErrorKind::Quota => {
+                return Err(Attempt::Failed(HookError::RuleQuota(err)));
+            }
+            Err(err) => return Err(Attempt::Failed(err.into())),
+        }
+    }
+    Err(Attempt::Failed(HookError::Contention(MAX_ATTEMPTS)))
+}
+
+/// What an invocation of the reconciler function covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// An `ECS Deployment State Change` event: that service.
+    Service(String),
+    /// A scheduled event: every service in the ledger.
+    AllServices,
+}
+
+/// Reads an EventBridge event: `ECS Deployment State Change` (its `resources[0]` is the service
+/// ARN) or `Scheduled Event`. `{"serviceArn": …}` is accepted too, for a manual invocation.
+pub fn trigger_of(raw: &Value) -> Result<Trigger, MalformedEvent> {
+    let malformed = |why: &str| MalformedEvent(why.to_owned());
+    if let Some(service) = raw.get("serviceArn").and_then(Value::as_str) {
+        return service_trigger(service);
+    }
+    match raw.get("detail-type").and_then(Value::as_str) {
+        Some("Scheduled Event") => Ok(Trigger::AllServices),
+        Some("ECS Deployment State Change") => {
+            if raw.get("source").and_then(Value::as_str) != Some("aws.ecs") {
+                return Err(malformed(
+                    "an ECS Deployment State Change event must come from aws.ecs",
+                ));
+            }
+            let service = raw
+                .get("resources")
+                .and_then(Value::as_array)
+                .and_then(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .find(|a| a.contains(":service/"))
+                })
+                .ok_or_else(|| malformed("the event's `resources` names no ECS service ARN"))?;
+            service_trigger(service)
+        }
+        Some(other) => Err(MalformedEvent(format!(
+            "unexpected detail-type {:?}; the reconciler handles `ECS Deployment State Change` and `Scheduled Event`",
+            other.chars().take(60).collect::<String>()
+        ))),
+        None => Err(malformed(
+            "not an EventBridge event (no detail-type) and no serviceArn",
+        )),
+    }
+}
+
+fn service_trigger(service: &str) -> Result<Trigger, MalformedEvent> {
+    if crate::aws::ecs::cluster_of_service(service).is_some() && service.starts_with("arn:") {
+        Ok(Trigger::Service(service.to_owned()))
+    } else {
+        Err(MalformedEvent(format!(
+            "{:?} is not an ECS service ARN",
+            service.chars().take(200).collect::<String>()
+        )))
+    }
+}
+
+/// Handles one invocation of the reconciler function. A single-service event that fails is an
+/// error (EventBridge retries it); a scheduled run reports each service's failure and succeeds,
+/// since the next run comes in minutes.
+pub async fn handle(
+    clients: &Clients,
+    defaults: &EnvDefaults,
+    raw: Value,
+    execution_id: &str,
+) -> Result<Value, ReconcileError> {
+    let trigger = trigger_of(&raw).inspect_err(|e| {
+        error!(error_kind = "MalformedEvent", error = %e, "rejected reconciler event");
+    })?;
+    let options = ReconcileOptions {
+        defaults: defaults.clone(),
+        dry_run: false,
+        execution_id: execution_id.to_owned(),
+    };
+    match trigger {
+        Trigger::Service(service) => {
+            let report = reconcile_service(clients, &service, &options)
+                .await
+                .inspect_err(|e| {
+                    error!(service = %service, error_kind = e.kind(), error = %e, "reconciling failed");
+                })?;
+            info!(service = %service, repairs = report.repairs.len(), "reconciled");
+            Ok(json!({"services": [report], "errors": []}))
+        }
+        Trigger::AllServices => {
+            let services = clients.ledger.services().await?;
+            let results = reconcile_services(clients, &services, &options).await;
+            let (mut reports, mut errors) = (Vec::new(), Vec::new());
+            for (service, result) in results {
+                match result {
+                    Ok(report) => reports.push(serde_json::to_value(report).unwrap_or(Value::Null)),
+                    Err(e) => errors.push(json!({
+                        "serviceArn": service,
+                        "errorKind": e.kind(),
+                        "error": e.to_string(),
+                    })),
+                }
+            }
+            info!(
+                services = reports.len() + errors.len(),
+                failed = errors.len(),
+                "scheduled reconciliation done"
+            );
+            Ok(json!({"services": reports, "errors": errors}))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_name_what_to_reconcile() {
+        let svc = "arn:aws:ecs:us-east-1:123456789012:service/shop/web";
+        let event = json!({
+            "version": "0",
+            "source": "aws.ecs",
+            "detail-type": "ECS Deployment State Change",
+            "resources": [svc],
+            "detail": {"eventName": "SERVICE_DEPLOYMENT_FAILED", "deploymentId": "ecs-svc/123"}
+        });
+        assert_eq!(trigger_of(&event).unwrap(), Trigger::Service(svc.into()));
+        let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "resources": ["arn:aws:events:us-east-1:1:rule/every-5-minutes"], "detail": {}});
+        assert_eq!(trigger_of(&scheduled).unwrap(), Trigger::AllServices);
+        assert_eq!(
+            trigger_of(&json!({"serviceArn": svc})).unwrap(),
+            Trigger::Service(svc.into())
+        );
+        for bad in [
+            json!({}),
+            json!({"detail-type": "EC2 Instance State-change Notification"}),
+            json!({"source": "aws.ecs", "detail-type": "ECS Deployment State Change", "resources": []}),
+            json!({"serviceArn": "web"}),
+        ] {
+            assert!(trigger_of(&bad).is_err(), "{bad}");
+        }
+    }
+}
