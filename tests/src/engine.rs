@@ -533,6 +533,8 @@ impl Engine {
             &green_revision,
         );
         let deployment_arn = deployment.service_deployment_arn.clone();
+        let mut deployment = deployment;
+        deployment.deployment_configuration = Some(deployment_configuration(&state.setup));
         self.ecs.put_service_deployment(deployment);
         let hooks_registered = !state.setup.hooks.is_empty();
         if !hooks_registered {
@@ -949,6 +951,44 @@ impl Engine {
             }
         }
     }
+}
+
+/// `deploymentConfiguration` as ECS records it on each deployment, lifecycle hooks included.
+fn deployment_configuration(setup: &ServiceSetup) -> Value {
+    let (strategy, extra) = match setup.strategy {
+        Strategy::BlueGreen => ("BLUE_GREEN", json!({})),
+        Strategy::Linear(step) => (
+            "LINEAR",
+            json!({"linearConfiguration": {"stepPercent": step}}),
+        ),
+        Strategy::Canary(first) => (
+            "CANARY",
+            json!({"canaryConfiguration": {"canaryPercent": first}}),
+        ),
+    };
+    let hooks: Vec<Value> = setup
+        .hooks
+        .iter()
+        .map(|h| {
+            json!({
+                "hookTargetArn": format!("arn:aws:lambda:us-east-1:123456789012:function:skewguard-{}", h.function.name()),
+                "roleArn": "arn:aws:iam::123456789012:role/skewguard-ecs-hooks",
+                "lifecycleStages": h.stages.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                "hookDetails": h.hook_details,
+            })
+        })
+        .collect();
+    let mut configuration = json!({
+        "strategy": strategy,
+        "bakeTimeInMinutes": 0,
+        "maximumPercent": 200,
+        "minimumHealthyPercent": 100,
+        "lifecycleHooks": hooks,
+    });
+    if let (Some(map), Some(extra)) = (configuration.as_object_mut(), extra.as_object()) {
+        map.extend(extra.clone());
+    }
+    configuration
 }
 
 struct DeploymentContext {
