@@ -190,6 +190,17 @@ impl LedgerEntry {
         self.expires_at = Some((now + RETENTION).unix_timestamp());
     }
 
+    /// Starts the entry over as a version under test (deployed anew, or again after it ended).
+    pub fn restart_testing(&mut self) {
+        self.status = Status::Testing;
+        self.shifted_at = None;
+        self.live_at = None;
+        self.drain_until = None;
+        self.superseded_by = None;
+        self.retired_at = None;
+        self.expires_at = None;
+    }
+
     /// Makes the entry the live production version.
     pub fn make_live(&mut self, now: OffsetDateTime) {
         if self.status != Status::Live {

@@ -272,13 +272,7 @@ pub fn post_test_traffic(
         entry.service_revision_arn == green.service_revision_arn && !entry.status.is_final();
     if !repeat {
         entry.place(green, wiring);
-        entry.status = Status::Testing;
-        entry.shifted_at = None;
-        entry.live_at = None;
-        entry.drain_until = None;
-        entry.superseded_by = None;
-        entry.retired_at = None;
-        entry.expires_at = None;
+        entry.restart_testing();
     }
 }
 
@@ -308,11 +302,8 @@ pub fn production_shift(
             entry.shifted_at.get_or_insert(now);
         }
         Status::Retired | Status::RolledBack => {
-            entry.status = Status::Testing;
+            entry.restart_testing();
             entry.shifted_at = Some(now);
-            entry.live_at = None;
-            entry.retired_at = None;
-            entry.expires_at = None;
         }
     }
 }

@@ -159,7 +159,9 @@ impl Elb {
                 // Under a policy conditioned on the rule's tags, deleting a rule that is already
                 // gone (a concurrent hook or the reconciler got there first) is denied rather
                 // than not found: look before reporting it.
-                if err.kind == super::AwsErrorKind::AccessDenied && self.rule_is_gone(rule_arn).await {
+                if err.kind == super::AwsErrorKind::AccessDenied
+                    && self.rule_is_gone(rule_arn).await
+                {
                     return Ok(());
                 }
                 Err(err)
@@ -168,7 +170,13 @@ impl Elb {
     }
 
     async fn rule_is_gone(&self, rule_arn: &str) -> bool {
-        match self.client.describe_rules().rule_arns(rule_arn).send().await {
+        match self
+            .client
+            .describe_rules()
+            .rule_arns(rule_arn)
+            .send()
+            .await
+        {
             Ok(answer) => answer.rules().is_empty(),
             Err(e) => classify("DescribeRules", e).is("RuleNotFound"),
         }
