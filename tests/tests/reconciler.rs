@@ -329,11 +329,19 @@ async fn an_entry_stuck_in_testing_after_a_failed_deployment_is_rolled_back() {
         .map(|r| r["kind"].as_str().unwrap())
         .collect();
     assert_eq!(repairs, ["finished", "pin-removed"], "{answer}");
+    // The function's output is read from its pipe asynchronously: give it a moment to arrive.
+    let logged = |logs: Vec<String>| {
+        logs.iter()
+            .any(|l| l.contains("\"message\":\"repaired\"") && l.contains("stuck in testing"))
+    };
+    for _ in 0..100 {
+        if logged(function.logs()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
-        function
-            .logs()
-            .iter()
-            .any(|l| l.contains("\"message\":\"repaired\"") && l.contains("stuck in testing")),
+        logged(function.logs()),
         "each repair is logged: {:?}",
         function.logs()
     );
