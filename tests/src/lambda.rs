@@ -31,8 +31,8 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Full};
@@ -243,6 +243,42 @@ impl LocalFunction {
         }
     }
 
+    /// Starts an instance now if none is warm, and waits until it asks for its first event
+    /// (its initialisation is over). For a new instance, returns the time from just before its
+    /// process was spawned to its first `GET .../invocation/next`; `None` if one was warm.
+    pub async fn prewarm(&self, timeout: Duration) -> Result<Option<Duration>, InvokeError> {
+        let mut slot = self.instance.lock().await;
+        if slot.as_mut().is_some_and(|i| i.exit_status().is_some()) {
+            *slot = None;
+        }
+        let fresh = slot.is_none();
+        if fresh {
+            *slot = Some(self.cold_start().await?);
+        }
+        let instance = slot.as_ref().expect("an instance was just ensured");
+        let spawned_at = instance.spawned_at;
+        let first = instance.wait_until_polled(1, timeout).await;
+        if first.is_err() {
+            *slot = None;
+        }
+        let first = first?;
+        Ok(fresh.then(|| first.saturating_duration_since(spawned_at)))
+    }
+
+    /// Waits until the warm instance is idle: it has asked for the next event after answering
+    /// every one it was given (so its CPU counters cover its whole work on them).
+    pub async fn until_idle(&self, timeout: Duration) -> Result<(), InvokeError> {
+        let slot = self.instance.lock().await;
+        let Some(instance) = slot.as_ref() else {
+            return Ok(());
+        };
+        let delivered = instance.api.delivered.load(Ordering::SeqCst);
+        instance
+            .wait_until_polled(delivered + 1, timeout)
+            .await
+            .map(|_| ())
+    }
+
     async fn cold_start(&self) -> Result<Instance, InvokeError> {
         let number = self.cold_starts.fetch_add(1, Ordering::SeqCst) + 1;
         let api = Arc::new(RuntimeApi::default());
@@ -284,6 +320,7 @@ impl LocalFunction {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         die_with_parent(&mut command);
+        let spawned_at = Instant::now();
         let mut child = command.spawn().map_err(|e| {
             server.abort();
             InvokeError::Service(format!(
@@ -307,6 +344,7 @@ impl LocalFunction {
             child: Mutex::new(child),
             api,
             server,
+            spawned_at,
         })
     }
 }
@@ -316,12 +354,41 @@ struct Instance {
     child: Mutex<Child>,
     api: Arc<RuntimeApi>,
     server: JoinHandle<()>,
+    /// Just before the process was spawned.
+    spawned_at: Instant,
 }
 
 impl Instance {
     fn exit_status(&self) -> Option<ExitStatus> {
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
         child.try_wait().ok().flatten()
+    }
+
+    /// Waits until the process has sent its `polls`-th `GET .../invocation/next`; returns when
+    /// it sent its first one.
+    async fn wait_until_polled(
+        &self,
+        polls: u64,
+        timeout: Duration,
+    ) -> Result<Instant, InvokeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.api.polls.load(Ordering::SeqCst) >= polls
+                && let Some(first) = self.api.first_poll.get()
+            {
+                return Ok(*first);
+            }
+            if let Some(status) = self.exit_status() {
+                return Err(InvokeError::InitError {
+                    error_type: "Runtime.ExitError".to_owned(),
+                    message: format!("Runtime exited with error: {status}"),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(InvokeError::Timeout);
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
     }
 
     async fn await_outcome(
@@ -462,6 +529,11 @@ struct RuntimeApi {
     reports: tokio::sync::Mutex<mpsc::UnboundedReceiver<Report>>,
     /// Whether the process has asked for an event yet (its initialisation is over).
     polled: AtomicBool,
+    /// When it first asked for an event.
+    first_poll: OnceLock<Instant>,
+    /// How many times it has asked for an event, and how many events it was given.
+    polls: AtomicU64,
+    delivered: AtomicU64,
 }
 
 impl Default for RuntimeApi {
@@ -474,6 +546,9 @@ impl Default for RuntimeApi {
             report_tx,
             reports: tokio::sync::Mutex::new(reports),
             polled: AtomicBool::new(false),
+            first_poll: OnceLock::new(),
+            polls: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
         }
     }
 }
@@ -491,6 +566,7 @@ impl RuntimeApi {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(invocation.request_id.clone());
+                self.delivered.fetch_add(1, Ordering::SeqCst);
                 return invocation;
             }
             // `notify_one` keeps a permit when nobody waits, so no wake-up is lost here.
@@ -539,6 +615,8 @@ async fn handle(api: Arc<RuntimeApi>, req: Request<Incoming>) -> Result<ApiRespo
         ));
     };
     if method == Method::GET && route == "invocation/next" {
+        api.first_poll.get_or_init(Instant::now);
+        api.polls.fetch_add(1, Ordering::SeqCst);
         api.polled.store(true, Ordering::SeqCst);
         let invocation = api.next().await;
         let response = Response::builder()

@@ -1,0 +1,169 @@
+//! A counting HTTP proxy in front of moto: every request the functions send to ELBv2 or
+//! DynamoDB passes through it and is logged as `(service, operation)` before it is forwarded
+//! unchanged. DynamoDB names its operation in `X-Amz-Target` (`DynamoDB_20120810.Query`);
+//! ELBv2 (the AWS query protocol) in the `Action=` field of the form body.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// One AWS call, as `(service, operation)`: `("DynamoDB", "Query")`, `("ELBv2", "CreateRule")`.
+pub type Call = (String, String);
+
+/// The calls seen so far, in order, each with how long moto took to answer it.
+#[derive(Debug, Clone, Default)]
+pub struct CallLog(Arc<Mutex<Vec<(Call, Duration)>>>);
+
+impl CallLog {
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("call log").len()
+    }
+
+    /// The calls logged since `mark` (an earlier [`CallLog::len`]).
+    pub fn since(&self, mark: usize) -> Vec<Call> {
+        self.timed_since(mark).into_iter().map(|(c, _)| c).collect()
+    }
+
+    /// The same, with moto's answer times.
+    pub fn timed_since(&self, mark: usize) -> Vec<(Call, Duration)> {
+        self.0.lock().expect("call log")[mark..].to_vec()
+    }
+
+    fn push(&self, call: Call, took: Duration) {
+        self.0.lock().expect("call log").push((call, took));
+    }
+}
+
+pub struct CountingProxy {
+    addr: SocketAddr,
+    pub log: CallLog,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    /// Listens on `127.0.0.1:0` and forwards to `upstream` (`http://127.0.0.1:PORT`).
+    pub async fn start(upstream: &str) -> std::io::Result<CountingProxy> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let log = CallLog::default();
+        let upstream: Arc<str> = upstream.trim_end_matches('/').into();
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let server_log = log.clone();
+        let server = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let (log, client, upstream) =
+                            (server_log.clone(), client.clone(), upstream.clone());
+                        connections.spawn(async move {
+                            let service = hyper::service::service_fn(move |request| {
+                                forward(request, log.clone(), client.clone(), upstream.clone())
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Ok(CountingProxy { addr, log, server })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The operation a request names, by the two AWS protocols moto serves here.
+pub fn operation_of(target: Option<&str>, body: &[u8]) -> Call {
+    if let Some(target) = target {
+        let (prefix, op) = target.split_once('.').unwrap_or(("", target));
+        let service = if prefix.starts_with("DynamoDB") {
+            "DynamoDB"
+        } else {
+            prefix
+        };
+        return (service.to_owned(), op.to_owned());
+    }
+    let form = String::from_utf8_lossy(body);
+    let action = form
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("Action="))
+        .unwrap_or("?");
+    ("ELBv2".to_owned(), action.to_owned())
+}
+
+async fn forward(
+    request: Request<Incoming>,
+    log: CallLog,
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream: Arc<str>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(error(format!("proxy: reading the request: {e}"))),
+    };
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok());
+    let call = operation_of(target, &body);
+    let started = Instant::now();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{upstream}{path}"));
+    for (name, value) in &parts.headers {
+        out = out.header(name, value);
+    }
+    let out = match out.body(Full::new(body)) {
+        Ok(r) => r,
+        Err(e) => return Ok(error(format!("proxy: building the request: {e}"))),
+    };
+    let answer = match client.request(out).await {
+        Ok(a) => a,
+        Err(e) => return Ok(error(format!("proxy: forwarding: {e}"))),
+    };
+    let (parts, body) = answer.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(error(format!("proxy: reading the answer: {e}"))),
+    };
+    log.push(call, started.elapsed());
+    let mut response = Response::builder().status(parts.status);
+    for (name, value) in &parts.headers {
+        if name != hyper::header::TRANSFER_ENCODING && name != hyper::header::CONNECTION {
+            response = response.header(name, value);
+        }
+    }
+    Ok(response
+        .body(Full::new(body))
+        .unwrap_or_else(|e| error(format!("proxy: building the answer: {e}"))))
+}
+
+fn error(message: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(message)));
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response
+}

@@ -1,0 +1,615 @@
+//! The reconciler sweep at scale: services seeded straight into the stand-ins (listeners and
+//! target groups in moto, deployments, revisions and task definitions in the ECS emulator,
+//! ledger items in DynamoDB), each in the state a finished deployment leaves, then one
+//! scheduled sweep of the real `reconciler` binary over all of them.
+//!
+//! Each service: its own production rule (a path pattern) on a listener shared by
+//! [`SERVICES_PER_LISTENER`] services, two target groups, [`DEPLOYMENTS`] successful
+//! deployments (so [`DEPLOYMENTS`] ledger entries: the live one, pinned, and retired ones),
+//! each entry with a history of a chosen length. The live pin is created by the hooks' own
+//! `sync_pins`, so it is exactly the pin the reconciler wants: a converged world, where a sweep
+//! finds nothing to repair (the bench checks that it does not).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use serde_json::{Value, json};
+use skewguard_core::DeploymentId;
+use skewguard_core::aws::elb::Elb;
+use skewguard_core::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
+use skewguard_core::settings::{EnvDefaults, Settings};
+use skewguard_core::stages::Draft;
+use skewguard_world::aws::{ACCOUNT_ID, Clients, REGION};
+use skewguard_world::ecs_emulator::{
+    ContainerDefinition, EcsEmulator, LoadBalancer, ServiceDeployment, ServiceRevision,
+};
+use skewguard_world::fixtures::{AlbFixture, Vpc, create_ledger_table};
+use skewguard_world::lambda::LocalFunction;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::procfs;
+use crate::proxy::CallLog;
+
+pub const CLUSTER: &str = "fleet";
+pub const SERVICES_PER_LISTENER: usize = 10;
+pub const DEPLOYMENTS: usize = 5;
+/// Seeding runs this many listeners' services at once (moto's ELBv2 is not safe for concurrent creates).
+const SEED_PARALLELISM: usize = 1;
+
+/// One seeded service: what the ledger holds for it.
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    pub service_arn: String,
+    pub entries: Vec<LedgerEntry>,
+}
+
+/// Services seeded so far, grouped by listener.
+pub struct Fleet {
+    clients: Clients,
+    ecs: Arc<EcsEmulator>,
+    vpc: Vpc,
+    pub services: Vec<Seeded>,
+    listeners: Vec<String>,
+}
+
+fn service_name(i: usize) -> String {
+    format!("sw{i:04}")
+}
+
+fn service_arn(i: usize) -> String {
+    skewguard_world::ecs_emulator::service_arn(CLUSTER, &service_name(i))
+}
+
+/// A git-SHA-like deployment ID, distinct per (service, deployment).
+fn deployment_id(i: usize, k: usize) -> String {
+    let mut z = (i as u64) << 8 | k as u64;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    format!("{:07x}", (z ^ (z >> 31)) & 0xfff_ffff)
+}
+
+fn hook_details() -> Value {
+    json!({"skewWindow": "1h"})
+}
+
+/// `deploymentConfiguration` as ECS records it, with skewguard's three hooks.
+fn deployment_configuration() -> Value {
+    let function =
+        |name: &str| format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:skewguard-{name}");
+    let role = format!("arn:aws:iam::{ACCOUNT_ID}:role/skewguard-ecs-hooks");
+    json!({
+        "strategy": "BLUE_GREEN",
+        "bakeTimeInMinutes": 5,
+        "maximumPercent": 200,
+        "minimumHealthyPercent": 100,
+        "lifecycleHooks": [
+            {"hookTargetArn": function("post-test-traffic"), "roleArn": role,
+             "lifecycleStages": ["POST_TEST_TRAFFIC_SHIFT"], "hookDetails": hook_details()},
+            {"hookTargetArn": function("production-shift"), "roleArn": role,
+             "lifecycleStages": ["TEST_TRAFFIC_SHIFT", "PRODUCTION_TRAFFIC_SHIFT"], "hookDetails": hook_details()},
+            {"hookTargetArn": function("post-shift"), "roleArn": role,
+             "lifecycleStages": ["POST_PRODUCTION_TRAFFIC_SHIFT"], "hookDetails": hook_details()},
+        ],
+    })
+}
+
+impl Fleet {
+    pub fn new(clients: Clients, ecs: Arc<EcsEmulator>, vpc: Vpc) -> Fleet {
+        Fleet {
+            clients,
+            ecs,
+            vpc,
+            services: Vec::new(),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// Seeds services until there are `total` (listeners of [`SERVICES_PER_LISTENER`] each),
+    /// writing their ledger items (with `history` records per entry) into `table`.
+    pub async fn grow_to(
+        &mut self,
+        total: usize,
+        table: &str,
+        history: usize,
+    ) -> Result<(), String> {
+        let start = self.services.len();
+        assert_eq!(start % SERVICES_PER_LISTENER, 0, "whole listeners only");
+        let groups: Vec<usize> =
+            (start / SERVICES_PER_LISTENER..total.div_ceil(SERVICES_PER_LISTENER)).collect();
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(SEED_PARALLELISM));
+        let mut tasks = tokio::task::JoinSet::new();
+        for group in groups {
+            let (clients, ecs, vpc) = (self.clients.clone(), self.ecs.clone(), self.vpc.clone());
+            let semaphore = semaphore.clone();
+            let end = ((group + 1) * SERVICES_PER_LISTENER).min(total);
+            tasks.spawn(async move {
+                let _permit = semaphore.acquire_owned().await.map_err(|e| e.to_string())?;
+                seed_listener(&clients, &ecs, &vpc, group, end).await
+            });
+        }
+        let mut seeded: Vec<(usize, String, Vec<Seeded>)> = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            seeded.push(done.map_err(|e| e.to_string())??);
+        }
+        seeded.sort_by_key(|(group, _, _)| *group);
+        for (_, listener, services) in seeded {
+            self.listeners.push(listener);
+            self.services.extend(services);
+        }
+        write_ledger(
+            &self.clients.dynamodb,
+            table,
+            &self.services[start..],
+            history,
+        )
+        .await?;
+        // The items read back as the entries they were written from.
+        let store = skewguard_core::aws::ledger_store::LedgerStore::new(
+            self.clients.dynamodb.clone(),
+            table,
+        );
+        for seeded in [
+            &self.services[start],
+            &self.services[self.services.len() - 1],
+        ] {
+            let mut read = store
+                .load(&seeded.service_arn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut written = seeded.entries.clone();
+            read.sort_by(|a, b| a.deployment_id.cmp(&b.deployment_id));
+            written.sort_by(|a, b| a.deployment_id.cmp(&b.deployment_id));
+            let same = read.len() == written.len()
+                && read.iter().zip(&written).all(|(r, w)| {
+                    r.same_state_as(&LedgerEntry {
+                        // Written with second precision.
+                        created_at: r.created_at,
+                        ..w.clone()
+                    })
+                });
+            if !same {
+                return Err(format!(
+                    "seeded ledger of {} reads back differently:\n{read:#?}\nvs\n{written:#?}",
+                    seeded.service_arn
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every seeded service's entries into another table, with `history` records each.
+    pub async fn copy_ledger(&self, table: &str, history: usize) -> Result<(), String> {
+        write_ledger(&self.clients.dynamodb, table, &self.services, history).await
+    }
+
+    pub fn listeners(&self) -> usize {
+        self.listeners.len()
+    }
+}
+
+/// One listener (on its own ALB) and the services `group * SERVICES_PER_LISTENER .. end` on it.
+async fn seed_listener(
+    clients: &Clients,
+    ecs: &EcsEmulator,
+    vpc: &Vpc,
+    group: usize,
+    end: usize,
+) -> Result<(usize, String, Vec<Seeded>), String> {
+    let elb = &clients.elbv2;
+    let first = group * SERVICES_PER_LISTENER;
+    let mut listener: Option<String> = None;
+    let mut services = Vec::new();
+    for i in first..end {
+        let slot = (i - first) as i32;
+        let name = service_name(i);
+        let alb = AlbFixture::with_path_rule_as_production(
+            elb,
+            vpc,
+            &name,
+            listener.as_deref(),
+            100 * (slot + 1),
+            &format!("/{name}/*"),
+        )
+        .await
+        .map_err(|e| format!("seeding {name}: {e}"))?;
+        listener.get_or_insert_with(|| alb.listener_arn.clone());
+        services.push(seed_service(clients, ecs, i, &alb).await?);
+    }
+    Ok((group, listener.unwrap_or_default(), services))
+}
+
+/// ECS's record of [`DEPLOYMENTS`] successful deployments, and the ledger entries and live pin
+/// they leave.
+async fn seed_service(
+    clients: &Clients,
+    ecs: &EcsEmulator,
+    i: usize,
+    alb: &AlbFixture,
+) -> Result<Seeded, String> {
+    let name = service_name(i);
+    let service_arn = service_arn(i);
+    let wiring = ServiceWiring {
+        listener_arn: alb.listener_arn.clone(),
+        production_rule_arn: alb.production_rule_arn.clone(),
+    };
+    let now = OffsetDateTime::now_utc();
+    let at = |k: usize| now - time::Duration::days((DEPLOYMENTS + 1 - k) as i64);
+    let mut entries: Vec<LedgerEntry> = Vec::new();
+    let mut previous: Option<String> = None;
+    for k in 1..=DEPLOYMENTS {
+        let id = deployment_id(i, k);
+        let tg = if k % 2 == 1 {
+            &alb.blue_tg
+        } else {
+            &alb.green_tg
+        };
+        let task_definition = ecs.register_task_definition(
+            &name,
+            vec![
+                ContainerDefinition::new("web", &format!("registry.local/{name}:{id}"))
+                    .env("DEPLOYMENT_ID", &id)
+                    .port(8080),
+            ],
+        );
+        let mut revision = ServiceRevision::new(CLUSTER, &name, &task_definition)
+            .with_load_balancer(LoadBalancer::blue_green(
+                ("web", 8080),
+                &alb.blue_tg,
+                &alb.green_tg,
+                &alb.production_rule_arn,
+                None,
+            ))
+            .with_resolved(tg, Some(&alb.production_rule_arn));
+        let started = std::time::SystemTime::from(at(k));
+        revision.created_at = started;
+        let revision_arn = revision.service_revision_arn.clone();
+        ecs.put_service_revision(revision);
+        let sources: Vec<&str> = previous.iter().map(String::as_str).collect();
+        let mut deployment = ServiceDeployment::new(CLUSTER, &name, &sources, &revision_arn);
+        let finished = started + Duration::from_secs(20 * 60);
+        deployment.created_at = started;
+        deployment.started_at = Some(started);
+        deployment.finished_at = Some(finished);
+        deployment.updated_at = finished;
+        deployment.status = aws_sdk_ecs::types::ServiceDeploymentStatus::Successful;
+        deployment.lifecycle_stage = None;
+        deployment.deployment_configuration = Some(deployment_configuration());
+        ecs.put_service_deployment(deployment);
+        previous = Some(revision_arn.clone());
+
+        let running = RunningVersion {
+            deployment_id: DeploymentId::parse(&id).map_err(|e| e.to_string())?,
+            service_revision_arn: revision_arn,
+            target_group_arn: tg.clone(),
+            task_definition_arn: task_definition,
+        };
+        let mut entry = LedgerEntry::new(&service_arn, &running, &wiring, Status::Live, at(k));
+        let live_at = at(k) + time::Duration::minutes(10);
+        entry.shifted_at = Some(at(k) + time::Duration::minutes(5));
+        entry.live_at = Some(live_at);
+        entry.updated_at = live_at;
+        if let Some(before) = entries.last_mut() {
+            let retired = live_at + time::Duration::hours(1);
+            before.status = Status::Retired;
+            before.shifted_at = None;
+            before.superseded_by = Some(running.deployment_id.clone());
+            before.retired_at = Some(retired);
+            before.expires_at = Some((retired + time::Duration::days(30)).unix_timestamp());
+            before.updated_at = retired;
+        }
+        entries.push(entry);
+    }
+    // The live pin, exactly as the hooks make it.
+    let settings = Settings::resolve(
+        hook_details().as_object().expect("an object"),
+        &EnvDefaults::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut draft = Draft::new(&service_arn, entries);
+    skewguard_core::hook::sync_pins(
+        &mut draft,
+        &wiring,
+        &settings,
+        &Elb::new(clients.elbv2.clone()),
+    )
+    .await
+    .map_err(|e| format!("pinning {name}: {e}"))?;
+    Ok(Seeded {
+        service_arn,
+        entries: draft.entries().cloned().collect(),
+    })
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Realistic history lines, cycled.
+const CHANGES: [(&str, &str); 5] = [
+    (
+        "POST_TEST_TRAFFIC_SHIFT",
+        "recorded as testing on target group app-tg2/3f2a9c1b7d6e5f40 (revision 1745981234567890123)",
+    ),
+    (
+        "PRODUCTION_TRAFFIC_SHIFT",
+        "testing -> testing: production traffic shifted to it (100%); pinned by X-Deployment-ID",
+    ),
+    (
+        "POST_PRODUCTION_TRAFFIC_SHIFT",
+        "testing -> live: serves production; previous version draining until 2026-11-22T05:00:00Z",
+    ),
+    (
+        "POST_PRODUCTION_TRAFFIC_SHIFT",
+        "live -> draining: superseded by a newer deployment; pinned until the skew window ends",
+    ),
+    (
+        "POST_PRODUCTION_TRAFFIC_SHIFT",
+        "draining -> retired: skew window over, pins removed (1 rule) before scale-down",
+    ),
+];
+
+/// The ledger item of `entry` with `history` records, in the table's public attribute names.
+pub fn item(entry: &LedgerEntry, history: usize) -> HashMap<String, AttributeValue> {
+    use skewguard_core::aws::ledger_store::attr;
+    let mut item: HashMap<String, AttributeValue> = HashMap::new();
+    item.insert(attr::SERVICE_ARN.into(), s(&entry.service_arn));
+    item.insert(attr::DEPLOYMENT_ID.into(), s(entry.deployment_id.as_str()));
+    item.insert(attr::STATUS.into(), s(entry.status.as_str()));
+    item.insert(attr::TARGET_GROUP_ARN.into(), s(&entry.target_group_arn));
+    item.insert(
+        attr::SERVICE_REVISION_ARN.into(),
+        s(&entry.service_revision_arn),
+    );
+    item.insert(
+        attr::TASK_DEFINITION_ARN.into(),
+        s(&entry.task_definition_arn),
+    );
+    item.insert(attr::LISTENER_ARN.into(), s(&entry.listener_arn));
+    item.insert(
+        attr::PRODUCTION_RULE_ARN.into(),
+        s(&entry.production_rule_arn),
+    );
+    item.insert(
+        attr::RULE_ARNS.into(),
+        AttributeValue::L(entry.rule_arns.iter().map(|a| s(a)).collect()),
+    );
+    item.insert(attr::CREATED_AT.into(), s(&rfc3339(entry.created_at)));
+    item.insert(attr::UPDATED_AT.into(), s(&rfc3339(entry.updated_at)));
+    let times = [
+        (attr::SHIFTED_AT, entry.shifted_at),
+        (attr::LIVE_AT, entry.live_at),
+        (attr::DRAIN_UNTIL, entry.drain_until),
+        (attr::RETIRED_AT, entry.retired_at),
+    ];
+    for (name, value) in times {
+        if let Some(t) = value {
+            item.insert(name.into(), s(&rfc3339(t)));
+        }
+    }
+    if let Some(by) = &entry.superseded_by {
+        item.insert(attr::SUPERSEDED_BY.into(), s(by.as_str()));
+    }
+    if let Some(n) = entry.expires_at {
+        item.insert(attr::EXPIRES_AT.into(), AttributeValue::N(n.to_string()));
+    }
+    item.insert(
+        attr::VERSION.into(),
+        AttributeValue::N(history.max(1).to_string()),
+    );
+    let records = (0..history)
+        .map(|n| {
+            let (stage, change) = CHANGES[n % CHANGES.len()];
+            let record = HistoryRecord {
+                at: entry.created_at + time::Duration::minutes(n as i64),
+                stage: stage.to_owned(),
+                execution_id: format!("{:08x}-5c1e-4b7a-9d3f-{:012x}", n, n * 7919),
+                change: change.to_owned(),
+            };
+            AttributeValue::M(HashMap::from([
+                ("at".to_owned(), s(&rfc3339(record.at))),
+                ("stage".to_owned(), s(&record.stage)),
+                ("executionId".to_owned(), s(&record.execution_id)),
+                ("change".to_owned(), s(&record.change)),
+            ]))
+        })
+        .collect();
+    item.insert(attr::HISTORY.into(), AttributeValue::L(records));
+    item
+}
+
+/// DynamoDB's size of an item (attribute names plus values, by the documented rules).
+pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
+    fn value(v: &AttributeValue) -> usize {
+        match v {
+            AttributeValue::S(s) => s.len(),
+            AttributeValue::N(n) => n.trim_start_matches('-').len().div_ceil(2) + 1,
+            AttributeValue::L(l) => 3 + l.iter().map(|e| value(e) + 1).sum::<usize>(),
+            AttributeValue::M(m) => {
+                3 + m.iter().map(|(k, e)| k.len() + value(e) + 1).sum::<usize>()
+            }
+            _ => 1,
+        }
+    }
+    item.iter().map(|(k, v)| k.len() + value(v)).sum()
+}
+
+async fn write_ledger(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    services: &[Seeded],
+    history: usize,
+) -> Result<(), String> {
+    let items: Vec<HashMap<String, AttributeValue>> = services
+        .iter()
+        .flat_map(|s| s.entries.iter().map(|e| item(e, history)))
+        .collect();
+    for batch in items.chunks(25) {
+        let mut requests: Vec<WriteRequest> = batch
+            .iter()
+            .map(|i| {
+                WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(i.clone()))
+                            .build()
+                            .expect("an item"),
+                    )
+                    .build()
+            })
+            .collect();
+        while !requests.is_empty() {
+            let out = ddb
+                .batch_write_item()
+                .request_items(table, requests)
+                .send()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "BatchWriteItem: {}",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                    )
+                })?;
+            requests = out
+                .unprocessed_items()
+                .and_then(|u| u.get(table))
+                .cloned()
+                .unwrap_or_default();
+        }
+    }
+    Ok(())
+}
+
+pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), String> {
+    create_ledger_table(ddb, table)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// What one sweep did and cost.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub services: usize,
+    pub history: usize,
+    pub listeners: usize,
+    pub wall: Duration,
+    pub cpu: Duration,
+    pub calls: BTreeMap<String, usize>,
+    pub total_calls: usize,
+    pub reconciled: usize,
+    pub repairs: usize,
+    pub errors: usize,
+    pub peak_rss: u64,
+    /// DynamoDB read units real DynamoDB would charge for this sweep's reads (estimated from
+    /// item sizes: strongly consistent Query per service, eventually consistent Scan).
+    pub read_units: f64,
+    /// Bytes of ledger items per service.
+    pub ledger_bytes: usize,
+    /// Time spent waiting for moto's answers (ELBv2 and DynamoDB), in all and by operation.
+    pub moto_time: Duration,
+    pub moto_by_op: BTreeMap<String, Duration>,
+}
+
+/// One scheduled sweep of `function` (already warm), metered.
+pub async fn sweep(
+    function: &LocalFunction,
+    log: &CallLog,
+    ecs: &EcsEmulator,
+    fleet: &Fleet,
+    history: usize,
+) -> Result<Sweep, String> {
+    let timeout = Duration::from_secs(1800);
+    function
+        .prewarm(timeout)
+        .await
+        .map_err(|e| format!("reconciler cold start: {e}"))?;
+    let pid = function.pid().ok_or("no reconciler process")?;
+    let cpu_before = procfs::cpu(pid).unwrap_or_default();
+    let (mark, ecs_mark) = (log.len(), ecs.calls().len());
+    let event = json!({
+        "version": "0",
+        "id": "5a1c5c1e-0000-4000-8000-000000000001",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT_ID,
+        "time": rfc3339(OffsetDateTime::now_utc()),
+        "region": REGION,
+        "resources": [format!("arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/skewguard-reconcile")],
+        "detail": {},
+    });
+    let started = Instant::now();
+    let answer = function
+        .invoke(event, timeout)
+        .await
+        .map_err(|e| format!("reconciler sweep: {e}"))?;
+    let wall = started.elapsed();
+    function
+        .until_idle(timeout)
+        .await
+        .map_err(|e| format!("reconciler: {e}"))?;
+    let cpu = procfs::cpu(pid)
+        .unwrap_or_default()
+        .saturating_sub(cpu_before);
+    let mut calls: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total_calls = 0;
+    for op in ecs.calls().into_iter().skip(ecs_mark) {
+        *calls.entry(op).or_default() += 1;
+        total_calls += 1;
+    }
+    let mut moto_time = Duration::ZERO;
+    let mut moto_by_op: BTreeMap<String, Duration> = BTreeMap::new();
+    for ((_, op), took) in log.timed_since(mark) {
+        *moto_by_op.entry(op.clone()).or_default() += took;
+        *calls.entry(op).or_default() += 1;
+        total_calls += 1;
+        moto_time += took;
+    }
+    let reports = answer
+        .get("services")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let repairs = reports
+        .iter()
+        .map(|r| {
+            r.get("repairs")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+        })
+        .sum();
+    let errors = answer
+        .get("errors")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let sizes: Vec<usize> = fleet
+        .services
+        .iter()
+        .map(|s| s.entries.iter().map(|e| item_size(&item(e, history))).sum())
+        .collect();
+    let total: usize = sizes.iter().sum();
+    let query_units: f64 = sizes.iter().map(|b| b.div_ceil(4096) as f64).sum();
+    let scan_units = total.div_ceil(4096) as f64 / 2.0;
+    Ok(Sweep {
+        services: fleet.services.len(),
+        history,
+        listeners: fleet.listeners(),
+        wall,
+        cpu,
+        calls,
+        total_calls,
+        reconciled: reports.len(),
+        repairs,
+        errors,
+        peak_rss: procfs::peak_rss(pid).unwrap_or(0),
+        read_units: query_units + scan_units,
+        ledger_bytes: total / fleet.services.len().max(1),
+        moto_time,
+        moto_by_op,
+    })
+}
