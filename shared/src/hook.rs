@@ -23,6 +23,12 @@ use crate::stages::{self, Actor, Draft, Hold};
 /// Read the ledger and decide again this many times when another writer got there first.
 const MAX_ATTEMPTS: u32 = 6;
 
+/// How long a stage keeps starting over after AWS throttled it or failed transiently (5xx,
+/// timeouts, dropped connections) beyond the SDK's own retries: a throttling storm of a few
+/// seconds must not roll a good deployment back. Well inside the functions' 120 s timeout even
+/// when the last attempt's calls run into the SDK's 40 s operation timeout.
+const TRANSIENT_RETRY_BUDGET: Duration = Duration::from_secs(20);
+
 /// The three lifecycle-hook functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookFunction {
@@ -145,6 +151,12 @@ impl HookError {
     fn is_retryable_conflict(&self) -> bool {
         matches!(self, HookError::Aws(e) if e.kind == AwsErrorKind::Conflict)
     }
+
+    /// Throttling or a transient failure that outlasted the SDK's retries: worth starting the
+    /// stage over a little later (every stage is idempotent).
+    fn is_transient(&self) -> bool {
+        matches!(self, HookError::Aws(e) if matches!(e.kind, AwsErrorKind::Throttling | AwsErrorKind::Transient))
+    }
 }
 
 /// Handles one invocation and always produces an answer ECS understands.
@@ -262,17 +274,29 @@ pub async fn run(
                 .join(" and "),
         });
     }
-    for attempt in 1..=MAX_ATTEMPTS {
+    let started = std::time::Instant::now();
+    let mut attempt = 1;
+    let mut transient_retries = 0;
+    loop {
         match attempt_stage(event, settings, clients).await {
             Err(err) if err.is_retryable_conflict() && attempt < MAX_ATTEMPTS => {
                 warn!(stage = %event.stage, attempt, error = %err, "conflicting change; reading again");
                 tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
             }
             Err(err) if err.is_retryable_conflict() => return Err(HookError::Contention(attempt)),
+            Err(err) if err.is_transient() => {
+                transient_retries += 1;
+                let wait = backoff(transient_retries + 2).min(Duration::from_secs(5));
+                if started.elapsed() + wait > TRANSIENT_RETRY_BUDGET {
+                    return Err(err);
+                }
+                warn!(stage = %event.stage, retry = transient_retries, error = %err, "AWS throttled or failed transiently; starting the stage over");
+                tokio::time::sleep(wait).await;
+            }
             other => return other,
         }
     }
-    Err(HookError::Contention(MAX_ATTEMPTS))
 }
 
 /// Jittered exponential backoff: 50 ms, 100 ms, 200 ms … plus up to 50 ms.
@@ -291,6 +315,10 @@ async fn attempt_stage(
         &event.service_arn,
         clients.ledger.load(&event.service_arn).await?,
     );
+    // ECS scales a version down right after a rollback (green) and after the hold (blue): the
+    // listener is checked then even if the ledger says nothing changed, so that a tagged pin a
+    // crashed or failed invocation created but never recorded cannot outlive its version.
+    let mut before_scale_down = false;
     let (hold, wiring) = match event.stage {
         LifecycleStage::PostTestTrafficShift => {
             let (green, wiring) = green_version(event, &draft, settings, clients).await?;
@@ -335,6 +363,7 @@ async fn attempt_stage(
                     &wiring,
                     now,
                 );
+                before_scale_down = true;
                 (Hold::Done, wiring)
             } else if event.stage == LifecycleStage::TestTrafficShift {
                 // Test traffic moving forward needs no pin: green is pinned from the production shift.
@@ -359,6 +388,7 @@ async fn attempt_stage(
                 settings.poll_interval,
                 now,
             );
+            before_scale_down = hold == Hold::Done;
             (hold, wiring)
         }
         other => {
@@ -369,7 +399,7 @@ async fn attempt_stage(
     };
     let catch_all_moved =
         settings.after_window == AfterWindow::Retired && draft.production_changed();
-    if draft.pins_need_attention() || catch_all_moved {
+    if draft.pins_need_attention() || catch_all_moved || before_scale_down {
         sync_pins(&mut draft, &wiring, settings, &clients.elb).await?;
     }
     let actor = Actor {

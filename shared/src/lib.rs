@@ -9,6 +9,8 @@ pub mod hook;
 pub mod ledger;
 pub mod listener;
 pub mod pins;
+#[cfg(test)]
+mod proptests;
 pub mod reconcile;
 pub mod reconciler;
 pub mod settings;

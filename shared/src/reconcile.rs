@@ -620,6 +620,64 @@ pub fn review_pins(
     })
 }
 
+/// Pins a hook is about to remove are never restored behind its back. While a deployment is in
+/// flight a hook removes pins in two steps (the rule, then the ledger write); a reconciler run
+/// that reads the ledger between them sees a pin "missing" and would put it back, which makes
+/// the hook's write conflict (a reconciler running often enough can fail the hook: "gave up
+/// after 6 attempts") and leaves a pin that, if the reconciler then dies, outlives its version's
+/// scale-down. So, in flight, the review creates no pin for a `draining` version whose skew
+/// window is over (the holding post-shift hook retires it on its next call), nor for a
+/// `testing` version while the deployment rolls back (the rollback hooks unpin it).
+pub fn leave_unpinning_to_the_hooks(
+    review: &mut PinReview,
+    draft: &Draft,
+    view: &EcsView,
+    now: OffsetDateTime,
+) {
+    if !view.known || view.settled {
+        return;
+    }
+    let rolling_back = view
+        .latest
+        .as_ref()
+        .is_some_and(|d| d.status.starts_with("ROLLBACK"));
+    let leaving: BTreeSet<DeploymentId> = draft
+        .entries()
+        .filter(|e| {
+            (e.status == Status::Draining && e.drain_until.is_some_and(|until| until <= now))
+                || (rolling_back && e.status == Status::Testing)
+        })
+        .map(|e| e.deployment_id.clone())
+        .collect();
+    let held_back: BTreeSet<DeploymentId> = review
+        .plan
+        .create
+        .iter()
+        .filter(|s| !s.is_catch_all() && leaving.contains(&s.deployment_id))
+        .map(|s| s.deployment_id.clone())
+        .collect();
+    if held_back.is_empty() {
+        return;
+    }
+    review
+        .plan
+        .create
+        .retain(|s| s.is_catch_all() || !held_back.contains(&s.deployment_id));
+    review.repairs.retain(|r| {
+        !(r.kind == RepairKind::PinRestored
+            && r.rule_arn.is_none()
+            && r.deployment_id
+                .as_ref()
+                .is_some_and(|d| held_back.contains(d)))
+    });
+    for id in held_back {
+        review.notes.push(format!(
+            "did not restore the pin of {id} while {}: its hook is unpinning it",
+            view.latest_text()
+        ));
+    }
+}
+
 fn describe_spec(spec: &PinSpec) -> String {
     match spec.target_group_arn() {
         Some(tg) => format!("target group {}", short_arn(tg)),
@@ -989,6 +1047,91 @@ mod tests {
             draft.get(&id("v1")).unwrap().rule_arns,
             vec!["lost".to_owned()]
         );
+    }
+
+    #[test]
+    fn in_flight_a_pin_the_hook_is_removing_is_not_restored() {
+        // v1's window is over (released): the holding hook has deleted its pin and is about to
+        // write `retired`. A review in between must not put the pin back.
+        let (v1, v2) = (version("v1", TG1, "1"), version("v2", TG2, "2"));
+        let mut blue = entry("v1", TG1, "1", Status::Draining);
+        blue.drain_until = Some(T0);
+        blue.rule_arns = vec!["deleted-by-the-hook".into()];
+        let mut green = entry("v2", TG2, "2", Status::Live);
+        green.rule_arns = vec!["green-pin".into()];
+        let draft = Draft::new(SVC, vec![blue, green]);
+        let mut rules = listener();
+        rules.push(rule(
+            "green-pin",
+            99,
+            pin_conditions("v2", "X-Deployment-ID"),
+            TG2,
+        ));
+        let prod = rules[0].clone();
+        let mut view = EcsView {
+            running: vec![v1.clone(), v2.clone()],
+            known: true,
+            settled: false,
+            latest: Some(DeploymentSummary {
+                arn: "dep/2".into(),
+                status: "IN_PROGRESS".into(),
+            }),
+            wiring: Some(wiring()),
+            ..EcsView::default()
+        };
+        let s = settings(json!({}));
+        let review = |view: &EcsView, now| {
+            let mut review =
+                review_pins(&draft, view, &rules, &BTreeMap::new(), &prod, &s).unwrap();
+            leave_unpinning_to_the_hooks(&mut review, &draft, view, now);
+            review
+        };
+        let during = review(&view, T0);
+        assert!(during.plan.create.is_empty(), "{:?}", during.plan.create);
+        assert!(
+            during
+                .repairs
+                .iter()
+                .all(|r| r.kind != RepairKind::PinRestored),
+            "{:?}",
+            during.repairs
+        );
+        assert!(during.notes.iter().any(|n| n.contains("unpinning it")));
+        // Inside its window the pin is restored as before (deleted by hand).
+        let earlier = review(&view, T0 - std::time::Duration::from_secs(60));
+        assert_eq!(earlier.plan.create.len(), 1);
+        // Green while its deployment rolls back is left to the rollback hooks.
+        let mut testing = entry("v2", TG2, "2", Status::Testing);
+        testing.shifted_at = Some(T0);
+        testing.rule_arns = vec!["deleted-by-the-hook".into()];
+        let draft = Draft::new(SVC, vec![entry("v1", TG1, "1", Status::Live), testing]);
+        view.latest.as_mut().unwrap().status = "ROLLBACK_IN_PROGRESS".into();
+        let mut rolled =
+            review_pins(&draft, &view, &listener(), &BTreeMap::new(), &prod, &s).unwrap();
+        leave_unpinning_to_the_hooks(&mut rolled, &draft, &view, T0);
+        assert!(
+            rolled
+                .plan
+                .create
+                .iter()
+                .all(|c| c.deployment_id.as_str() != "v2"),
+            "{:?}",
+            rolled.plan.create
+        );
+        // Settled, nothing is held back.
+        let settled_view = settled(&v1);
+        let mut after = review_pins(
+            &draft,
+            &settled_view,
+            &listener(),
+            &BTreeMap::new(),
+            &prod,
+            &s,
+        )
+        .unwrap();
+        let before = after.plan.create.len();
+        leave_unpinning_to_the_hooks(&mut after, &draft, &settled_view, T0);
+        assert_eq!(after.plan.create.len(), before);
     }
 
     #[test]

@@ -328,8 +328,10 @@ async fn attempt_service(
             .await
             .map_err(HookError::from)?
     };
-    let review = reconcile::review_pins(&draft, &view, &rules, &tags, &production_rule, &settings)
-        .map_err(HookError::from)?;
+    let mut review =
+        reconcile::review_pins(&draft, &view, &rules, &tags, &production_rule, &settings)
+            .map_err(HookError::from)?;
+    reconcile::leave_unpinning_to_the_hooks(&mut review, &draft, &view, now);
     repairs.extend(review.repairs.iter().cloned());
     notes.extend(review.notes.iter().cloned());
     let actor = Actor {

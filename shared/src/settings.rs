@@ -9,9 +9,14 @@ use serde_json::{Map, Value};
 pub const MAX_SKEW_WINDOW: Duration = Duration::from_secs(23 * 3600);
 pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
 pub const MAX_PRIORITY: u32 = 50_000;
+/// ECS accepts a lifecycle hook `timeoutConfiguration.timeoutInMinutes` of at most 24 hours.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How many poll intervals of margin the hold needs inside the hook timeout: the last poll may
+/// come up to one interval after the window ends, and the retiring call needs time too.
+pub const HOOK_TIMEOUT_MARGIN_POLLS: u32 = 2;
 
 /// Every key a user may set, with the env variable that sets its function-level default.
-pub const SETTING_KEYS: [(&str, &str); 10] = [
+pub const SETTING_KEYS: [(&str, &str); 11] = [
     ("headerName", "SKEWGUARD_HEADER_NAME"),
     ("queryParam", "SKEWGUARD_QUERY_PARAM"),
     ("cookieName", "SKEWGUARD_COOKIE_NAME"),
@@ -22,6 +27,7 @@ pub const SETTING_KEYS: [(&str, &str); 10] = [
     ("priorityRange", "SKEWGUARD_PRIORITY_RANGE"),
     ("onError", "SKEWGUARD_ON_ERROR"),
     ("afterWindow", "SKEWGUARD_AFTER_WINDOW"),
+    ("hookTimeout", "SKEWGUARD_HOOK_TIMEOUT"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +42,9 @@ pub struct Settings {
     pub priority_range: Option<PriorityRange>,
     pub on_error: OnError,
     pub after_window: AfterWindow,
+    /// The post-shift hook's `timeoutConfiguration.timeoutInMinutes`, when the user tells it:
+    /// the hold (`skewWindow` plus a margin of poll intervals) must fit inside it.
+    pub hook_timeout: Option<Duration>,
 }
 
 /// What a request carrying a pin whose version is gone gets.
@@ -94,6 +103,8 @@ pub enum SettingsError {
 pub enum Origin {
     HookDetails,
     Env(&'static str),
+    /// The built-in default.
+    Default,
 }
 
 impl std::fmt::Display for Origin {
@@ -101,6 +112,7 @@ impl std::fmt::Display for Origin {
         match self {
             Origin::HookDetails => f.write_str("hookDetails"),
             Origin::Env(var) => write!(f, "env {var}"),
+            Origin::Default => f.write_str("the built-in default"),
         }
     }
 }
@@ -149,7 +161,7 @@ impl Settings {
             hook_details,
             defaults,
         };
-        Ok(Self {
+        let settings = Self {
             on_error: source
                 .parse("onError", parse_on_error)?
                 .unwrap_or(OnError::Rollback),
@@ -172,6 +184,41 @@ impl Settings {
             after_window: source
                 .parse("afterWindow", parse_after_window)?
                 .unwrap_or(AfterWindow::Fallthrough),
+            hook_timeout: source.parse("hookTimeout", parse_hook_timeout)?,
+        };
+        settings.check_hold_fits(&source)?;
+        Ok(settings)
+    }
+
+    /// The hold needs `skewWindow` plus [`HOOK_TIMEOUT_MARGIN_POLLS`] poll intervals; a hook
+    /// timeout shorter than that would roll every deployment back at the end of its window.
+    fn check_hold_fits(&self, source: &Source<'_>) -> Result<(), SettingsError> {
+        let Some(timeout) = self.hook_timeout else {
+            return Ok(());
+        };
+        let margin = self.poll_interval * HOOK_TIMEOUT_MARGIN_POLLS;
+        let needed = self.skew_window + margin;
+        if needed <= timeout {
+            return Ok(());
+        }
+        let minutes = needed.as_secs().div_ceil(60);
+        let longest = timeout.saturating_sub(margin);
+        let (value, origin) = source
+            .raw("skewWindow")
+            .unwrap_or_else(|| ("1h".to_owned(), Origin::Default));
+        Err(SettingsError::Invalid {
+            key: "skewWindow",
+            value,
+            origin,
+            reason: format!(
+                "the hold needs skewWindow plus {HOOK_TIMEOUT_MARGIN_POLLS} poll intervals ({}), longer than hookTimeout {}: \
+                 raise the post-shift hook's timeoutConfiguration.timeoutInMinutes (and hookTimeout) above {} minutes, \
+                 i.e. to at least {minutes}, or shorten skewWindow to at most {}",
+                humantime::format_duration(needed),
+                humantime::format_duration(timeout),
+                minutes - 1,
+                humantime::format_duration(longest),
+            ),
         })
     }
 
@@ -196,6 +243,18 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
+    /// The raw value of `key` and where it came from, if set.
+    fn raw(&self, key: &'static str) -> Option<(String, Origin)> {
+        match self.hook_details.get(key) {
+            Some(Value::String(s)) => Some((s.clone(), Origin::HookDetails)),
+            _ => self
+                .defaults
+                .values
+                .get(key)
+                .map(|v| (v.clone(), Origin::Env(env_var_of(key)))),
+        }
+    }
+
     fn parse<T>(
         &self,
         key: &'static str,
@@ -332,6 +391,17 @@ fn parse_skew_window(raw: &str) -> Result<Duration, String> {
         ));
     }
     Ok(window)
+}
+
+fn parse_hook_timeout(raw: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(raw)?;
+    if timeout < Duration::from_secs(60) || timeout > MAX_HOOK_TIMEOUT {
+        return Err(
+            "must be between 1m and 24h (ECS's range for timeoutConfiguration.timeoutInMinutes)"
+                .to_owned(),
+        );
+    }
+    Ok(timeout)
 }
 
 fn parse_poll_interval(raw: &str) -> Result<Duration, String> {
@@ -477,6 +547,69 @@ mod tests {
     fn skew_window_beyond_a_stage_limit_says_what_to_change() {
         let msg = error_of(json!({"skewWindow": "24h"}));
         assert!(msg.contains("shorten skewWindow"), "{msg}");
+    }
+
+    #[test]
+    fn hook_timeout_is_optional_and_parses() {
+        let s = Settings::resolve(&Map::new(), &EnvDefaults::default()).unwrap();
+        assert_eq!(s.hook_timeout, None, "unset by default: nothing to check");
+        let s = Settings::resolve(
+            &details(json!({"hookTimeout": "120m", "skewWindow": "1h"})),
+            &EnvDefaults::default(),
+        )
+        .unwrap();
+        assert_eq!(s.hook_timeout, Some(Duration::from_secs(7200)));
+        let env = EnvDefaults::from_lookup(|var| {
+            (var == "SKEWGUARD_HOOK_TIMEOUT").then(|| "2h".to_owned())
+        });
+        let s = Settings::resolve(&Map::new(), &env).unwrap();
+        assert_eq!(s.hook_timeout, Some(Duration::from_secs(7200)));
+        for bad in ["soon", "30s", "25h"] {
+            let msg = error_of(json!({ "hookTimeout": bad }));
+            assert!(msg.contains("`hookTimeout`"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_skew_window_the_hook_timeout_cannot_hold_says_what_to_change() {
+        // 1h window + 2 × 60s polls = 62 min > 60 min.
+        let msg = error_of(json!({"skewWindow": "1h", "hookTimeout": "60m"}));
+        assert!(msg.contains("`skewWindow`"), "{msg}");
+        assert!(
+            msg.contains(
+                "raise the post-shift hook's timeoutConfiguration.timeoutInMinutes (and hookTimeout) above 61 minutes"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("to at least 62"), "{msg}");
+        assert!(
+            msg.contains("or shorten skewWindow to at most 58m"),
+            "{msg}"
+        );
+        // Exactly enough room passes; the margin follows pollInterval.
+        assert!(
+            Settings::resolve(
+                &details(json!({"skewWindow": "1h", "hookTimeout": "62m"})),
+                &EnvDefaults::default()
+            )
+            .is_ok()
+        );
+        let msg =
+            error_of(json!({"skewWindow": "1h", "pollInterval": "10m", "hookTimeout": "75m"}));
+        assert!(msg.contains("above 79 minutes"), "{msg}");
+        // The built-in 1h window is checked too, and named as such.
+        let msg = error_of(json!({"hookTimeout": "30m"}));
+        assert!(msg.contains("from the built-in default"), "{msg}");
+        // An env default window is named by its variable.
+        let env = EnvDefaults::from_lookup(|var| match var {
+            "SKEWGUARD_SKEW_WINDOW" => Some("2h".into()),
+            "SKEWGUARD_HOOK_TIMEOUT" => Some("2h".into()),
+            _ => None,
+        });
+        let msg = Settings::resolve(&Map::new(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("env SKEWGUARD_SKEW_WINDOW"), "{msg}");
     }
 
     #[test]

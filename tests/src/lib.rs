@@ -1,8 +1,10 @@
 pub mod aws;
 pub mod backend;
+pub mod chaos;
 pub mod data_plane;
 pub mod ecs_emulator;
 pub mod engine;
+pub mod faults;
 pub mod fixtures;
 pub mod invariants;
 pub mod lambda;
