@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def load(directory):
     figures = {}
     for name in sorted(os.listdir(directory)):
-        if name.endswith(".json"):
+        if name.endswith(".json") and name != "run.json":
             with open(os.path.join(directory, name)) as f:
                 for line in f:
                     line = line.strip()
@@ -247,6 +247,13 @@ def main():
 
     w("## Running them")
     w("")
+    run_path = os.path.join(directory, "run.json")
+    if os.path.exists(run_path):
+        with open(run_path) as f:
+            run = json.load(f)
+        w(f"The last full run: commit `{run.get('commit', '?')}`, {run.get('date', '?')}, "
+          f"on {run.get('machine', '?')}.")
+        w("")
     w("| suite | where | last full run |")
     w("|---|---|---|")
     fast = {
@@ -262,6 +269,7 @@ def main():
         "reconciler_and_release_during_the_hold_never_fail_the_hook": "CI: 2 runs",
         "the_same_event_delivered_twice_at_once_changes_nothing_more": "CI: 1 run",
         "hostile_deployment_ids_never_widen_a_pin": "CI",
+        "a_crash_ecs_takes_for_a_failure_leaves_no_pin_behind_the_rollback": "CI: the 3 calls around each pin write",
     }
     for t in timings:
         w(f"| `{t['suite']}` | {fast.get(t['suite'], '')} | {t['result']} in {t['seconds']} s |")
