@@ -299,6 +299,20 @@ pub async fn run(
     }
 }
 
+/// The weight a traffic-shift event gives the target revision (green); 0 means a rollback.
+fn green_weight(event: &HookEvent) -> Result<u8, HookError> {
+    event
+        .shifted_weights()
+        .get(&event.target_revision_arn)
+        .copied()
+        .ok_or_else(|| {
+            HookError::Malformed(MalformedEvent(format!(
+                "{} event carries no traffic weight for the target revision",
+                event.stage
+            )))
+        })
+}
+
 /// Jittered exponential backoff: 50 ms, 100 ms, 200 ms … plus up to 50 ms.
 fn backoff(attempt: u32) -> Duration {
     let jitter = OffsetDateTime::now_utc().nanosecond() as u64 % 50;
@@ -311,6 +325,11 @@ async fn attempt_stage(
     clients: &Clients,
 ) -> Result<Hold, HookError> {
     let now = OffsetDateTime::now_utc();
+    if event.stage == LifecycleStage::TestTrafficShift && green_weight(event)? > 0 {
+        // Test traffic moving forward needs no pin (green is pinned from the production shift),
+        // so it is answered without reading anything.
+        return Ok(Hold::Done);
+    }
     let mut draft = Draft::new(
         &event.service_arn,
         clients.ledger.load(&event.service_arn).await?,
@@ -328,13 +347,8 @@ async fn attempt_stage(
             (Hold::Done, wiring)
         }
         LifecycleStage::TestTrafficShift | LifecycleStage::ProductionTrafficShift => {
+            let green_weight = green_weight(event)?;
             let weights = event.shifted_weights();
-            let Some(&green_weight) = weights.get(&event.target_revision_arn) else {
-                return Err(HookError::Malformed(MalformedEvent(format!(
-                    "{} event carries no traffic weight for the target revision",
-                    event.stage
-                ))));
-            };
             let others: Vec<&String> = weights
                 .keys()
                 .filter(|r| **r != event.target_revision_arn)
@@ -366,7 +380,7 @@ async fn attempt_stage(
                 before_scale_down = true;
                 (Hold::Done, wiring)
             } else if event.stage == LifecycleStage::TestTrafficShift {
-                // Test traffic moving forward needs no pin: green is pinned from the production shift.
+                // Answered above, before the ledger was read.
                 return Ok(Hold::Done);
             } else {
                 let (green, wiring) = green_version(event, &draft, settings, clients).await?;
