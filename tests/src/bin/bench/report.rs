@@ -117,6 +117,9 @@ pub fn table(rows: &[Row]) -> String {
 
 /// `Query, DescribeRules ×2, CreateRule`
 pub fn op_list(ops: &[String]) -> String {
+    if ops.is_empty() {
+        return "no call".to_owned();
+    }
     let mut counted: Vec<(String, usize)> = Vec::new();
     for op in ops {
         match counted.iter_mut().find(|(o, _)| o == op) {
