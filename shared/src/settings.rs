@@ -203,9 +203,12 @@ impl Settings {
         }
         let minutes = needed.as_secs().div_ceil(60);
         let longest = timeout.saturating_sub(margin);
-        let (value, origin) = source
-            .raw("skewWindow")
-            .unwrap_or_else(|| ("1h".to_owned(), Origin::Default));
+        let (value, origin) = source.raw("skewWindow").unwrap_or_else(|| {
+            (
+                humantime::format_duration(self.skew_window).to_string(),
+                Origin::Default,
+            )
+        });
         Err(SettingsError::Invalid {
             key: "skewWindow",
             value,

@@ -26,14 +26,12 @@ use skewguard_core::reconciler::{self, ReconcileOptions};
 use skewguard_core::settings::EnvDefaults;
 use skewguard_core::stages::{self, Actor, Draft};
 
-use crate::aws::{Clients, Endpoints, function_env, sdk_config};
-use crate::ecs_emulator::EcsEmulator;
+use crate::aws::{function_env, sdk_config};
 use crate::engine::{
     BoxFuture, HookRegistration, Intervention, Invocation, Invoker, Observer, Outcome,
     PlaceholderTasks, Strategy,
 };
 use crate::faults::{FaultProxy, counting, kill_process};
-use crate::fixtures::{AlbFixture, Vpc, create_ledger_table};
 use crate::invariants::{Observation, ServiceTruth, violations};
 use crate::lambda::{LocalFunction, workspace_binary};
 use crate::moto::MotoServer;
@@ -73,37 +71,7 @@ pub enum Mode {
 pub async fn stand_ins_on(moto: MotoServer) -> StandIns {
     skewguard_core::telemetry::init();
     moto.reset().await.expect("moto resets");
-    let ecs = Arc::new(EcsEmulator::start().await.expect("ECS emulator starts"));
-    let endpoints = Endpoints::new(ecs.endpoint(), moto.endpoint());
-    let clients = Clients::new(&endpoints).await;
-    create_ledger_table(&clients.dynamodb, TABLE)
-        .await
-        .expect("ledger table");
-    let vpc = Vpc::default_in(&moto.endpoint()).await.expect("moto VPC");
-    let alb =
-        AlbFixture::with_path_rule_as_production(&clients.elbv2, &vpc, "web", None, 100, "/api/*")
-            .await
-            .expect("ALB")
-            .with_test_rule(&clients.elbv2, 10)
-            .await
-            .expect("test rule");
-    let hook_clients = skewguard_core::cold_start::clients(&clients.config, TABLE);
-    let checker = Arc::new(InvariantChecker::new(
-        hook_clients.elb.clone(),
-        hook_clients.ledger.clone(),
-        &alb.listener_arn,
-    ));
-    StandIns {
-        moto,
-        ecs,
-        clients,
-        endpoints,
-        vpc,
-        hook_clients,
-        checker,
-        alb,
-        production_path: "/api/*".to_owned(),
-    }
+    StandIns::on(moto, "/api/*").await
 }
 
 /// Hook clients that reach AWS through the proxy, with the SDK behaviour of `mode`.

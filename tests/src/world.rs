@@ -123,6 +123,11 @@ impl StandIns {
     pub async fn start(production_path: &str) -> StandIns {
         skewguard_core::telemetry::init();
         let moto = MotoServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+        StandIns::on(moto, production_path).await
+    }
+
+    /// The same on a running moto that holds nothing yet.
+    pub async fn on(moto: MotoServer, production_path: &str) -> StandIns {
         let ecs = Arc::new(EcsEmulator::start().await.expect("ECS emulator starts"));
         let endpoints = Endpoints::new(ecs.endpoint(), moto.endpoint());
         let clients = Clients::new(&endpoints).await;

@@ -18,7 +18,9 @@ use skewguard_core::ledger::Status;
 use skewguard_core::listener::{Condition, Request};
 use skewguard_core::reconciler::{self, ReconcileOptions};
 use skewguard_core::settings::EnvDefaults;
-use skewguard_world::chaos::{FaultWorld, Mode, Scenario, full, report, run_scenario, sweep};
+use skewguard_world::chaos::{
+    FaultWorld, Mode, RunResult, Scenario, full, report, run_scenario, sweep,
+};
 use skewguard_world::engine::{HookRegistration, Intervention, Outcome, Strategy};
 use skewguard_world::faults::{Fault, FaultRule};
 use skewguard_world::fixtures::AlbFixture;
@@ -80,46 +82,34 @@ fn scenarios() -> Vec<Scenario> {
 /// scenario whole and one point of each other; `reliability/run` sweeps them all.
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_at_every_step_converges_in_process() {
-    let started = Instant::now();
-    let mut moto = MotoServer::start().await.expect("moto");
-    let mut rows = Vec::new();
-    let mut failures = Vec::new();
-    for (n, scenario) in scenarios().iter().enumerate() {
-        let limit = if full() || n == 0 { None } else { Some(1) };
-        let (figures, back) = sweep(moto, scenario, Mode::InProcess, limit).await;
-        moto = back;
-        rows.push(json!({
-            "scenario": scenario.name,
-            "crashPoints": figures.crash_points,
-            "converged": figures.converged,
-            "violations": figures.violations,
-        }));
-        failures.extend(figures.failures);
-    }
-    report(
-        "crash-in-process",
-        json!({"rows": rows, "seconds": started.elapsed().as_secs()}),
-    );
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let plan = scenarios()
+        .into_iter()
+        .enumerate()
+        .map(|(n, scenario)| (scenario, if full() || n == 0 { None } else { Some(1) }))
+        .collect();
+    crash_sweeps("crash-in-process", Mode::InProcess, plan).await;
 }
 
 /// The same sweep with the real hook binaries, SIGKILLed by pid at the k-th call.
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_at_every_step_converges_with_real_processes() {
+    let plan = if full() {
+        scenarios().into_iter().map(|s| (s, None)).collect()
+    } else {
+        vec![(scenarios().swap_remove(0), Some(5))]
+    };
+    crash_sweeps("crash-processes", Mode::Processes { max_attempts: 3 }, plan).await;
+}
+
+/// Sweeps the crash points of each scenario (at most `limit` of them), reports the figures
+/// under `suite` and fails on any point that did not converge.
+async fn crash_sweeps(suite: &str, mode: Mode, plan: Vec<(Scenario, Option<usize>)>) {
     let started = Instant::now();
     let mut moto = MotoServer::start().await.expect("moto");
     let mut rows = Vec::new();
     let mut failures = Vec::new();
-    let all = scenarios();
-    let chosen: Vec<&Scenario> = if full() {
-        all.iter().collect()
-    } else {
-        vec![&all[0]]
-    };
-    for scenario in chosen {
-        let limit = if full() { None } else { Some(5) };
-        let (figures, back) =
-            sweep(moto, scenario, Mode::Processes { max_attempts: 3 }, limit).await;
+    for (scenario, limit) in &plan {
+        let (figures, back) = sweep(moto, scenario, mode, *limit).await;
         moto = back;
         rows.push(json!({
             "scenario": scenario.name,
@@ -130,10 +120,19 @@ async fn crash_at_every_step_converges_with_real_processes() {
         failures.extend(figures.failures);
     }
     report(
-        "crash-processes",
+        suite,
         json!({"rows": rows, "seconds": started.elapsed().as_secs()}),
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// An undisturbed run of `scenario` in `mode` on a fresh moto: what a disturbed run must end
+/// like. Returns moto for the next world.
+async fn reference_run(scenario: &Scenario, mode: Mode) -> (RunResult, MotoServer) {
+    let moto = MotoServer::start().await.expect("moto");
+    let world = FaultWorld::start_on(moto, mode).await;
+    let run = run_scenario(&world, scenario, None).await;
+    (run, world.into_moto())
 }
 
 fn violations_of(found: &[String], kinds: &[&str]) -> Vec<String> {
@@ -154,13 +153,7 @@ async fn throttling_storms_and_transient_errors_are_absorbed_by_retries() {
     let mode = Mode::InProcessRetrying {
         attempt_timeout: Duration::from_secs(2),
     };
-    let mut moto = MotoServer::start().await.expect("moto");
-    let reference = {
-        let world = FaultWorld::start_on(moto, mode).await;
-        let run = run_scenario(&world, scenario, None).await;
-        moto = world.into_moto();
-        run
-    };
+    let (reference, mut moto) = reference_run(scenario, mode).await;
     let storms: Vec<(&str, Vec<FaultRule>, Mode)> = vec![
         (
             "throttling: 30% of first and second attempts",
@@ -248,13 +241,7 @@ async fn slow_answers_and_dropped_connections_are_retried_safely() {
     let mode = Mode::InProcessRetrying {
         attempt_timeout: Duration::from_millis(800),
     };
-    let mut moto = MotoServer::start().await.expect("moto");
-    let reference = {
-        let world = FaultWorld::start_on(moto, mode).await;
-        let run = run_scenario(&world, scenario, None).await;
-        moto = world.into_moto();
-        run
-    };
+    let (reference, mut moto) = reference_run(scenario, mode).await;
     let slow = Fault::SlowAnswer(Duration::from_millis(1500));
     let cases: Vec<(&str, Fault)> = vec![
         ("CreateRule", slow.clone()),
@@ -1028,13 +1015,7 @@ async fn a_throttling_storm_longer_than_the_sdk_retries_does_not_roll_back() {
 async fn a_crash_ecs_takes_for_a_failure_leaves_no_pin_behind_the_rollback() {
     let started = Instant::now();
     let scenario = &scenarios()[0];
-    let mut moto = MotoServer::start().await.expect("moto");
-    let reference = {
-        let world = FaultWorld::start_on(moto, Mode::InProcess).await;
-        let run = run_scenario(&world, scenario, None).await;
-        moto = world.into_moto();
-        run
-    };
+    let (reference, mut moto) = reference_run(scenario, Mode::InProcess).await;
     let mut points: Vec<(usize, u32)> = reference
         .records
         .iter()

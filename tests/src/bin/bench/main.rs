@@ -535,21 +535,26 @@ fn hook_rows(
             map
         };
     // First invocation after a cold start: CPU.
-    let firsts = by_stage(&|r| r.after_cold_start);
-    for f in HOOKS {
-        let mine: Vec<(&String, f64, usize)> = firsts
+    // The stage with the highest median CPU, and every invocation's CPU, of `f`'s invocations
+    // after a cold start (or warm ones).
+    let worst_and_all = |f: HookFunction, after_cold_start: bool| {
+        let grouped = by_stage(&|r| r.after_cold_start == after_cold_start);
+        let worst = grouped
             .iter()
             .filter(|((_, _, name), _)| *name == f.name())
-            .map(|((_, stage, _), rs)| (stage, median(&cpu_ms(rs)), rs.len()))
-            .collect();
-        let Some(worst) = mine.iter().max_by(|a, b| a.1.total_cmp(&b.1)) else {
-            continue;
-        };
+            .map(|((_, stage, _), rs)| (stage.clone(), median(&cpu_ms(rs))))
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
         let all: Vec<f64> = records
             .iter()
-            .filter(|r| r.function == f && r.after_cold_start)
+            .filter(|r| r.function == f && r.after_cold_start == after_cold_start)
             .map(|r| ms(r.cpu))
             .collect();
+        Some((worst, all))
+    };
+    for f in HOOKS {
+        let Some((worst, all)) = worst_and_all(f, true) else {
+            continue;
+        };
         rows.push(Row::new(
             "first invocation after cold start, CPU (excludes AWS waits)",
             f.name(),
@@ -571,21 +576,10 @@ fn hook_rows(
         ));
     }
     // Warm invocations: CPU.
-    let warms = by_stage(&|r| !r.after_cold_start);
     for f in HOOKS {
-        let mine: Vec<(&String, f64, usize)> = warms
-            .iter()
-            .filter(|((_, _, name), _)| *name == f.name())
-            .map(|((_, stage, _), rs)| (stage, median(&cpu_ms(rs)), rs.len()))
-            .collect();
-        let Some(worst) = mine.iter().max_by(|a, b| a.1.total_cmp(&b.1)) else {
+        let Some((worst, all)) = worst_and_all(f, false) else {
             continue;
         };
-        let all: Vec<f64> = records
-            .iter()
-            .filter(|r| r.function == f && !r.after_cold_start)
-            .map(|r| ms(r.cpu))
-            .collect();
         rows.push(Row::new(
             "warm invocation CPU (excludes AWS waits)",
             f.name(),
