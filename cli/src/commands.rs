@@ -70,12 +70,7 @@ pub async fn dispatch(ctx: &Context, command: Command) -> Result<Rendered, CliEr
     let now = OffsetDateTime::now_utc();
     match command {
         Command::Status { services, all } => {
-            let known = known_services(ctx).await?;
-            let services = if services.is_empty() {
-                known.clone()
-            } else {
-                resolve_all(ctx, &services, &known, true)?
-            };
+            let services = resolve_all(ctx, &services, true).await?;
             let mut out = Vec::new();
             for service in services {
                 out.push(status(ctx, &service, all, now).await?);
@@ -122,12 +117,7 @@ pub async fn dispatch(ctx: &Context, command: Command) -> Result<Rendered, CliEr
             release(ctx, &service).await.map(Rendered::Release)
         }
         Command::Reconcile { services, dry_run } => {
-            let known = known_services(ctx).await?;
-            let services = if services.is_empty() {
-                known.clone()
-            } else {
-                resolve_all(ctx, &services, &known, false)?
-            };
+            let services = resolve_all(ctx, &services, false).await?;
             let options = ReconcileOptions {
                 defaults: EnvDefaults::from_env(),
                 dry_run,
@@ -169,15 +159,19 @@ async fn known_services(ctx: &Context) -> Result<Vec<String>, CliError> {
         .map_err(|e| ctx.ledger_error(e))
 }
 
-fn resolve_all(
+/// The services given, resolved against the ledger's; none given means every one of them.
+async fn resolve_all(
     ctx: &Context,
     given: &[String],
-    known: &[String],
     must_be_known: bool,
 ) -> Result<Vec<String>, CliError> {
+    let known = known_services(ctx).await?;
+    if given.is_empty() {
+        return Ok(known);
+    }
     given
         .iter()
-        .map(|g| resolve(ctx, g, known, must_be_known))
+        .map(|g| resolve(ctx, g, &known, must_be_known))
         .collect()
 }
 

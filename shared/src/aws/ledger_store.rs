@@ -77,6 +77,8 @@ pub enum LedgerError {
         "too many ledger entries changed at once ({0}); the write limit is {MAX_TRANSACTION_ITEMS}"
     )]
     TooManyChanges(usize),
+    #[error("could not build the ledger write: {0}")]
+    Request(String),
 }
 
 impl LedgerError {
@@ -193,7 +195,7 @@ impl LedgerStore {
         match changes {
             [] => Ok(()),
             [one] => {
-                let update = update_of(&self.table, one);
+                let update = update_of(&self.table, one)?;
                 self.client
                     .update_item()
                     .table_name(update.table_name())
@@ -214,11 +216,11 @@ impl LedgerStore {
                 let items = many
                     .iter()
                     .map(|c| {
-                        TransactWriteItem::builder()
-                            .update(update_of(&self.table, c))
-                            .build()
+                        Ok(TransactWriteItem::builder()
+                            .update(update_of(&self.table, c)?)
+                            .build())
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>, LedgerError>>()?;
                 self.client
                     .transact_write_items()
                     .set_transact_items(Some(items))
@@ -310,7 +312,7 @@ fn history_from_value(v: &AttributeValue) -> Option<HistoryRecord> {
 
 /// The conditional update that stores `change`: SET what has a value, REMOVE what has none,
 /// append one history record, bump the version.
-fn update_of(table: &str, change: &Change) -> Update {
+fn update_of(table: &str, change: &Change) -> Result<Update, LedgerError> {
     let e = &change.entry;
     let mut set: Vec<(&str, AttributeValue)> = vec![
         (attr::STATUS, s(e.status.as_str())),
@@ -397,7 +399,7 @@ fn update_of(table: &str, change: &Change) -> Update {
         .set_expression_attribute_names(Some(names))
         .set_expression_attribute_values(Some(values))
         .build()
-        .expect("table, key and update expression are always set")
+        .map_err(|e| LedgerError::Request(e.to_string()))
 }
 
 fn entry_from_item(item: &HashMap<String, AttributeValue>) -> Result<LedgerEntry, LedgerError> {
@@ -487,7 +489,7 @@ mod tests {
                 change: "c".into(),
             },
         };
-        let update = update_of("t", &change);
+        let update = update_of("t", &change).unwrap();
         assert_eq!(update.condition_expression(), Some("#v = :expected"));
         let names = update.expression_attribute_names().unwrap();
         let values = update.expression_attribute_values().unwrap();
@@ -511,7 +513,8 @@ mod tests {
                 expected_version: 0,
                 ..change
             },
-        );
+        )
+        .unwrap();
         assert_eq!(
             new.condition_expression(),
             Some("attribute_not_exists(#pk)")
@@ -546,7 +549,7 @@ mod tests {
                 change: "c".into(),
             },
         };
-        let update = update_of("t", &change);
+        let update = update_of("t", &change).unwrap();
         let names = update.expression_attribute_names().unwrap();
         let values = update.expression_attribute_values().unwrap();
         let mut item: HashMap<String, AttributeValue> = update.key().clone();
