@@ -1,0 +1,78 @@
+# The reconciler's triggers: the end of every ECS deployment and a schedule; its dead-letter
+# queue and an alarm on it.
+
+resource "aws_lambda_function_event_invoke_config" "reconciler" {
+  function_name                = aws_lambda_function.function["reconciler"].function_name
+  maximum_retry_attempts       = 2
+  maximum_event_age_in_seconds = 3600
+}
+
+resource "aws_cloudwatch_event_rule" "deployment_finished" {
+  name        = "${var.name}-deployment-finished"
+  description = "skewguard: reconcile a service when its ECS deployment completes or fails"
+  event_pattern = jsonencode({
+    source        = ["aws.ecs"]
+    "detail-type" = ["ECS Deployment State Change"]
+    detail = {
+      eventName = ["SERVICE_DEPLOYMENT_COMPLETED", "SERVICE_DEPLOYMENT_FAILED"]
+    }
+  })
+  tags = var.tags
+}
+
+resource "aws_cloudwatch_event_target" "deployment_finished" {
+  rule = aws_cloudwatch_event_rule.deployment_finished.name
+  arn  = aws_lambda_function.function["reconciler"].arn
+
+  retry_policy {
+    maximum_retry_attempts       = 4
+    maximum_event_age_in_seconds = 3600
+  }
+}
+
+resource "aws_cloudwatch_event_rule" "periodic" {
+  name                = "${var.name}-periodic"
+  description         = "skewguard periodic reconciliation"
+  schedule_expression = var.reconcile_schedule
+  tags                = var.tags
+}
+
+resource "aws_cloudwatch_event_target" "periodic" {
+  rule = aws_cloudwatch_event_rule.periodic.name
+  arn  = aws_lambda_function.function["reconciler"].arn
+}
+
+resource "aws_lambda_permission" "reconciler" {
+  for_each = {
+    deployment-finished = aws_cloudwatch_event_rule.deployment_finished.arn
+    periodic            = aws_cloudwatch_event_rule.periodic.arn
+  }
+
+  statement_id  = "AllowEventBridge-${each.key}"
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.function["reconciler"].function_name
+  principal     = "events.amazonaws.com"
+  source_arn    = each.value
+}
+
+resource "aws_sqs_queue" "reconciler_dead_letters" {
+  name                      = "${var.name}-reconciler-dead-letters"
+  message_retention_seconds = 1209600
+  sqs_managed_sse_enabled   = true
+  tags                      = var.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "reconciler_dead_letters" {
+  alarm_name          = "${var.name}-reconciler-dead-letters"
+  alarm_description   = "A reconciler invocation failed every retry: its event is in the dead-letter queue (the service was not repaired; the next scheduled run retries it)."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.reconciler_dead_letters.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  tags                = var.tags
+}
