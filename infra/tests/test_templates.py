@@ -255,6 +255,39 @@ def _rule_pattern_without_wildcard(example, template):
             st["Resource"]["Fn::Split"][1]["Fn::Join"][1][1] = ""
 
 
+def _describe_revisions_on_revisions_only(example, template):
+    for st in _statements(template, "DescribeRevisionsPolicy"):
+        if st["Action"] == "ecs:DescribeServiceRevisions":
+            st["Resource"] = {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:service-revision/${ClusterName}/*"}
+
+
+def _describe_deployments_on_deployments_only(example, template):
+    role = template["Resources"]["PostTestTrafficRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    for st in role:
+        if st["Action"] == "ecs:DescribeServiceDeployments":
+            st["Resource"] = {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:service-deployment/${ClusterName}/*"}
+
+
+def _reconciler_rule_for_every_cluster(example, template):
+    events = template["Resources"]["ReconcilerFunction"]["Properties"]["Events"]
+    del events["DeploymentFinished"]["Properties"]["Pattern"]["resources"]
+
+
+def _reconciler_rule_for_a_prefix_of_the_cluster(example, template):
+    pattern = template["Resources"]["ReconcilerFunction"]["Properties"]["Events"]["DeploymentFinished"]["Properties"]["Pattern"]
+    pattern["resources"] = [{"prefix": {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:service/${ClusterName}"}}]
+
+
+def _post_shift_timeout_continues(example, template):
+    _hook(example, "post-shift")["TimeoutConfiguration"]["Action"] = "CONTINUE"
+
+
+def _output_post_shift_timeout_continues(example, template):
+    value = template["Outputs"]["LifecycleHooks"]["Value"]["Fn::Sub"]
+    head, post_shift = value[0].rsplit('{"hookTargetArn":"${PostShift}"', 1)
+    value[0] = head + '{"hookTargetArn":"${PostShift}"' + post_shift.replace('"action":"ROLLBACK"', '"action":"CONTINUE"')
+
+
 BROKEN: dict[str, tuple[Callable, str]] = {
     "strategy ROLLING": (_set_strategy_rolling, "BLUE_GREEN"),
     "post-shift timeout below the skew window": (_post_shift_timeout_below_window, "comfortably longer"),
@@ -295,7 +328,25 @@ BROKEN: dict[str, tuple[Callable, str]] = {
     "output timeout too short": (_output_timeout_too_short, "comfortably longer"),
     "reconciler ignores failed deployments": (_reconciler_misses_failures, "COMPLETED and FAILED"),
     "rule ARN pattern without /*": (_rule_pattern_without_wildcard, "gave"),
+    "DescribeServiceRevisions on revisions only": (_describe_revisions_on_revisions_only, "does not allow ecs:DescribeServiceRevisions on resource type service "),
+    "DescribeServiceDeployments on deployments only": (_describe_deployments_on_deployments_only, "does not allow ecs:DescribeServiceDeployments on resource type service "),
+    "reconciler rule for every cluster": (_reconciler_rule_for_every_cluster, "which its role may not read"),
+    "reconciler rule for a name prefix of the cluster": (_reconciler_rule_for_a_prefix_of_the_cluster, "shopping/web, which its role may not read"),
+    "post-shift timeout action CONTINUE": (_post_shift_timeout_continues, "must be ROLLBACK, not CONTINUE"),
+    "output: post-shift timeout action CONTINUE": (_output_post_shift_timeout_continues, "must be ROLLBACK, not CONTINUE"),
 }
+
+
+def test_event_pattern_matching():
+    event = sg.deployment_event("arn:aws:ecs:eu-west-1:1:service/shop/web")
+    assert sg.eventbridge_matches({"source": ["aws.ecs"], "resources": [{"wildcard": "arn:aws:ecs:eu-west-1:1:service/shop/*"}]}, event)
+    assert sg.eventbridge_matches({"resources": [{"wildcard": "arn:aws:ecs:*:*:service/*/*"}]}, event)
+    assert not sg.eventbridge_matches({"resources": [{"wildcard": "arn:aws:ecs:eu-west-1:1:service/sho/*"}]}, event)
+    assert sg.eventbridge_matches({"resources": [{"prefix": "arn:aws:ecs:eu-west-1:1:service/sho"}]}, event)
+    assert not sg.eventbridge_matches({"detail": {"eventName": ["SERVICE_DEPLOYMENT_FAILED"]}}, event)
+    assert not sg.eventbridge_matches({"detail": {"clusterArn": ["x"]}}, event)
+    with pytest.raises(ValueError):
+        sg.eventbridge_matches({"resources": [{"suffix": "/web"}]}, event)
 
 
 @pytest.mark.parametrize("name", BROKEN)

@@ -511,7 +511,7 @@ fn service_trigger(service: &str) -> Result<Trigger, MalformedEvent> {
 }
 
 /// Handles one invocation of the reconciler function. A single-service event that fails is an
-/// error (EventBridge retries it); a scheduled run reports each service's failure and succeeds,
+/// error (Lambda retries the asynchronous invocation); a scheduled run reports each service's failure and succeeds,
 /// since the next run comes in minutes.
 pub async fn handle(
     clients: &Clients,
