@@ -2,36 +2,11 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   DEFAULT_HEADER_NAME,
   type FetchFunction,
-  type RetiredInfo,
+  type StaleInfo,
   createPinnedFetch,
   readRetiredAnswer,
 } from '../src/index.js';
-
-const BASE = 'https://shop.example/app/cart';
-const ID = 'a1b2c3d';
-
-/** A fake `fetch` that records the request real fetch would send, and answers `answer`. */
-function fakeFetch(answer: () => Response = () => new Response('{}', { status: 200 })) {
-  const sent: Request[] = [];
-  const calls: Array<{ input: RequestInfo | URL; init?: RequestInit }> = [];
-  const fetch: FetchFunction = async (input, init) => {
-    calls.push({ input, init });
-    // What the browser would send: fetch builds exactly this Request from its arguments.
-    const resolved = typeof input === 'string' ? new URL(input, BASE) : input;
-    sent.push(new Request(resolved, init));
-    return answer();
-  };
-  return { fetch, sent, calls };
-}
-
-function retired(current?: string): Response {
-  const body: Record<string, string> = { error: 'deployment_retired' };
-  if (current !== undefined) body.currentDeploymentId = current;
-  return new Response(JSON.stringify(body), {
-    status: 409,
-    headers: { 'Content-Type': 'application/json' },
-  });
-}
+import { BASE, ID, fakeFetch, retired } from './helpers.js';
 
 afterEach(() => {
   vi.unstubAllGlobals();
@@ -88,7 +63,7 @@ describe('header injection', () => {
     expect(headers.has('x-deployment-id')).toBe(false);
   });
 
-  it("never replaces a header the caller set, whatever its case", async () => {
+  it('never replaces a header the caller set, whatever its case', async () => {
     const { fetch, sent, calls } = fakeFetch();
     const pinned = createPinnedFetch({ deploymentId: ID, fetch, baseUrl: BASE });
     const init = { headers: { 'x-deployment-id': 'other' } };
@@ -197,13 +172,13 @@ describe('which requests are pinned', () => {
   it('sends requests unchanged when the build has no deployment ID', async () => {
     for (const deploymentId of [undefined, null, '']) {
       const { fetch, calls } = fakeFetch(() => retired('b'));
-      const onRetired = vi.fn();
-      const pinned = createPinnedFetch({ deploymentId, fetch, baseUrl: BASE, onRetired });
+      const onStale = vi.fn();
+      const pinned = createPinnedFetch({ deploymentId, fetch, baseUrl: BASE, onStale });
       const init = { method: 'GET' };
       await pinned('/v2/cart', init);
       expect(calls[0].init).toBe(init);
       expect(pinned.deploymentId).toBeUndefined();
-      expect(onRetired).not.toHaveBeenCalled();
+      expect(onStale).not.toHaveBeenCalled();
     }
   });
 
@@ -211,24 +186,22 @@ describe('which requests are pinned', () => {
     expect(() => createPinnedFetch({ deploymentId: 'a b' })).toThrow(/invalid deployment ID/);
     expect(() => createPinnedFetch({ deploymentId: 'abc*' })).toThrow(/invalid deployment ID/);
     expect(() => createPinnedFetch({ deploymentId: 'x'.repeat(129) })).toThrow(/invalid deployment ID/);
-    expect(() => createPinnedFetch({ deploymentId: ID, headerName: 'X Deployment' })).toThrow(
-      /invalid header name/,
-    );
+    expect(() => createPinnedFetch({ deploymentId: ID, headerName: 'X Deployment' })).toThrow(/invalid header name/);
     expect(createPinnedFetch({ deploymentId: 'v1.2_3-abc' }).deploymentId).toBe('v1.2_3-abc');
   });
 });
 
 describe('the retired answer', () => {
-  it('calls onRetired once with the current deployment, and leaves the body to the caller', async () => {
+  it('makes the tab stale once, naming the current deployment, and leaves the body to the caller', async () => {
     const { fetch } = fakeFetch(() => retired('b2c3d4e'));
-    const seen: RetiredInfo[] = [];
+    const seen: StaleInfo[] = [];
     const pinned = createPinnedFetch({
       deploymentId: ID,
       fetch,
       baseUrl: BASE,
-      onRetired: (info) => seen.push(info),
+      onStale: (info) => seen.push(info),
     });
-    expect(pinned.retired).toBeUndefined();
+    expect(pinned.stale).toBeUndefined();
     const first = await pinned('/v2/cart');
     expect(first.status).toBe(409);
     expect(first.bodyUsed).toBe(false);
@@ -236,26 +209,27 @@ describe('the retired answer', () => {
     const second = await pinned('/v2/cart');
     expect(await second.json()).toEqual({ error: 'deployment_retired', currentDeploymentId: 'b2c3d4e' });
     expect(seen).toHaveLength(1);
-    expect(seen[0]).toMatchObject({ deploymentId: ID, currentDeploymentId: 'b2c3d4e' });
+    expect(seen[0]).toMatchObject({ reason: 'retired', deploymentId: ID, currentDeploymentId: 'b2c3d4e' });
     expect(seen[0].response).toBe(first);
-    expect(pinned.retired).toBe(seen[0]);
+    expect(pinned.stale).toBe(seen[0]);
+    expect(pinned.skew).toBeUndefined();
   });
 
   it('reports it once when concurrent calls are all answered retired', async () => {
     const { fetch } = fakeFetch(() => retired('b2c3d4e'));
-    const onRetired = vi.fn();
-    const pinned = createPinnedFetch({ deploymentId: ID, fetch, baseUrl: BASE, onRetired });
+    const onStale = vi.fn();
+    const pinned = createPinnedFetch({ deploymentId: ID, fetch, baseUrl: BASE, onStale });
     await Promise.all([pinned('/v2/cart'), pinned('/v2/cart'), pinned('/v2/orders')]);
-    expect(onRetired).toHaveBeenCalledTimes(1);
+    expect(onStale).toHaveBeenCalledTimes(1);
   });
 
   it('accepts an answer without currentDeploymentId', async () => {
     const { fetch } = fakeFetch(() => retired());
-    const onRetired = vi.fn();
-    const pinned = createPinnedFetch({ deploymentId: ID, fetch, baseUrl: BASE, onRetired });
+    const onStale = vi.fn();
+    const pinned = createPinnedFetch({ deploymentId: ID, fetch, baseUrl: BASE, onStale });
     await pinned('/v2/cart');
-    expect(onRetired).toHaveBeenCalledTimes(1);
-    expect(onRetired.mock.calls[0][0].currentDeploymentId).toBeUndefined();
+    expect(onStale).toHaveBeenCalledTimes(1);
+    expect(onStale.mock.calls[0][0]).not.toHaveProperty('currentDeploymentId');
   });
 
   it('leaves other 409s and other answers alone', async () => {
@@ -264,30 +238,42 @@ describe('the retired answer', () => {
       () => new Response('{"error":"deployment_retired"}', { status: 409, headers: { 'Content-Type': 'text/plain' } }),
       () => new Response('not json', { status: 409, headers: { 'Content-Type': 'application/json' } }),
       () => new Response('["deployment_retired"]', { status: 409, headers: { 'Content-Type': 'application/json' } }),
-      () => new Response('{"error":"deployment_retired"}', { status: 410, headers: { 'Content-Type': 'application/json' } }),
-      () => new Response('{"error":"deployment_retired"}', { status: 200, headers: { 'Content-Type': 'application/json' } }),
+      () =>
+        new Response('{"error":"deployment_retired"}', {
+          status: 410,
+          headers: { 'Content-Type': 'application/json' },
+        }),
+      () =>
+        new Response('{"error":"deployment_retired"}', {
+          status: 200,
+          headers: { 'Content-Type': 'application/json' },
+        }),
     ];
     for (const answer of answers) {
       const { fetch } = fakeFetch(answer);
-      const onRetired = vi.fn();
-      const pinned = createPinnedFetch({ deploymentId: ID, fetch, baseUrl: BASE, onRetired });
+      const onStale = vi.fn();
+      const pinned = createPinnedFetch({ deploymentId: ID, fetch, baseUrl: BASE, onStale });
       const response = await pinned('/v2/cart');
       expect(response.bodyUsed).toBe(false);
       expect(await response.text()).toBe(await answer().text());
-      expect(onRetired).not.toHaveBeenCalled();
-      expect(pinned.retired).toBeUndefined();
+      expect(onStale).not.toHaveBeenCalled();
+      expect(pinned.stale).toBeUndefined();
     }
   });
 
-  it('ignores a retired-looking answer to a request it did not pin', async () => {
+  it('ignores a retired-looking answer to a request it did not pin, or that carried another pin', async () => {
     const { fetch } = fakeFetch(() => retired('b'));
-    const onRetired = vi.fn();
-    const pinned = createPinnedFetch({ deploymentId: ID, fetch, baseUrl: BASE, onRetired });
+    const onStale = vi.fn();
+    const pinned = createPinnedFetch({ deploymentId: ID, fetch, baseUrl: BASE, onStale });
     await pinned('https://third-party.example/api');
-    expect(onRetired).not.toHaveBeenCalled();
+    await pinned('/v2/cart', { headers: { 'X-Deployment-ID': 'other' } });
+    expect(onStale).not.toHaveBeenCalled();
+    // A header the caller set to this build's own ID (in any case) is this build's pin.
+    await pinned('/v2/cart', { headers: { 'X-Deployment-ID': ID.toUpperCase() } });
+    expect(onStale).toHaveBeenCalledTimes(1);
   });
 
-  it('does not fail the call when onRetired throws', async () => {
+  it('does not fail the call when onStale throws', async () => {
     const reported: unknown[] = [];
     vi.stubGlobal('reportError', (e: unknown) => reported.push(e));
     const { fetch } = fakeFetch(() => retired('b'));
@@ -295,7 +281,7 @@ describe('the retired answer', () => {
       deploymentId: ID,
       fetch,
       baseUrl: BASE,
-      onRetired: () => {
+      onStale: () => {
         throw new Error('bug in the app');
       },
     });
