@@ -57,57 +57,16 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// One table per service: deployments, status, target group, pins, skew windows.
-    Status {
-        /// Service ARNs or `cluster/service`; every service in the ledger if none.
-        services: Vec<String>,
-        /// Also list every retired and rolled-back deployment (else the 3 most recent).
-        #[arg(long)]
-        all: bool,
-    },
+    Status(commands::status::Args),
     /// The ledger history of one deployment of a service.
-    History {
-        /// Service ARN or `cluster/service`.
-        service: String,
-        deployment_id: String,
-    },
+    History(commands::history::Args),
     /// Which rule, target group and deployment a request would reach, and for how long.
-    Explain {
-        /// The listener ARN.
-        #[arg(long)]
-        listener: String,
-        /// A request header, `NAME=VALUE` (repeatable).
-        #[arg(long = "header", value_name = "NAME=VALUE")]
-        headers: Vec<String>,
-        /// A query parameter, `KEY=VALUE` (repeatable).
-        #[arg(long = "query", value_name = "KEY=VALUE")]
-        query: Vec<String>,
-        /// The Host header.
-        #[arg(long, default_value = "localhost")]
-        host: String,
-        /// The request path.
-        #[arg(long, default_value = "/")]
-        path: String,
-        /// The request method.
-        #[arg(long, default_value = "GET")]
-        method: String,
-        /// The client's source IP.
-        #[arg(long)]
-        source_ip: Option<std::net::IpAddr>,
-    },
+    Explain(commands::explain::Args),
     /// End the current skew window now: the holding hook retires the previous version on its
     /// next call.
-    Release {
-        /// Service ARN or `cluster/service`.
-        service: String,
-    },
+    Release(commands::release::Args),
     /// Compare ledger, listener and ECS, and repair drift (the reconciler, run locally).
-    Reconcile {
-        /// Service ARNs or `cluster/service`; every service in the ledger if none.
-        services: Vec<String>,
-        /// Report what would be repaired without changing anything.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Reconcile(commands::reconcile::Args),
 }
 
 #[derive(Debug, thiserror::Error)]

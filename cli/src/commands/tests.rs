@@ -1,10 +1,19 @@
 //! Snapshot-style tests of the tables and JSON, over fixed data and a fixed clock.
 
+use std::collections::BTreeMap;
+
+use super::explain::explanation;
+use super::status::row_of;
 use super::*;
+use skewguard_core::DeploymentId;
 use skewguard_core::aws::ledger_store::LedgerStore;
-use skewguard_core::ledger::{RunningVersion, ServiceWiring};
-use skewguard_core::listener::{Condition, WeightedTarget};
+use skewguard_core::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring};
+use skewguard_core::listener::{
+    Condition, ListenerRule, Priority, Request, RuleAction, WeightedTarget, route,
+};
+use skewguard_core::pins::PinTags;
 use skewguard_core::reconcile::{Repair, RepairKind, SettingsSource};
+use skewguard_core::reconciler::ServiceReport;
 use time::macros::datetime;
 
 const SVC: &str = "arn:aws:ecs:us-east-1:123456789012:service/shop/web";
