@@ -1,0 +1,322 @@
+// skewguard for the AWS CDK (v2): one construct that deploys skewguard (the same resources and
+// IAM statements as infra/template.yaml) and one call that protects an ECS service deployed with
+// native blue/green.
+import * as path from 'node:path';
+import {
+  Duration, Fn, RemovalPolicy, Stack, Token,
+  aws_cloudwatch as cloudwatch, aws_dynamodb as dynamodb, aws_ecs as ecs, aws_events as events,
+  aws_events_targets as targets, aws_iam as iam, aws_lambda as lambda, aws_logs as logs, aws_sqs as sqs,
+} from 'aws-cdk-lib';
+import { Construct } from 'constructs';
+
+/** The skew windows the hooks accept, each with the hook timeout (minutes) that fits it. */
+export const SKEW_WINDOWS = {
+  '15m': 60, '30m': 90, '1h': 120, '2h': 180, '4h': 300, '8h': 600, '12h': 840, '23h': 1440,
+} as const;
+export type SkewWindow = keyof typeof SKEW_WINDOWS;
+
+/** The function crates, and the stages each hook is registered at. */
+export const HOOKS = {
+  'post-test-traffic': [ecs.DeploymentLifecycleStage.POST_TEST_TRAFFIC_SHIFT],
+  'production-shift': [ecs.DeploymentLifecycleStage.TEST_TRAFFIC_SHIFT, ecs.DeploymentLifecycleStage.PRODUCTION_TRAFFIC_SHIFT],
+  'post-shift': [ecs.DeploymentLifecycleStage.POST_PRODUCTION_TRAFFIC_SHIFT],
+} as const;
+export type Hook = keyof typeof HOOKS;
+export type FunctionCrate = Hook | 'reconciler';
+const FUNCTIONS: Record<FunctionCrate, { timeout: number; description: string }> = {
+  'post-test-traffic': { timeout: 120, description: 'skewguard hook at POST_TEST_TRAFFIC_SHIFT - records green, pins the production version' },
+  'production-shift': { timeout: 120, description: 'skewguard hook at TEST_TRAFFIC_SHIFT and PRODUCTION_TRAFFIC_SHIFT - pins green, unpins it on rollback' },
+  'post-shift': { timeout: 120, description: 'skewguard hook at POST_PRODUCTION_TRAFFIC_SHIFT - holds the previous version pinned for the skew window' },
+  reconciler: { timeout: 300, description: 'skewguard reconciler - repairs pins and the ledger after deployments end, and periodically' },
+};
+
+export interface SkewguardProps {
+  /**
+   * The ALB listeners that carry the services' production rules: pins are created there only.
+   * Wildcards may stand for IDs not known yet (`…:listener/app/my-alb/*\/*`).
+   */
+  readonly listenerArns: string[];
+  /** ECS cluster (name or IAM wildcard pattern) of the services. @default '*' */
+  readonly clusterName?: string;
+  /** Allow DeleteRule only on rules tagged `skewguard:service`. @default true */
+  readonly restrictDeletesToSkewguardRules?: boolean;
+  /**
+   * Where cargo-lambda left the binaries: `$CARGO_TARGET_DIR/lambda`, holding
+   * `<crate>/bootstrap`. Ignored for the crates given in `code`.
+   */
+  readonly lambdaBuildDir?: string;
+  /** Code per function crate, instead of `lambdaBuildDir`. */
+  readonly code?: Partial<Record<FunctionCrate, lambda.Code>>;
+  /** Must match the build. @default ARM_64 */
+  readonly architecture?: lambda.Architecture;
+  /** Function-level default skewWindow, and the window `protect()` registers. @default '1h' */
+  readonly skewWindow?: SkewWindow;
+  /** @default INFO */
+  readonly logLevel?: lambda.ApplicationLogLevel;
+  /** @default ONE_MONTH */
+  readonly logRetention?: logs.RetentionDays;
+  /** How often the reconciler runs besides on deployment state changes. @default rate(5 minutes) */
+  readonly reconcileSchedule?: events.Schedule;
+  /** Prefix of the function names and log groups. @default the stack name */
+  readonly name?: string;
+}
+
+export interface ProtectOptions {
+  /** The service's skew window (its hooks' `hookDetails.skewWindow`). @default the construct's */
+  readonly skewWindow?: SkewWindow;
+  /** More per-service settings for `hookDetails` (README "Settings"), e.g. `{ afterWindow: 'retired' }`. */
+  readonly hookDetails?: Record<string, string>;
+  /** What ECS does when a hook times out. @default ROLLBACK */
+  readonly timeoutAction?: 'ROLLBACK' | 'CONTINUE';
+}
+
+/** skewguard: the ledger, the three lifecycle hooks, the reconciler and their roles. */
+export class Skewguard extends Construct {
+  readonly table: dynamodb.Table;
+  readonly functions: Record<FunctionCrate, lambda.Function>;
+  readonly roles: Record<FunctionCrate, iam.Role>;
+  /** The role ECS assumes to invoke the hooks. */
+  readonly hookInvokeRole: iam.Role;
+  readonly deadLetterQueue: sqs.Queue;
+  readonly skewWindow: SkewWindow;
+
+  constructor(scope: Construct, id: string, props: SkewguardProps) {
+    super(scope, id);
+    if (!Token.isUnresolved(props.listenerArns) && props.listenerArns.length === 0) {
+      throw new Error('Skewguard: listenerArns must name at least one listener');
+    }
+    const stack = Stack.of(this);
+    const name = props.name ?? stack.stackName;
+    const clusterName = props.clusterName ?? '*';
+    this.skewWindow = props.skewWindow ?? '1h';
+    const ecsPrefix = `arn:${stack.partition}:ecs:${stack.region}:${stack.account}`;
+    const listenerRules = props.listenerArns.map((arn) => Token.isUnresolved(arn)
+      ? Fn.join('', [Fn.join(':listener-rule/', Fn.split(':listener/', arn)), '/*'])
+      : `${arn.replace(':listener/', ':listener-rule/')}/*`);
+
+    // -------------------------------------------------------------------------- the ledger
+    this.table = new dynamodb.Table(this, 'Ledger', {
+      partitionKey: { name: 'serviceArn', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'deploymentId', type: dynamodb.AttributeType.STRING },
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      timeToLiveAttribute: 'expiresAt',
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      deletionProtection: true,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+
+    // -------------------------------------------------------------------------- shared policies
+    const describeRevisions = new iam.ManagedPolicy(this, 'DescribeRevisionsPolicy', {
+      description: 'skewguard - read ECS service revisions and task definitions',
+      statements: [
+        new iam.PolicyStatement({
+          sid: 'DescribeServiceRevisions',
+          actions: ['ecs:DescribeServiceRevisions'],
+          resources: [`${ecsPrefix}:service/${clusterName}/*`, `${ecsPrefix}:service-revision/${clusterName}/*`],
+        }),
+        new iam.PolicyStatement({
+          sid: 'DescribeTaskDefinitionHasNoResourceLevelPermissions',
+          actions: ['ecs:DescribeTaskDefinition'],
+          resources: ['*'],
+        }),
+      ],
+    });
+    const pinRules = new iam.ManagedPolicy(this, 'PinRulesPolicy', {
+      description: 'skewguard - manage its pin rules on the given ALB listeners',
+      statements: [
+        new iam.PolicyStatement({
+          sid: 'DescribeHasNoResourceLevelPermissions',
+          actions: ['elasticloadbalancing:DescribeRules', 'elasticloadbalancing:DescribeTags'],
+          resources: ['*'],
+        }),
+        new iam.PolicyStatement({
+          sid: 'CreatePinRulesOnTheseListenersOnlyAndOnlyTagged',
+          actions: ['elasticloadbalancing:CreateRule'],
+          resources: props.listenerArns,
+          conditions: {
+            Null: { 'aws:RequestTag/skewguard:service': 'false', 'aws:RequestTag/skewguard:deployment-id': 'false' },
+          },
+        }),
+        new iam.PolicyStatement({
+          sid: 'TagPinRulesOnlyWhileCreatingThem',
+          actions: ['elasticloadbalancing:AddTags'],
+          resources: listenerRules,
+          conditions: { StringEquals: { 'elasticloadbalancing:CreateAction': 'CreateRule' } },
+        }),
+        new iam.PolicyStatement({
+          sid: 'DeletePinRulesOfTheseListeners',
+          actions: ['elasticloadbalancing:DeleteRule'],
+          resources: listenerRules,
+          conditions: (props.restrictDeletesToSkewguardRules ?? true)
+            ? { Null: { 'aws:ResourceTag/skewguard:service': 'false' } }
+            : undefined,
+        }),
+      ],
+    });
+    const ledgerWrite = new iam.ManagedPolicy(this, 'LedgerWritePolicy', {
+      description: 'skewguard - read and conditionally update the ledger table',
+      statements: [new iam.PolicyStatement({
+        sid: 'LedgerTableOnly',
+        actions: ['dynamodb:Query', 'dynamodb:UpdateItem'],
+        resources: [this.table.tableArn],
+      })],
+    });
+
+    // -------------------------------------------------------------------------- the functions
+    this.deadLetterQueue = new sqs.Queue(this, 'ReconcilerDeadLetters', {
+      retentionPeriod: Duration.days(14),
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+    });
+    new cloudwatch.Alarm(this, 'ReconcilerDeadLettersAlarm', {
+      alarmDescription: 'A reconciler invocation failed every retry: its event is in the dead-letter queue (the service was not repaired; the next scheduled run retries it).',
+      metric: this.deadLetterQueue.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }),
+      threshold: 0,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+      evaluationPeriods: 1,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+
+    const functions = {} as Record<FunctionCrate, lambda.Function>;
+    const roles = {} as Record<FunctionCrate, iam.Role>;
+    for (const [crate, spec] of Object.entries(FUNCTIONS) as [FunctionCrate, typeof FUNCTIONS[FunctionCrate]][]) {
+      const scope = new Construct(this, crate);
+      const logGroup = new logs.LogGroup(scope, 'LogGroup', {
+        logGroupName: `/aws/lambda/${name}-${crate}`,
+        retention: props.logRetention ?? logs.RetentionDays.ONE_MONTH,
+        removalPolicy: RemovalPolicy.DESTROY,
+      });
+      const own: iam.PolicyStatement[] = [new iam.PolicyStatement({
+        sid: 'OwnLogGroup',
+        actions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
+        resources: [logGroup.logGroupArn],
+      })];
+      const describeDeployments = new iam.PolicyStatement({
+        sid: 'DescribeServiceDeployments',
+        actions: ['ecs:DescribeServiceDeployments'],
+        resources: [`${ecsPrefix}:service/${clusterName}/*`, `${ecsPrefix}:service-deployment/${clusterName}/*`],
+      });
+      if (crate === 'post-test-traffic') own.push(describeDeployments);
+      if (crate === 'reconciler') {
+        own.push(
+          new iam.PolicyStatement({
+            sid: 'ListServiceDeployments',
+            actions: ['ecs:ListServiceDeployments'],
+            resources: [`${ecsPrefix}:service/${clusterName}/*`],
+          }),
+          describeDeployments,
+          new iam.PolicyStatement({ sid: 'EveryServiceInTheLedger', actions: ['dynamodb:Scan'], resources: [this.table.tableArn] }),
+          new iam.PolicyStatement({
+            sid: 'FailedEventsToTheDeadLetterQueue',
+            actions: ['sqs:SendMessage'],
+            resources: [this.deadLetterQueue.queueArn],
+          }),
+        );
+      }
+      const role = new iam.Role(scope, 'Role', {
+        description: `skewguard ${crate}`,
+        assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+        managedPolicies: [describeRevisions, pinRules, ledgerWrite],
+        inlinePolicies: { [crate]: new iam.PolicyDocument({ statements: own }) },
+      });
+      const code = props.code?.[crate] ?? lambda.Code.fromAsset(path.join(
+        props.lambdaBuildDir ?? (() => { throw new Error(`Skewguard: give lambdaBuildDir or code['${crate}']`); })(),
+        crate,
+      ));
+      const fn = new lambda.Function(scope, 'Function', {
+        functionName: `${name}-${crate}`,
+        description: spec.description,
+        runtime: lambda.Runtime.PROVIDED_AL2023,
+        handler: 'bootstrap',
+        architecture: props.architecture ?? lambda.Architecture.ARM_64,
+        memorySize: 256,
+        timeout: Duration.seconds(spec.timeout),
+        code,
+        role,
+        logGroup,
+        loggingFormat: lambda.LoggingFormat.JSON,
+        applicationLogLevelV2: props.logLevel ?? lambda.ApplicationLogLevel.INFO,
+        environment: { SKEWGUARD_TABLE: this.table.tableName, SKEWGUARD_SKEW_WINDOW: this.skewWindow },
+      });
+      functions[crate] = fn;
+      roles[crate] = role;
+    }
+    this.functions = functions;
+    this.roles = roles;
+
+    // -------------------------------------------------------------------------- the reconciler
+    const reconciler = functions.reconciler;
+    // Set on the resource, not through `deadLetterQueue`, which would add its own grant: the
+    // role's statements stay exactly the template's.
+    (reconciler.node.defaultChild as lambda.CfnFunction).deadLetterConfig = { targetArn: this.deadLetterQueue.queueArn };
+    reconciler.configureAsyncInvoke({ retryAttempts: 2, maxEventAge: Duration.hours(1) });
+    new events.Rule(this, 'DeploymentFinished', {
+      description: 'skewguard: reconcile a service when its ECS deployment completes or fails',
+      eventPattern: {
+        source: ['aws.ecs'],
+        detailType: ['ECS Deployment State Change'],
+        detail: { eventName: ['SERVICE_DEPLOYMENT_COMPLETED', 'SERVICE_DEPLOYMENT_FAILED'] },
+      },
+      targets: [new targets.LambdaFunction(reconciler, { retryAttempts: 4, maxEventAge: Duration.hours(1) })],
+    });
+    new events.Rule(this, 'Periodic', {
+      description: 'skewguard periodic reconciliation',
+      schedule: props.reconcileSchedule ?? events.Schedule.rate(Duration.minutes(5)),
+      targets: [new targets.LambdaFunction(reconciler)],
+    });
+
+    // -------------------------------------------------------------------------- the role ECS assumes
+    this.hookInvokeRole = new iam.Role(this, 'HookInvokeRole', {
+      description: 'Assumed by Amazon ECS to invoke the skewguard lifecycle hooks',
+      assumedBy: new iam.ServicePrincipal('ecs.amazonaws.com'),
+      inlinePolicies: {
+        'invoke-skewguard-hooks': new iam.PolicyDocument({
+          statements: [new iam.PolicyStatement({
+            sid: 'TheThreeHooksOnly',
+            actions: ['lambda:InvokeFunction'],
+            resources: (Object.keys(HOOKS) as Hook[]).map((h) => functions[h].functionArn),
+          })],
+        }),
+      },
+    });
+  }
+
+  /**
+   * Registers the three hooks on a service deployed with ECS native blue/green (or LINEAR or
+   * CANARY): `deploymentStrategy` BLUE_GREEN and an `alternateTarget` on its load balancer
+   * target. All three get the same `hookDetails` and a timeout that fits the skew window.
+   * skewguard then owns the service's lifecycle hooks: another hook added with
+   * `addLifecycleHook` is reported as an error at synthesis.
+   */
+  protect(service: ecs.BaseService, options: ProtectOptions = {}): void {
+    const window = options.skewWindow ?? this.skewWindow;
+    const timeout = SKEW_WINDOWS[window];
+    if (timeout === undefined) throw new Error(`skewguard.protect: skewWindow ${window} is not one of ${Object.keys(SKEW_WINDOWS).join(', ')}`);
+    const details = { ...options.hookDetails, skewWindow: window };
+    const cfn = service.node.defaultChild as ecs.CfnService;
+    const stack = Stack.of(service);
+    service.node.addValidation({
+      validate: () => {
+        const errors: string[] = [];
+        const config = stack.resolve(cfn.deploymentConfiguration) ?? {};
+        const controller = stack.resolve(cfn.deploymentController);
+        if (controller && controller.type !== 'ECS') errors.push(`skewguard.protect: ${service.node.path} must use the ECS deployment controller, not ${controller.type}`);
+        if (!['BLUE_GREEN', 'LINEAR', 'CANARY'].includes(config.strategy)) {
+          errors.push(`skewguard.protect: ${service.node.path} must deploy with deploymentStrategy BLUE_GREEN (or LINEAR/CANARY), not ${config.strategy ?? 'ROLLING'}`);
+        }
+        if ((config.lifecycleHooks ?? []).length > 0) {
+          errors.push(`skewguard.protect: ${service.node.path} has lifecycle hooks of its own; skewguard registers the service's hooks`);
+        }
+        return errors;
+      },
+    });
+    cfn.addPropertyOverride('DeploymentConfiguration.LifecycleHooks', (Object.keys(HOOKS) as Hook[]).map((hook) => ({
+      HookTargetArn: this.functions[hook].functionArn,
+      RoleArn: this.hookInvokeRole.roleArn,
+      LifecycleStages: [...HOOKS[hook]],
+      HookDetails: details,
+      TimeoutConfiguration: { TimeoutInMinutes: timeout, Action: options.timeoutAction ?? 'ROLLBACK' },
+    })));
+  }
+}
