@@ -883,3 +883,69 @@ const _: () = {
     const fn check<T: Send + Sync>() {}
     check::<LocalFunction>();
 };
+
+/// Checks, in a function's [`LocalFunction::logs`], that every JSON line (everything the
+/// function logs) carries the `requestId` of the invocation it was written in, and the same
+/// `xrayTraceId` as the invocation's other lines; and that every invocation logged at least one
+/// line. Returns the number of JSON lines checked.
+///
+/// A line's invocation is known from order alone: one instance serves one invocation at a time
+/// and a line can only be written after its invocation's `START`, but a line may trail its
+/// invocation's `END` (the pipes are drained asynchronously). So a line must name an invocation
+/// already started and never one older than the previous line's. The functions log nothing
+/// outside an invocation (at cold start), so every JSON line must name one.
+pub fn check_request_ids(logs: &[String]) -> Result<usize, String> {
+    let mut started: Vec<&str> = Vec::new();
+    // Per started invocation: its X-Ray trace ID, once a line showed it, and its line count.
+    let mut traces: Vec<Option<String>> = Vec::new();
+    let mut counts: Vec<usize> = Vec::new();
+    let mut latest = 0;
+    let mut checked = 0;
+    for line in logs {
+        if let Some(rest) = line.strip_prefix("START RequestId: ") {
+            started.push(rest.split_whitespace().next().unwrap_or_default());
+            traces.push(None);
+            counts.push(0);
+            continue;
+        }
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(line) else {
+            continue;
+        };
+        checked += 1;
+        let Some(id) = fields.get("requestId").and_then(|v| v.as_str()) else {
+            return Err(format!("a line without requestId: {line}"));
+        };
+        let Some(index) = started.iter().position(|s| *s == id) else {
+            return Err(format!(
+                "a line names {id}, which is no invocation started before it: {line}"
+            ));
+        };
+        if index < latest {
+            return Err(format!(
+                "a line names {id} after a line of the later invocation {}: {line}",
+                started[latest]
+            ));
+        }
+        latest = index;
+        counts[index] += 1;
+        let Some(trace) = fields.get("xrayTraceId").and_then(|v| v.as_str()) else {
+            return Err(format!("a line without xrayTraceId: {line}"));
+        };
+        match &traces[index] {
+            None => traces[index] = Some(trace.to_owned()),
+            Some(seen) if seen == trace => {}
+            Some(seen) => {
+                return Err(format!(
+                    "{id}'s lines name two X-Ray traces, {seen} and {trace}: {line}"
+                ));
+            }
+        }
+    }
+    if let Some(index) = counts.iter().position(|n| *n == 0) {
+        return Err(format!(
+            "invocation {} logged no line (or it has not arrived yet)",
+            started[index]
+        ));
+    }
+    Ok(checked)
+}

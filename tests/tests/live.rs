@@ -9,6 +9,7 @@ use serde_json::json;
 use skewguard_core::hook::HookFunction;
 use skewguard_core::ledger::Status;
 use skewguard_world::engine::{Intervention, Outcome, Strategy};
+use skewguard_world::lambda::{LocalFunction, check_request_ids, workspace_binary};
 use skewguard_world::live::{LiveWorld, TabCounters};
 
 const A: &str = "a1b2c3d";
@@ -337,4 +338,90 @@ async fn a_broken_hook_is_caught_by_the_live_checks() {
         found.iter().any(|v| v.contains("invariant 3")),
         "a pin surviving its version's scale-down must be reported: {found:#?}"
     );
+}
+
+/// Every line a function logs during an invocation can be found by that invocation's request
+/// ID: the three hooks through a whole deployment (the post-shift hook holding, then retiring)
+/// and a rejected event each, the reconciler on a scheduled run and a rejected event.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_log_line_of_an_invocation_carries_its_request_id() {
+    let live = live().await;
+    let service = live
+        .service(
+            "checkout",
+            A,
+            "v1",
+            json!({"skewWindow": "2s", "pollInterval": "1s"}),
+        )
+        .await;
+    assert_eq!(
+        live.deploy(&service, B, "v2", Intervention::None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded
+    );
+    let timeout = Duration::from_secs(60);
+    let hooks = [
+        HookFunction::PostTestTraffic,
+        HookFunction::ProductionShift,
+        HookFunction::PostShift,
+    ];
+    for hook in hooks {
+        let answer = live
+            .invoker
+            .function(hook)
+            .invoke(json!({"executionDetails": "not a hook event"}), timeout)
+            .await
+            .unwrap();
+        assert_eq!(answer["hookStatus"], "FAILED", "{answer}");
+    }
+
+    let mut env = skewguard_world::aws::function_env(&live.world.endpoints);
+    env.push((
+        "SKEWGUARD_TABLE".into(),
+        skewguard_world::world::TABLE.into(),
+    ));
+    let reconciler = LocalFunction::start(
+        "reconciler",
+        workspace_binary("reconciler", "reconciler").expect("the reconciler is built"),
+        env,
+    )
+    .await
+    .unwrap();
+    let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "resources": [], "detail": {}});
+    let answer = reconciler.invoke(scheduled, timeout).await.unwrap();
+    assert_eq!(answer["errors"], json!([]), "{answer}");
+    let rejected = reconciler
+        .invoke(json!({"source": "nowhere"}), timeout)
+        .await;
+    assert!(rejected.is_err(), "{rejected:?}");
+
+    let functions = hooks
+        .iter()
+        .map(|hook| live.invoker.function(*hook))
+        .chain([&reconciler]);
+    for function in functions {
+        // The function's output is read from its pipes asynchronously: give the last lines a
+        // moment to arrive.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let checked = loop {
+            match check_request_ids(&function.logs()) {
+                Ok(checked) => break checked,
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    panic!("{}: {e}\n{}", function.name(), function.logs().join("\n"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let invocations = function
+            .logs()
+            .iter()
+            .filter(|l| l.starts_with("START "))
+            .count();
+        assert!(
+            invocations >= 2 && checked >= invocations,
+            "{}: {checked} lines over {invocations} invocations",
+            function.name()
+        );
+    }
 }

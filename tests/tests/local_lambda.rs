@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use skewguard_world::lambda::{InvokeError, LocalFunction};
+use skewguard_world::lambda::{InvokeError, LocalFunction, check_request_ids, workspace_binary};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -215,4 +215,48 @@ async fn a_missing_binary_is_reported_at_start() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cargo build"), "{err}");
+}
+
+/// With `AWS_LAMBDA_LOG_LEVEL=WARN` each function still tags its error lines with the request ID
+/// (the runtime's invocation span is at INFO): a rejected event, twice, in each of the four.
+#[tokio::test]
+async fn a_function_logging_only_warnings_still_tags_them_with_the_request_id() {
+    for name in [
+        "post-test-traffic",
+        "production-shift",
+        "post-shift",
+        "reconciler",
+    ] {
+        let binary = workspace_binary(name, name).expect("the function is built");
+        let function = LocalFunction::start(
+            name,
+            binary,
+            vec![
+                ("SKEWGUARD_TABLE".into(), "skewguard".into()),
+                ("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into()),
+                ("AWS_LAMBDA_LOG_LEVEL".into(), "WARN".into()),
+            ],
+        )
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            // A hook answers FAILED, the reconciler fails the invocation; both log an error.
+            let _ = function.invoke(json!({"nonsense": true}), TIMEOUT).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match check_request_ids(&function.logs()) {
+                Ok(checked) => {
+                    assert!(checked >= 2, "{name}: {:?}", function.logs());
+                    break;
+                }
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name}: {e}\n{}",
+                    function.logs().join("\n")
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
