@@ -55,8 +55,9 @@ impl fmt::Display for LifecycleStage {
     }
 }
 
-/// Traffic weights keyed by service revision ARN, as ECS sends them.
-pub type Weights = BTreeMap<String, u8>;
+/// Traffic weights keyed by service revision ARN, as ECS sends them: percentages 0–100, typed
+/// `Double` in the API (LINEAR/CANARY steps are multiples of 0.1, e.g. a 2.5 % canary).
+pub type Weights = BTreeMap<String, f64>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HookEvent {
@@ -92,16 +93,7 @@ impl HookEvent {
             .ok_or_else(|| {
                 MalformedEvent("`executionDetails` is missing or not an object".to_owned())
             })?;
-        let hook_details = match top.get("hookDetails") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => map.clone(),
-            Some(other) => {
-                return Err(MalformedEvent(format!(
-                    "`hookDetails` must be an object, got {}",
-                    kind(other)
-                )));
-            }
-        };
+        let hook_details = hook_details_of(top.get("hookDetails"))?;
         let event = Self {
             execution_id: string_field(top, "executionId")?.to_owned(),
             stage,
@@ -117,6 +109,15 @@ impl HookEvent {
             hook_details,
         };
         Ok(event)
+    }
+
+    /// The weight (0–100) the traffic this stage shifts gives green, when the event says:
+    /// `None` when the map lacks green, which ECS may legitimately send (an empty test map on a
+    /// service without a test rule, for one).
+    pub fn green_weight(&self) -> Option<f64> {
+        self.shifted_weights()
+            .get(&self.target_revision_arn)
+            .copied()
     }
 
     /// The weights of the traffic this stage shifts (test traffic at TEST_TRAFFIC_SHIFT).
@@ -185,16 +186,37 @@ fn weights_field(obj: &Map<String, Value>, key: &str) -> Result<Weights, Malform
     map.iter()
         .map(|(revision, weight)| {
             weight
-                .as_u64()
-                .filter(|w| *w <= 100)
-                .map(|w| (revision.clone(), w as u8))
+                .as_f64()
+                .filter(|w| (0.0..=100.0).contains(w))
+                .map(|w| (revision.clone(), w))
                 .ok_or_else(|| {
-                    MalformedEvent(format!(
-                        "`{key}` has a weight that is not a whole number 0-100"
-                    ))
+                    MalformedEvent(format!("`{key}` has a weight that is not a number 0-100"))
                 })
         })
         .collect()
+}
+
+/// `hookDetails`: an object, or (as CloudFormation documents it: "a JSON object as a string")
+/// a string holding one. Absent or null is empty.
+pub fn hook_details_of(raw: Option<&Value>) -> Result<Map<String, Value>, MalformedEvent> {
+    match raw {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(map)) => Ok(map.clone()),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(other) => Err(MalformedEvent(format!(
+                "`hookDetails` is a string holding {}, not a JSON object",
+                kind(&other)
+            ))),
+            Err(e) => Err(MalformedEvent(format!(
+                "`hookDetails` is a string that is not JSON ({e}); give a JSON object"
+            ))),
+        },
+        Some(other) => Err(MalformedEvent(format!(
+            "`hookDetails` must be a JSON object (or a string holding one), got {}",
+            kind(other)
+        ))),
+    }
 }
 
 /// What ECS reads back from a hook.
@@ -271,7 +293,7 @@ mod tests {
         let e = HookEvent::parse(&forward_shift()).unwrap();
         assert_eq!(e.stage, LifecycleStage::ProductionTrafficShift);
         assert!(e.target_revision_arn.ends_with("/9313423515462893900"));
-        assert_eq!(e.shifted_weights()[&e.target_revision_arn], 100);
+        assert_eq!(e.green_weight(), Some(100.0));
         assert!(e.hook_details.is_empty());
     }
 
@@ -281,6 +303,43 @@ mod tests {
         raw["hookDetails"] = json!({"skewWindow": "3s"});
         let e = HookEvent::parse(&raw).unwrap();
         assert_eq!(e.hook_details["skewWindow"], "3s");
+    }
+
+    #[test]
+    fn fractional_weights_parse_as_ecs_sends_them_for_linear_and_canary() {
+        let mut raw = forward_shift();
+        let weights = &mut raw["executionDetails"]["productionTrafficWeights"];
+        let keys: Vec<String> = weights.as_object().unwrap().keys().cloned().collect();
+        weights[&keys[0]] = json!(97.5);
+        weights[&keys[1]] = json!(2.5);
+        let e = HookEvent::parse(&raw).unwrap();
+        assert_eq!(e.green_weight(), Some(2.5));
+        assert_eq!(e.production_weights.values().sum::<f64>(), 100.0);
+    }
+
+    #[test]
+    fn a_map_without_green_gives_no_green_weight_rather_than_an_error() {
+        let mut raw = forward_shift();
+        raw["lifecycleStage"] = json!("TEST_TRAFFIC_SHIFT");
+        let e = HookEvent::parse(&raw).unwrap();
+        assert_eq!(e.green_weight(), None);
+    }
+
+    #[test]
+    fn hook_details_given_as_a_json_string_are_accepted_and_anything_else_is_refused() {
+        let mut raw = forward_shift();
+        raw["hookDetails"] = json!("{\"skewWindow\": \"3s\"}");
+        let e = HookEvent::parse(&raw).unwrap();
+        assert_eq!(e.hook_details["skewWindow"], "3s");
+        for (bad, needle) in [
+            (json!("[1, 2]"), "not a JSON object"),
+            (json!("skewWindow=3s"), "not JSON"),
+            (json!(7), "must be a JSON object"),
+        ] {
+            raw["hookDetails"] = bad;
+            let err = HookEvent::parse(&raw).unwrap_err().to_string();
+            assert!(err.contains(needle), "expected {needle:?} in {err}");
+        }
     }
 
     #[test]

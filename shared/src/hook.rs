@@ -14,7 +14,7 @@ use crate::aws::ecs::{DiscoveryError, Ecs, EcsError, running_version};
 use crate::aws::elb::{Elb, NewRule};
 use crate::aws::ledger_store::{LedgerError, LedgerStore};
 use crate::aws::{AwsError, AwsErrorKind};
-use crate::event::{HookAnswer, HookEvent, LifecycleStage, MalformedEvent};
+use crate::event::{HookAnswer, HookEvent, LifecycleStage, MalformedEvent, hook_details_of};
 use crate::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
 use crate::pins::{self, PinError, PinTags};
 use crate::settings::{AfterWindow, EnvDefaults, OnError, Settings, SettingsError};
@@ -165,11 +165,7 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
     let event = match HookEvent::parse(&raw) {
         Ok(event) => event,
         Err(err) => {
-            let raw_details = raw
-                .get("hookDetails")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
+            let raw_details = hook_details_of(raw.get("hookDetails")).unwrap_or_default();
             let on_error = Settings::on_error_only(&raw_details, &config.defaults);
             error!(function, error_kind = "MalformedEvent", error = %err, on_error = ?on_error, "rejected hook event");
             return answer_for_error(on_error);
@@ -180,11 +176,12 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
         Err(err) => {
             let on_error = Settings::on_error_only(&event.hook_details, &config.defaults);
             let err = HookError::from(err);
-            report_error(&event, function, &err, on_error, clients).await;
+            report_error(&event, function, &err, on_error, None, clients).await;
             return answer_for_error(on_error);
         }
     };
-    match run(config.function, &event, &settings, clients).await {
+    let mut direction = None;
+    match run(config.function, &event, &settings, clients, &mut direction).await {
         Ok(Hold::Done) => {
             info!(function, stage = %event.stage, execution_id = %event.execution_id, service = %event.service_arn, hook_status = "SUCCEEDED", "stage done");
             HookAnswer::succeeded()
@@ -193,9 +190,83 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
             info!(function, stage = %event.stage, execution_id = %event.execution_id, service = %event.service_arn, hook_status = "IN_PROGRESS", call_back_delay_s = delay.as_secs(), "holding the deployment");
             HookAnswer::in_progress(delay, event.hook_details.clone())
         }
+        Err(err) if direction == Some(Shift::Rollback) => {
+            // FAILED during a rollback has no documented meaning (ECS may end in ROLLBACK_FAILED
+            // with green's pin still up): keep ECS here and try again shortly, whatever onError
+            // says; the hook's own timeout bounds it.
+            report_error(
+                &event,
+                function,
+                &err,
+                OnError::Continue,
+                Some(&settings),
+                clients,
+            )
+            .await;
+            warn!(function, stage = %event.stage, hook_status = "IN_PROGRESS", call_back_delay_s = ROLLBACK_RETRY_DELAY.as_secs(), "rollback not finished; asking ECS to call again");
+            HookAnswer::in_progress(ROLLBACK_RETRY_DELAY, event.hook_details.clone())
+        }
         Err(err) => {
-            report_error(&event, function, &err, settings.on_error, clients).await;
+            report_error(
+                &event,
+                function,
+                &err,
+                settings.on_error,
+                Some(&settings),
+                clients,
+            )
+            .await;
             answer_for_error(settings.on_error)
+        }
+    }
+}
+
+/// How soon ECS calls a traffic-shift hook again when a rollback could not be finished.
+pub const ROLLBACK_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// Which way a traffic-shift event moves traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shift {
+    /// Towards green (green's weight above 0, or ECS says the deployment is going forward).
+    Forward,
+    /// Back to blue: ECS re-invokes the traffic-shift hooks with green at weight 0.
+    Rollback,
+}
+
+/// Whether ECS is rolling this deployment back, from `DescribeServiceDeployments` (`status`
+/// `ROLLBACK_*`, or a `rollback` record).
+pub fn shift_of_deployment(status: &str, rollback_revision: Option<&str>) -> Shift {
+    if status.starts_with("ROLLBACK") || rollback_revision.is_some() {
+        Shift::Rollback
+    } else {
+        Shift::Forward
+    }
+}
+
+/// Which way this traffic-shift event goes: from green's weight in the map of the traffic the
+/// stage shifts, and when that map lacks green (an empty test map on a service without a test
+/// rule, a first deployment, a rollback before any test traffic), from the deployment's status.
+async fn shift_direction(event: &HookEvent, clients: &Clients) -> Result<Shift, HookError> {
+    match event.green_weight() {
+        Some(weight) if weight > 0.0 => Ok(Shift::Forward),
+        Some(_) => Ok(Shift::Rollback),
+        None => {
+            let deployment = clients
+                .ecs
+                .describe_service_deployments(std::slice::from_ref(&event.deployment_arn))
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    HookError::Inconsistent(format!(
+                        "{} event gives green no weight and ECS does not know deployment {}",
+                        event.stage, event.deployment_arn
+                    ))
+                })?;
+            let shift =
+                shift_of_deployment(&deployment.status, deployment.rollback_revision.as_deref());
+            info!(stage = %event.stage, status = %deployment.status, shift = ?shift, "the event's weights do not name green; ECS's deployment status decides");
+            Ok(shift)
         }
     }
 }
@@ -214,6 +285,7 @@ async fn report_error(
     function: &'static str,
     err: &HookError,
     on_error: OnError,
+    settings: Option<&Settings>,
     clients: &Clients,
 ) {
     error!(
@@ -229,14 +301,6 @@ async fn report_error(
     if on_error != OnError::Continue {
         return;
     }
-    let Ok(entries) = clients.ledger.load(&event.service_arn).await else {
-        warn!(function, "could not record the error in the ledger");
-        return;
-    };
-    let draft = Draft::new(&event.service_arn, entries);
-    let Some(green) = draft.by_revision(&event.target_revision_arn) else {
-        return;
-    };
     let record = HistoryRecord {
         at: OffsetDateTime::now_utc(),
         stage: event.stage.to_string(),
@@ -246,13 +310,91 @@ async fn report_error(
             err.kind()
         ),
     };
-    if let Err(e) = clients
-        .ledger
-        .record_error(&event.service_arn, &green.deployment_id, &record)
-        .await
-    {
-        warn!(function, error = %e, "could not record the error in the ledger");
+    if let Err(e) = record_continued_error(event, &record, settings, clients).await {
+        warn!(function, error_kind = e.kind(), error = %e, "could not record the error in the ledger");
     }
+}
+
+/// Puts a swallowed error on green's entry, creating the entry when the error came before green
+/// was recorded (a first deployment whose pin cannot be built, say), so that `continue` never
+/// leaves no trace. When even green's deployment ID cannot be read, the entry is keyed
+/// `unidentified-<revision>`.
+async fn record_continued_error(
+    event: &HookEvent,
+    record: &HistoryRecord,
+    settings: Option<&Settings>,
+    clients: &Clients,
+) -> Result<(), HookError> {
+    let draft = Draft::new(
+        &event.service_arn,
+        clients.ledger.load(&event.service_arn).await?,
+    );
+    if let Some(green) = draft.by_revision(&event.target_revision_arn) {
+        clients
+            .ledger
+            .record_error(&event.service_arn, &green.deployment_id, record)
+            .await?;
+        return Ok(());
+    }
+    let discovered = match settings {
+        Some(settings) => discover(&event.target_revision_arn, settings, clients)
+            .await
+            .ok(),
+        None => None,
+    };
+    let (running, wiring) = match discovered {
+        Some(found) => found,
+        None => unidentified_version(&event.target_revision_arn)?,
+    };
+    if let Some(existing) = draft.get(&running.deployment_id) {
+        // The ID has an entry from an earlier revision: note the error there.
+        clients
+            .ledger
+            .record_error(&event.service_arn, &existing.deployment_id, record)
+            .await?;
+        return Ok(());
+    }
+    let mut entry = LedgerEntry::new(
+        &event.service_arn,
+        &running,
+        &wiring,
+        Status::Testing,
+        record.at,
+    );
+    entry.last_error = Some(record.change.clone());
+    clients
+        .ledger
+        .commit(&[crate::stages::Change {
+            expected_version: 0,
+            entry,
+            history: record.clone(),
+        }])
+        .await?;
+    Ok(())
+}
+
+/// A placeholder for a revision whose deployment ID could not be read: no target group, no
+/// listener, so nothing is ever pinned for it.
+fn unidentified_version(revision_arn: &str) -> Result<(RunningVersion, ServiceWiring), HookError> {
+    let tail: String = stages::short_arn(revision_arn)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(100)
+        .collect();
+    let deployment_id = DeploymentId::parse(&format!("unidentified-{tail}"))
+        .map_err(|e| HookError::Inconsistent(e.to_string()))?;
+    Ok((
+        RunningVersion {
+            deployment_id,
+            service_revision_arn: revision_arn.to_owned(),
+            target_group_arn: String::new(),
+            task_definition_arn: String::new(),
+        },
+        ServiceWiring {
+            listener_arn: String::new(),
+            production_rule_arn: String::new(),
+        },
+    ))
 }
 
 /// One stage, retried from a fresh read when another writer changed the ledger or listener.
@@ -261,6 +403,7 @@ pub async fn run(
     event: &HookEvent,
     settings: &Settings,
     clients: &Clients,
+    direction: &mut Option<Shift>,
 ) -> Result<Hold, HookError> {
     if !function.stages().contains(&event.stage) {
         return Err(HookError::UnhandledStage {
@@ -278,7 +421,7 @@ pub async fn run(
     let mut attempt = 1;
     let mut transient_retries = 0;
     loop {
-        match attempt_stage(event, settings, clients).await {
+        match attempt_stage(event, settings, clients, direction).await {
             Err(err) if err.is_retryable_conflict() && attempt < MAX_ATTEMPTS => {
                 warn!(stage = %event.stage, attempt, error = %err, "conflicting change; reading again");
                 tokio::time::sleep(backoff(attempt)).await;
@@ -299,20 +442,6 @@ pub async fn run(
     }
 }
 
-/// The weight a traffic-shift event gives the target revision (green); 0 means a rollback.
-fn green_weight(event: &HookEvent) -> Result<u8, HookError> {
-    event
-        .shifted_weights()
-        .get(&event.target_revision_arn)
-        .copied()
-        .ok_or_else(|| {
-            HookError::Malformed(MalformedEvent(format!(
-                "{} event carries no traffic weight for the target revision",
-                event.stage
-            )))
-        })
-}
-
 /// Jittered exponential backoff: 50 ms, 100 ms, 200 ms … plus up to 50 ms.
 fn backoff(attempt: u32) -> Duration {
     let jitter = OffsetDateTime::now_utc().nanosecond() as u64 % 50;
@@ -323,11 +452,23 @@ async fn attempt_stage(
     event: &HookEvent,
     settings: &Settings,
     clients: &Clients,
+    direction: &mut Option<Shift>,
 ) -> Result<Hold, HookError> {
     let now = OffsetDateTime::now_utc();
-    if event.stage == LifecycleStage::TestTrafficShift && green_weight(event)? > 0 {
+    let shift = match event.stage {
+        LifecycleStage::TestTrafficShift | LifecycleStage::ProductionTrafficShift => {
+            let shift = match *direction {
+                Some(known) => known,
+                None => shift_direction(event, clients).await?,
+            };
+            *direction = Some(shift);
+            Some(shift)
+        }
+        _ => None,
+    };
+    if event.stage == LifecycleStage::TestTrafficShift && shift == Some(Shift::Forward) {
         // Test traffic moving forward needs no pin (green is pinned from the production shift),
-        // so it is answered without reading anything.
+        // so it is answered without reading anything when the weights say which way it goes.
         return Ok(Hold::Done);
     }
     let mut draft = Draft::new(
@@ -338,83 +479,99 @@ async fn attempt_stage(
     // listener is checked then even if the ledger says nothing changed, so that a tagged pin a
     // crashed or failed invocation created but never recorded cannot outlive its version.
     let mut before_scale_down = false;
-    let (hold, wiring) = match event.stage {
-        LifecycleStage::PostTestTrafficShift => {
-            let (green, wiring) = green_version(event, &draft, settings, clients).await?;
-            let blue = blue_before_shift(event, &draft, &green, settings, clients).await?;
-            info!(stage = %event.stage, green = %green.deployment_id, blue = ?blue.as_ref().map(|b| b.deployment_id.as_str()), "recording the deployment");
-            stages::post_test_traffic(&mut draft, &green, blue.as_ref(), &wiring, now);
-            (Hold::Done, wiring)
-        }
-        LifecycleStage::TestTrafficShift | LifecycleStage::ProductionTrafficShift => {
-            let green_weight = green_weight(event)?;
-            let weights = event.shifted_weights();
-            let others: Vec<&String> = weights
-                .keys()
-                .filter(|r| **r != event.target_revision_arn)
-                .collect();
-            if green_weight == 0 {
-                let blue = blue_from_weights(&others, &draft, settings, clients).await?;
-                let green = match green_version(event, &draft, settings, clients).await {
-                    Ok((green, _)) => Some(green),
-                    // A rollback must still restore blue even if green cannot be described.
-                    Err(err) => {
-                        warn!(stage = %event.stage, error = %err, "green unknown during rollback; unpinning by revision");
-                        None
+    let ended = (shift != Some(Shift::Rollback))
+        .then(|| stages::ended_deployment(&draft, &event.target_revision_arn))
+        .flatten();
+    let (hold, wiring) = if let Some(ended) = ended {
+        // A forward call that arrives after ECS rolled this deployment back (or after a newer
+        // deployment superseded it): it changes nothing, but the listener is reviewed so that
+        // a pin an earlier attempt of this call created meanwhile is gone when it answers.
+        info!(stage = %event.stage, deployment_id = %ended.deployment_id, status = %ended.status, "the deployment already ended; changing nothing");
+        before_scale_down = true;
+        (Hold::Done, Some(ended.wiring()))
+    } else {
+        match event.stage {
+            LifecycleStage::PostTestTrafficShift => {
+                let (green, wiring) = green_version(event, &draft, settings, clients).await?;
+                let blue = blue_before_shift(event, &draft, &green, settings, clients).await?;
+                info!(stage = %event.stage, green = %green.deployment_id, blue = ?blue.as_ref().map(|b| b.deployment_id.as_str()), "recording the deployment");
+                stages::post_test_traffic(&mut draft, &green, blue.as_ref(), &wiring, now);
+                (Hold::Done, Some(wiring))
+            }
+            LifecycleStage::TestTrafficShift | LifecycleStage::ProductionTrafficShift => {
+                let others = other_revisions(event);
+                if shift == Some(Shift::Rollback) {
+                    let blue = blue_from_weights(&others, &draft, settings, clients).await?;
+                    let green = match green_version(event, &draft, settings, clients).await {
+                        Ok(green) => Some(green),
+                        // A rollback must still restore blue even if green cannot be described.
+                        Err(err) => {
+                            warn!(stage = %event.stage, error = %err, "green unknown during rollback; unpinning by revision");
+                            None
+                        }
+                    };
+                    let wiring = blue
+                        .as_ref()
+                        .map(|(_, w)| w.clone())
+                        .or_else(|| green.as_ref().map(|(_, w)| w.clone()))
+                        .or_else(|| draft.wiring());
+                    let green_id = green.as_ref().map(|(g, _)| &g.deployment_id);
+                    match &blue {
+                        Some((blue, _)) => {
+                            warn!(stage = %event.stage, green = ?green_id.map(DeploymentId::as_str), blue = %blue.deployment_id, "rollback: unpinning green, keeping blue pinned")
+                        }
+                        None => {
+                            warn!(stage = %event.stage, green = ?green_id.map(DeploymentId::as_str), "rollback with no previous version (a service's first deployment): unpinning green")
+                        }
                     }
-                };
-                let Some((blue, wiring)) = blue else {
-                    return Err(HookError::Inconsistent(
-                        "rollback with no previous revision to return to: the event's weights name no other revision and the ledger has no live version".to_owned(),
-                    ));
-                };
-                warn!(stage = %event.stage, green = ?green.as_ref().map(|g| g.deployment_id.as_str()), blue = %blue.deployment_id, "rollback: unpinning green, keeping blue pinned");
-                stages::rollback(
+                    stages::rollback(
+                        &mut draft,
+                        &event.target_revision_arn,
+                        green_id,
+                        blue.as_ref().zip(wiring.as_ref()).map(|((b, _), w)| (b, w)),
+                        now,
+                    );
+                    before_scale_down = true;
+                    (Hold::Done, wiring)
+                } else if event.stage == LifecycleStage::TestTrafficShift {
+                    // Going forward: green is pinned from the production shift.
+                    return Ok(Hold::Done);
+                } else {
+                    let (green, wiring) = green_version(event, &draft, settings, clients).await?;
+                    let blue = blue_from_weights(&others, &draft, settings, clients)
+                        .await?
+                        .map(|(b, _)| b);
+                    info!(stage = %event.stage, green = %green.deployment_id, green_weight = ?event.green_weight(), "production shift: pinning green");
+                    stages::production_shift(&mut draft, &green, blue.as_ref(), &wiring, now);
+                    (Hold::Done, Some(wiring))
+                }
+            }
+            LifecycleStage::PostProductionTrafficShift => {
+                let (green, wiring) = green_version(event, &draft, settings, clients).await?;
+                let hold = stages::post_shift(
                     &mut draft,
-                    &event.target_revision_arn,
-                    green.as_ref().map(|g| &g.deployment_id),
-                    Some(&blue),
+                    &green,
                     &wiring,
+                    settings.skew_window,
+                    settings.poll_interval,
                     now,
                 );
-                before_scale_down = true;
-                (Hold::Done, wiring)
-            } else if event.stage == LifecycleStage::TestTrafficShift {
-                // Answered above, before the ledger was read.
-                return Ok(Hold::Done);
-            } else {
-                let (green, wiring) = green_version(event, &draft, settings, clients).await?;
-                let blue = blue_from_weights(&others, &draft, settings, clients)
-                    .await?
-                    .map(|(b, _)| b);
-                info!(stage = %event.stage, green = %green.deployment_id, green_weight, "production shift: pinning green");
-                stages::production_shift(&mut draft, &green, blue.as_ref(), &wiring, now);
-                (Hold::Done, wiring)
+                before_scale_down = hold == Hold::Done;
+                (hold, Some(wiring))
             }
-        }
-        LifecycleStage::PostProductionTrafficShift => {
-            let (green, wiring) = green_version(event, &draft, settings, clients).await?;
-            let hold = stages::post_shift(
-                &mut draft,
-                &green,
-                &wiring,
-                settings.skew_window,
-                settings.poll_interval,
-                now,
-            );
-            before_scale_down = hold == Hold::Done;
-            (hold, wiring)
-        }
-        other => {
-            return Err(HookError::Inconsistent(format!(
-                "stage {other} has no skewguard behaviour"
-            )));
+            other => {
+                return Err(HookError::Inconsistent(format!(
+                    "stage {other} has no skewguard behaviour"
+                )));
+            }
         }
     };
     let catch_all_moved =
         settings.after_window == AfterWindow::Retired && draft.production_changed();
-    if draft.pins_need_attention() || catch_all_moved || before_scale_down {
-        sync_pins(&mut draft, &wiring, settings, &clients.elb).await?;
+    if let Some(wiring) = &wiring
+        && (draft.pins_need_attention() || catch_all_moved || before_scale_down)
+    {
+        sync_pins(&mut draft, wiring, settings, &clients.elb).await?;
     }
     let actor = Actor {
         stage: event.stage.to_string(),
@@ -533,6 +690,20 @@ async fn blue_before_shift(
         &settings.deployment_id_from,
     )?;
     Ok(Some(blue))
+}
+
+/// The revisions other than green that the event's weight maps name (blue, and during
+/// overlapping deployments possibly more).
+fn other_revisions(event: &HookEvent) -> Vec<&String> {
+    let mut others: Vec<&String> = event
+        .shifted_weights()
+        .keys()
+        .chain(event.production_weights.keys())
+        .filter(|r| **r != event.target_revision_arn)
+        .collect();
+    others.sort();
+    others.dedup();
+    others
 }
 
 /// Blue during a traffic shift: the other revision in the event's weights (known to the ledger

@@ -659,8 +659,7 @@ impl Model {
                     &mut draft,
                     &revision(green.rev),
                     green_known.then_some(&id),
-                    Some(&blue.running()),
-                    &wiring,
+                    Some((&blue.running(), &wiring)),
                     now,
                 );
             }

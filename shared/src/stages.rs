@@ -314,10 +314,11 @@ pub fn rollback(
     draft: &mut Draft,
     green_revision_arn: &str,
     green_id: Option<&DeploymentId>,
-    blue: Option<&RunningVersion>,
-    wiring: &ServiceWiring,
+    blue: Option<(&RunningVersion, &ServiceWiring)>,
     now: OffsetDateTime,
 ) {
+    let wiring = blue.map(|(_, w)| w);
+    let blue = blue.map(|(b, _)| b);
     if let Some(blue) = blue {
         displace(draft, &[blue], false, now);
     }
@@ -331,12 +332,21 @@ pub fn rollback(
             }
         }
     }
-    if let Some(blue) = blue {
+    if let (Some(blue), Some(wiring)) = (blue, wiring) {
         let entry = draft.entry_for(blue, wiring, Status::Live, now);
         entry.place(blue, wiring);
         entry.make_live(now);
         entry.shifted_at = None;
     }
+}
+
+/// The ledger entry of a deployment of this revision that already ended (rolled back, retired,
+/// or superseded and draining): a forward hook call for that revision arrives late (ECS may
+/// start a rollback while a forward invocation still runs or retries) and must change nothing.
+pub fn ended_deployment<'a>(draft: &'a Draft, revision_arn: &str) -> Option<&'a LedgerEntry> {
+    draft
+        .by_revision(revision_arn)
+        .filter(|e| e.status.is_final() || e.status == Status::Draining)
 }
 
 /// What POST_PRODUCTION_TRAFFIC_SHIFT answers.
@@ -614,8 +624,7 @@ mod tests {
             &mut draft,
             &b.service_revision_arn,
             Some(&b.deployment_id),
-            Some(&a),
-            &wiring(),
+            Some((&a, &wiring())),
             T0,
         );
         let entries = commit(&draft, T0);

@@ -141,29 +141,36 @@ impl HookRegistration {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The deployment strategy. Percentages are `Double` in ECS's API, in steps of 0.1 (a 2.5 %
+/// canary is valid), and the hooks receive them as such.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Strategy {
     BlueGreen,
     /// Production shifts in equal steps of this percentage.
-    Linear(u8),
+    Linear(f64),
     /// First this percentage, then the rest.
-    Canary(u8),
+    Canary(f64),
+}
+
+/// A percentage rounded to ECS's 0.1 steps.
+fn tenth(percent: f64) -> f64 {
+    (percent * 10.0).round() / 10.0
 }
 
 impl Strategy {
-    fn production_steps(self) -> Vec<u8> {
+    fn production_steps(self) -> Vec<f64> {
         match self {
-            Strategy::BlueGreen => vec![100],
+            Strategy::BlueGreen => vec![100.0],
             Strategy::Linear(step) => {
-                let step = step.clamp(1, 100);
-                let mut steps: Vec<u8> = (1..)
-                    .map(|i| (i * step as u32).min(100) as u8)
-                    .take_while(|w| *w < 100)
+                let step = tenth(step.clamp(0.1, 100.0));
+                let mut steps: Vec<f64> = (1..)
+                    .map(|i| tenth((f64::from(i) * step).min(100.0)))
+                    .take_while(|w| *w < 100.0)
                     .collect();
-                steps.push(100);
+                steps.push(100.0);
                 steps
             }
-            Strategy::Canary(first) => vec![first.clamp(1, 99), 100],
+            Strategy::Canary(first) => vec![tenth(first.clamp(0.1, 99.9)), 100.0],
         }
     }
 }
@@ -258,12 +265,18 @@ impl StopHandle {
     }
 }
 
-fn weights(green: &str, green_weight: u8, blue: &str) -> Value {
+fn weights(green: &str, green_weight: f64, blue: &str) -> Value {
     if green == blue {
         json!({ green: green_weight })
     } else {
-        json!({ green: green_weight, blue: 100 - green_weight })
+        json!({ green: green_weight, blue: tenth(100.0 - green_weight) })
     }
+}
+
+/// ALB forward weights (integers, at most 999) for a percentage on green.
+fn alb_weights(green_percent: f64) -> (i32, i32) {
+    let green = (green_percent * 9.99).round() as i32;
+    (green, 999 - green)
 }
 
 impl Engine {
@@ -660,7 +673,7 @@ impl Engine {
                             .await
                             .map_err(|e| e.to_string())?;
                     }
-                    let test = weights(&ctx.green_revision, 100, &ctx.blue_revision);
+                    let test = weights(&ctx.green_revision, 100.0, &ctx.blue_revision);
                     if let Some(reason) =
                         self.run_hooks(state, ctx, stage, &test, &no_weights).await
                     {
@@ -701,11 +714,11 @@ impl Engine {
                         {
                             return Ok(Some(reason));
                         }
-                        let blue_weight = 100 - green_weight as i32;
+                        let (green_alb, blue_alb) = alb_weights(green_weight);
                         set_forward_weights(
                             &self.elb,
                             &alb.production_rule_arn,
-                            &[(green_tg, green_weight as i32), (blue_tg, blue_weight)],
+                            &[(green_tg, green_alb), (blue_tg, blue_alb)],
                         )
                         .await
                         .map_err(|e| e.to_string())?;
@@ -801,7 +814,7 @@ impl Engine {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let reversed = weights(&ctx.green_revision, 0, &ctx.blue_revision);
+        let reversed = weights(&ctx.green_revision, 0.0, &ctx.blue_revision);
         let none = json!({});
         // Rollback has no stage of its own: the traffic-shift hooks are invoked again.
         for (stage, test, production) in [
@@ -1008,15 +1021,21 @@ mod tests {
 
     #[test]
     fn production_steps_follow_the_strategy() {
-        assert_eq!(Strategy::BlueGreen.production_steps(), vec![100]);
+        assert_eq!(Strategy::BlueGreen.production_steps(), vec![100.0]);
         assert_eq!(
-            Strategy::Linear(25).production_steps(),
-            vec![25, 50, 75, 100]
+            Strategy::Linear(25.0).production_steps(),
+            vec![25.0, 50.0, 75.0, 100.0]
         );
         assert_eq!(
-            Strategy::Linear(30).production_steps(),
-            vec![30, 60, 90, 100]
+            Strategy::Linear(30.0).production_steps(),
+            vec![30.0, 60.0, 90.0, 100.0]
         );
-        assert_eq!(Strategy::Canary(10).production_steps(), vec![10, 100]);
+        assert_eq!(
+            Strategy::Linear(33.3).production_steps(),
+            vec![33.3, 66.6, 99.9, 100.0]
+        );
+        assert_eq!(Strategy::Canary(2.5).production_steps(), vec![2.5, 100.0]);
+        assert_eq!(alb_weights(2.5), (25, 974));
+        assert_eq!(alb_weights(100.0), (999, 0));
     }
 }

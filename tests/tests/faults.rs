@@ -71,7 +71,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "canary",
-            strategy: Strategy::Canary(10),
+            strategy: Strategy::Canary(10.0),
             ..base
         },
     ]

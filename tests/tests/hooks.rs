@@ -575,7 +575,7 @@ async fn linear_and_canary_shifts_pin_green_from_the_first_step() {
             Request::get("/api/cart"),
             "v1",
             HookRegistration::skewguard(quick()),
-            Strategy::Linear(25),
+            Strategy::Linear(25.0),
         )
         .await;
     assert_eq!(
@@ -612,7 +612,8 @@ async fn linear_and_canary_shifts_pin_green_from_the_first_step() {
             Request::get("/shop/x"),
             "c1",
             HookRegistration::skewguard(quick()),
-            Strategy::Canary(10),
+            // ECS sends LINEAR/CANARY weights as Doubles in steps of 0.1.
+            Strategy::Canary(2.5),
         )
         .await;
     assert_eq!(
@@ -829,5 +830,313 @@ async fn malformed_events_and_wrong_stages_get_a_defined_answer() {
     assert!(
         world.ecs.calls().is_empty(),
         "a rejected event makes no AWS call"
+    );
+}
+
+/// The latest deployment of a service, as ECS tells it.
+async fn latest_deployment(
+    world: &World,
+    service: &str,
+) -> skewguard_core::aws::ecs::DeploymentFacts {
+    let ecs = &world.hook_clients.ecs;
+    let arns = ecs.list_service_deployments(service, 1).await.unwrap();
+    ecs.describe_service_deployments(&arns)
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+/// A traffic-shift or post-shift event for a deployment ECS ran, with the weights given.
+fn event_for(
+    deployment: &skewguard_core::aws::ecs::DeploymentFacts,
+    service: &str,
+    stage: LifecycleStage,
+    test: Value,
+    production: Value,
+    hook_details: Value,
+) -> Value {
+    json!({
+        "executionId": format!("late-{}", stage.as_str().to_ascii_lowercase()),
+        "lifecycleStage": stage.as_str(),
+        "resourceArn": deployment.arn,
+        "executionDetails": {
+            "serviceArn": service,
+            "targetServiceRevisionArn": deployment.target_revision.clone().unwrap(),
+            "testTrafficWeights": test,
+            "productionTrafficWeights": production,
+        },
+        "hookDetails": hook_details,
+    })
+}
+
+fn answered(invocation: Invocation) -> Value {
+    match invocation {
+        Invocation::Answered(a) => a,
+        Invocation::Failed(f) => panic!("the handler must answer, not fail: {f}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_forward_call_after_a_rollback_changes_nothing_and_removes_its_pin() {
+    let world = World::start().await;
+    let (service, _) = world.service("web", "v1", quick()).await;
+    let outcome = world
+        .engine
+        .deploy(
+            &service,
+            "v2",
+            &[],
+            Intervention::StopAt(LifecycleStage::PostProductionTrafficShift),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    let rolled_back = latest_deployment(&world, &service).await;
+    let green = rolled_back.target_revision.clone().unwrap();
+    let blue = rolled_back.source_revisions[0].clone();
+
+    // A forward invocation that was still running when the rollback began created a pin for v2
+    // (tagged, as every pin is) and then lost its ledger write.
+    let ledger = entries(&world, &service).await;
+    let v2 = ledger
+        .iter()
+        .find(|e| e.deployment_id.as_str() == "v2")
+        .unwrap();
+    let rules = world
+        .elb()
+        .describe_listener_rules(&v2.listener_arn)
+        .await
+        .unwrap();
+    let production_rule = rules
+        .iter()
+        .find(|r| r.arn == v2.production_rule_arn)
+        .unwrap()
+        .clone();
+    let settings = skewguard_core::settings::Settings::resolve(
+        quick().as_object().unwrap(),
+        &EnvDefaults::default(),
+    )
+    .unwrap();
+    let spec = skewguard_core::pins::pin_specs(
+        &v2.deployment_id,
+        &v2.target_group_arn,
+        &production_rule,
+        &settings,
+    )
+    .unwrap()
+    .remove(0);
+    let taken = skewguard_core::pins::taken_priorities(&rules);
+    let priority = (1..production_rule.priority.number().unwrap())
+        .rev()
+        .find(|p| !taken.contains(p))
+        .unwrap();
+    let stray = world
+        .elb()
+        .create_rule(&skewguard_core::aws::elb::NewRule {
+            listener_arn: v2.listener_arn.clone(),
+            priority,
+            conditions: spec.conditions.clone(),
+            action: spec.action.clone(),
+            tags: skewguard_core::pins::PinTags {
+                service_arn: service.clone(),
+                deployment_id: "v2".to_owned(),
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pins(&world, &service, "v2").await,
+        1,
+        "the stray pin exists"
+    );
+
+    let invoker = InProcess {
+        clients: world.hook_clients.clone(),
+        defaults: EnvDefaults::default(),
+    };
+    let forward = json!({ &green: 100, &blue: 0 });
+    for (function, stage, test, production) in [
+        (
+            HookFunction::ProductionShift,
+            LifecycleStage::ProductionTrafficShift,
+            json!({}),
+            forward.clone(),
+        ),
+        (
+            HookFunction::PostShift,
+            LifecycleStage::PostProductionTrafficShift,
+            json!({}),
+            json!({}),
+        ),
+        (
+            HookFunction::PostTestTraffic,
+            LifecycleStage::PostTestTrafficShift,
+            json!({}),
+            json!({}),
+        ),
+    ] {
+        let event = event_for(&rolled_back, &service, stage, test, production, quick());
+        let answer = answered(invoker.invoke(function, event).await);
+        assert_eq!(answer["hookStatus"], "SUCCEEDED", "{stage}: {answer}");
+        let ledger = entries(&world, &service).await;
+        assert_eq!(status(&ledger, "v2"), Some(Status::RolledBack), "{stage}");
+        assert_eq!(status(&ledger, "v1"), Some(Status::Live), "{stage}");
+        assert_eq!(pins(&world, &service, "v2").await, 0, "{stage}");
+        assert_eq!(pins(&world, &service, "v1").await, 1, "{stage}");
+    }
+    let rules = world
+        .elb()
+        .describe_listener_rules(&v2.listener_arn)
+        .await
+        .unwrap();
+    assert!(
+        !rules.iter().any(|r| r.arn == stray),
+        "the stray pin is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traffic_shift_events_without_green_in_the_weights_are_decided_from_ecs() {
+    let world = World::start().await;
+    let (service, _) = world.service("web", "v1", quick()).await;
+    world
+        .engine
+        .deploy(&service, "v2", &[], Intervention::None)
+        .await
+        .unwrap();
+    let done = latest_deployment(&world, &service).await;
+    let invoker = InProcess {
+        clients: world.hook_clients.clone(),
+        defaults: EnvDefaults::default(),
+    };
+    // A service without a test rule: the test map is empty while going forward.
+    let event = event_for(
+        &done,
+        &service,
+        LifecycleStage::TestTrafficShift,
+        json!({}),
+        json!({}),
+        quick(),
+    );
+    let answer = answered(invoker.invoke(HookFunction::ProductionShift, event).await);
+    assert_eq!(answer["hookStatus"], "SUCCEEDED", "{answer}");
+    assert_eq!(
+        status(&entries(&world, &service).await, "v2"),
+        Some(Status::Live)
+    );
+
+    // A rollback before any test traffic: an empty test map, ECS's status says ROLLBACK_*.
+    let outcome = world
+        .engine
+        .deploy(
+            &service,
+            "v3",
+            &[],
+            Intervention::StopAt(LifecycleStage::PreProductionTrafficShift),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    let rolled_back = latest_deployment(&world, &service).await;
+    assert!(
+        rolled_back.status.starts_with("ROLLBACK"),
+        "{rolled_back:?}"
+    );
+    let event = event_for(
+        &rolled_back,
+        &service,
+        LifecycleStage::TestTrafficShift,
+        json!({}),
+        json!({}),
+        quick(),
+    );
+    let answer = answered(invoker.invoke(HookFunction::ProductionShift, event).await);
+    assert_eq!(answer["hookStatus"], "SUCCEEDED", "{answer}");
+    let ledger = entries(&world, &service).await;
+    assert_eq!(status(&ledger, "v3"), Some(Status::RolledBack));
+    assert_eq!(status(&ledger, "v2"), Some(Status::Live));
+    assert_eq!(pins(&world, &service, "v2").await, 1);
+    world.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_during_a_rollback_asks_ecs_to_call_again_instead_of_failing() {
+    let world = World::start().await;
+    let (service, _) = world.service("web", "v1", quick()).await;
+    world
+        .engine
+        .deploy(&service, "v2", &[], Intervention::None)
+        .await
+        .unwrap();
+    let done = latest_deployment(&world, &service).await;
+    let green = done.target_revision.clone().unwrap();
+    let invoker = InProcess {
+        clients: world.hook_clients.clone(),
+        defaults: EnvDefaults::default(),
+    };
+    // Blue is a revision ECS cannot describe: the rollback cannot be finished now.
+    let unknown_blue = format!("{}9", green);
+    let event = event_for(
+        &done,
+        &service,
+        LifecycleStage::ProductionTrafficShift,
+        json!({}),
+        json!({ &green: 0, &unknown_blue: 100 }),
+        quick(),
+    );
+    let answer = answered(invoker.invoke(HookFunction::ProductionShift, event).await);
+    assert_eq!(answer["hookStatus"], "IN_PROGRESS", "{answer}");
+    assert_eq!(
+        answer["callBackDelay"],
+        skewguard_core::hook::ROLLBACK_RETRY_DELAY.as_secs()
+    );
+    assert_eq!(answer["hookDetails"], quick(), "the settings are echoed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_error_continue_records_an_error_that_came_before_green_had_an_entry() {
+    let world = World::start().await;
+    let (service, _) = world.service("web", "v1", quick()).await;
+    // A deployment whose task definition carries an invalid deployment ID: its revision exists.
+    let outcome = world
+        .engine
+        .deploy(&service, "v2*", &[], Intervention::None)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    let failed = latest_deployment(&world, &service).await;
+    assert_eq!(
+        entries(&world, &service).await.len(),
+        1,
+        "only v1 is recorded"
+    );
+    let invoker = InProcess {
+        clients: world.hook_clients.clone(),
+        defaults: EnvDefaults::default(),
+    };
+    let event = event_for(
+        &failed,
+        &service,
+        LifecycleStage::PostTestTrafficShift,
+        json!({}),
+        json!({}),
+        json!({"onError": "continue"}),
+    );
+    let answer = answered(invoker.invoke(HookFunction::PostTestTraffic, event).await);
+    assert_eq!(answer["hookStatus"], "SUCCEEDED", "{answer}");
+    let ledger = entries(&world, &service).await;
+    let recorded = ledger
+        .iter()
+        .find(|e| e.service_revision_arn == failed.target_revision.clone().unwrap())
+        .unwrap_or_else(|| panic!("the swallowed error is in the ledger: {ledger:?}"));
+    assert!(recorded.deployment_id.as_str().starts_with("unidentified-"));
+    let error = recorded.last_error.as_deref().unwrap();
+    assert!(
+        error.contains("onError: continue") && error.contains("Discovery"),
+        "{error}"
+    );
+    assert!(
+        !recorded.wants_pin(),
+        "nothing is pinned for an unreadable ID"
     );
 }

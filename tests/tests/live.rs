@@ -270,7 +270,7 @@ async fn linear_and_canary_shifts_keep_tabs_pinned_at_every_step() {
             A,
             "v1",
             json!({"skewWindow": "2s", "pollInterval": "1s"}),
-            Strategy::Linear(34),
+            Strategy::Linear(34.0),
         )
         .await;
     live.open_tab("A", &linear, Some(A), Some("v1"));
@@ -293,7 +293,7 @@ async fn linear_and_canary_shifts_keep_tabs_pinned_at_every_step() {
     // The same listener, the next deployment as a canary.
     live.world
         .engine
-        .set_strategy(&linear, Strategy::Canary(10))
+        .set_strategy(&linear, Strategy::Canary(10.0))
         .await
         .unwrap();
     assert_eq!(

@@ -100,6 +100,18 @@ pub enum DiscoveryError {
     },
     #[error("ECS has no {what} {arn}")]
     Missing { what: &'static str, arn: String },
+    #[error(
+        "service revision {revision} is behind more than one load balancer (production rules {first} and {second}); skewguard pins on one Application Load Balancer per service and would leave {second} unpinned: put the service behind one ALB, or run one service per load balancer"
+    )]
+    SeveralLoadBalancers {
+        revision: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "service revision {revision} is behind a Network Load Balancer ({listener}): NLB listeners have no rules to pin on; skewguard needs an Application Load Balancer"
+    )]
+    NetworkLoadBalancer { revision: String, listener: String },
 }
 
 impl RevisionFacts {
@@ -110,10 +122,42 @@ impl RevisionFacts {
     }
 
     /// The listener wiring and the target group this revision serves from.
+    ///
+    /// Errors: no production rule or resolved target group, a production "rule" that is an NLB
+    /// listener, or production rules on more than one load balancer (pins on the first alone
+    /// would leave the others' clients unprotected, silently).
     pub fn placement(&self) -> Result<(String, ServiceWiring), DiscoveryError> {
         let no_rule = || DiscoveryError::NoProductionRule {
             revision: self.arn.clone(),
         };
+        let mut production_rules: Vec<&str> = Vec::new();
+        for rule in self
+            .configured
+            .iter()
+            .filter_map(|lb| lb.production_rule_arn.as_deref())
+            .chain(
+                self.resolved
+                    .iter()
+                    .filter_map(|lb| lb.production_rule_arn.as_deref()),
+            )
+        {
+            if rule.contains(":listener/net/") || rule.contains(":listener-rule/net/") {
+                return Err(DiscoveryError::NetworkLoadBalancer {
+                    revision: self.arn.clone(),
+                    listener: rule.to_owned(),
+                });
+            }
+            if !production_rules.contains(&rule) {
+                production_rules.push(rule);
+            }
+        }
+        if let [first, second, ..] = production_rules.as_slice() {
+            return Err(DiscoveryError::SeveralLoadBalancers {
+                revision: self.arn.clone(),
+                first: (*first).to_owned(),
+                second: (*second).to_owned(),
+            });
+        }
         let configured_rule = self
             .production_index()
             .and_then(|i| self.configured[i].production_rule_arn.clone());
@@ -546,12 +590,9 @@ fn deployment_from_sdk(d: &ecs::types::ServiceDeployment) -> DeploymentFacts {
                     .iter()
                     .map(|s| s.as_str().to_owned())
                     .collect(),
-                details: h
-                    .hook_details()
-                    .and_then(|doc| match document_to_json(doc) {
-                        serde_json::Value::Object(map) => Some(map),
-                        _ => None,
-                    }),
+                details: h.hook_details().and_then(|doc| {
+                    crate::event::hook_details_of(Some(&document_to_json(doc))).ok()
+                }),
             })
             .collect(),
     }
@@ -637,6 +678,35 @@ mod tests {
                 .listener_arn
                 .ends_with(":listener/app/web/50dc6c495c0c9188/f2f7dc8efc522ab2")
         );
+    }
+
+    #[test]
+    fn a_second_load_balancer_is_refused_by_name_rather_than_left_unpinned() {
+        const INTERNAL: &str = "arn:aws:elasticloadbalancing:us-east-1:1:listener-rule/app/internal/60dc6c495c0c9188/a2f7dc8efc522ab2/1683b2d02a6cabee";
+        let mut r = revision();
+        r.configured.push(ConfiguredLoadBalancer {
+            target_group_arn: Some("tg-internal-blue".into()),
+            alternate_target_group_arn: Some("tg-internal-green".into()),
+            container_name: Some("web".into()),
+            production_rule_arn: Some(INTERNAL.into()),
+        });
+        r.resolved.push(ResolvedLoadBalancer {
+            target_group_arn: "tg-internal-green".into(),
+            production_rule_arn: Some(INTERNAL.into()),
+        });
+        let err = r.placement().unwrap_err();
+        assert!(matches!(err, DiscoveryError::SeveralLoadBalancers { .. }));
+        assert!(err.to_string().contains(INTERNAL), "{err}");
+    }
+
+    #[test]
+    fn a_network_load_balancer_is_refused_with_the_reason() {
+        const NLB: &str = "arn:aws:elasticloadbalancing:us-east-1:1:listener/net/tcp/50dc6c495c0c9188/f2f7dc8efc522ab2";
+        let mut r = revision();
+        r.configured[0].production_rule_arn = Some(NLB.into());
+        r.resolved[0].production_rule_arn = Some(NLB.into());
+        let err = r.placement().unwrap_err();
+        assert!(err.to_string().contains("no rules to pin on"), "{err}");
     }
 
     #[test]
