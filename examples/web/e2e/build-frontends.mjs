@@ -36,5 +36,7 @@ for (const [id, schema] of Object.entries(builds)) {
     console.error(`building ${id} (${schema}) failed`);
     process.exit(1);
   }
-  console.log(`built ${id} (cart schema ${schema}) into ${path.relative(process.cwd(), outDir)} in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+  console.log(
+    `built ${id} (cart schema ${schema}) into ${path.relative(process.cwd(), outDir)} in ${((Date.now() - started) / 1000).toFixed(1)}s`,
+  );
 }

@@ -214,7 +214,8 @@ async function main(argv) {
     else if (flag === '--port') port = Number(value);
     else throw new Error(`unknown option ${flag}`);
   }
-  if (!api || !current) throw new Error('usage: cdn.mjs --api URL --build NAME=DIR [--build ..] [--current NAME] [--port N]');
+  if (!api || !current)
+    throw new Error('usage: cdn.mjs --api URL --build NAME=DIR [--build ..] [--current NAME] [--port N]');
   const cdn = await startCdn({ api, builds, current, port, log: (line) => console.error(line) });
   console.log(`serving ${current} on ${cdn.url} (API ${api}); type "publish NAME" to switch builds`);
   for await (const line of readline.createInterface({ input: process.stdin })) {

@@ -1,22 +1,16 @@
-import { type RetiredInfo, createPinnedFetch } from '@skewguard/fetch';
-import { DEPLOYMENT_ID } from './config';
-
-type Listener = (info: RetiredInfo) => void;
-const listeners = new Set<Listener>();
+import { createCartStore } from './store';
+import { CART_SCHEMA, DEPLOYMENT_ID, POLL_MS, RELOAD_STRATEGY } from './config';
 
 /**
- * The app's one `fetch`: same-origin calls carry this build's deployment ID in
- * `X-Deployment-ID`, so the load balancer keeps sending them to the backend this build was
- * made for; skewguard's "retired" answer is reported to `onRetired` subscribers.
+ * The page's one store. Its `apiFetch` sends same-origin calls with this build's deployment ID
+ * in `X-Deployment-ID`, so the load balancer keeps sending them to the backend this build was
+ * made for, and checks who answered them: an answer from another deployment is reported
+ * (`onSkew`), and once this build's backend is gone the store shows the reload banner and
+ * `RELOAD_STRATEGY` decides who reloads the tab.
  */
-export const apiFetch = createPinnedFetch({
+export const cartStore = createCartStore({
   deploymentId: DEPLOYMENT_ID,
-  onRetired: (info) => listeners.forEach((listener) => listener(info)),
+  schema: CART_SCHEMA,
+  pollMs: POLL_MS,
+  reload: RELOAD_STRATEGY,
 });
-
-/** Calls `listener` when this build's backend has been retired (at once if it already was). */
-export function onRetired(listener: Listener): () => void {
-  listeners.add(listener);
-  if (apiFetch.retired) listener(apiFetch.retired);
-  return () => listeners.delete(listener);
-}

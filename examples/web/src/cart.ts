@@ -20,8 +20,7 @@ export interface Cart {
 
 type Result = { ok: true; cart: Cart } | { ok: false; error: string };
 
-const isObject = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v);
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** Reads `body` as a cart of `schema`, or says why a frontend built for it cannot. */
 export function readCart(schema: Schema, body: unknown): Result {
