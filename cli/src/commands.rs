@@ -14,7 +14,6 @@ use skewguard_core::ledger::Status;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::render::Style;
 use crate::{CliError, Command, Context};
 
 pub use explain::Explanation;
@@ -44,19 +43,19 @@ impl Rendered {
         serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
     }
 
-    pub fn table(&self, style: &Style) -> String {
+    pub fn table(&self) -> String {
         match self {
             Rendered::Status(services) => services
                 .iter()
-                .map(|s| s.table(style))
+                .map(|s| s.table())
                 .collect::<Vec<_>>()
                 .join("\n"),
-            Rendered::History(h) => h.table(style),
-            Rendered::Explain(e) => e.table(style),
-            Rendered::Release(r) => r.table(style),
+            Rendered::History(h) => h.table(),
+            Rendered::Explain(e) => e.table(),
+            Rendered::Release(r) => r.table(),
             Rendered::Reconcile(results) => results
                 .iter()
-                .map(|r| r.table(style))
+                .map(|r| r.table())
                 .collect::<Vec<_>>()
                 .join("\n"),
         }

@@ -158,14 +158,14 @@ impl Context {
     }
 }
 
-/// Runs one command: the text to print, and whether part of it failed (exit non-zero).
+/// Runs one command: the text to print (styled; print it through anstream, which drops the
+/// styles where colour is off), and whether part of it failed (exit non-zero).
 pub async fn run(cli: Cli) -> Result<(String, bool), CliError> {
     let ctx = Context::load(&cli).await?;
-    let style = render::Style::detect();
     let rendered = commands::dispatch(&ctx, cli.command).await?;
     let text = match cli.output {
         Output::Json => rendered.json(),
-        Output::Table => rendered.table(&style),
+        Output::Table => rendered.table(),
     };
     Ok((text, rendered.failed()))
 }

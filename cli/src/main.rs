@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok((text, failed)) => {
-            print!("{text}");
+            anstream::print!("{text}");
             if failed {
                 std::process::ExitCode::FAILURE
             } else {
@@ -16,7 +16,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("skewguard: error: {e}");
+            anstream::eprintln!("skewguard: error: {e}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,142 +1,83 @@
-//! Plain-text tables, colours only on a terminal, and times a person can read at a glance.
+//! Tables laid out by comfy-table and styled with anstyle, and times a person can read at a
+//! glance.
+//!
+//! Views always render styled text; whether the styles reach the reader is decided where the
+//! text is written, by anstream (`main` prints through it): colour on a terminal only, never
+//! with `NO_COLOR` or `TERM=dumb`, always with `CLICOLOR_FORCE=1`.
 
-use std::io::IsTerminal;
-
+use anstyle::{AnsiColor, Style};
+use comfy_table::{ContentArrangement, TableStyle};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-/// Whether to colour output: only on a terminal, never with `NO_COLOR` or `TERM=dumb`;
-/// `CLICOLOR_FORCE=1` forces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Style {
-    pub color: bool,
-}
+/// No styling.
+pub const PLAIN: Style = Style::new();
+/// Names a reader looks for first: services, deployment IDs, rule priorities, headers.
+pub const EMPHASIS: Style = Style::new().bold();
+/// Context a reader may skip: last changes, execution IDs, rule ARNs, former values.
+pub const QUIET: Style = Style::new().dimmed();
+/// A running skew window, a repair.
+pub const WARNING: Style = AnsiColor::Yellow.on_default();
+/// A missing pin, a failure.
+pub const FAILURE: Style = AnsiColor::Red.on_default();
+/// A lifecycle stage.
+pub const STAGE: Style = AnsiColor::Cyan.on_default();
+/// Success.
+pub const SUCCESS: Style = AnsiColor::Green.on_default();
 
-impl Style {
-    pub fn plain() -> Self {
-        Self { color: false }
-    }
-
-    pub fn detect() -> Self {
-        let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
-        if set("NO_COLOR") {
-            return Self::plain();
-        }
-        if std::env::var("CLICOLOR_FORCE").is_ok_and(|v| v != "0") {
-            return Self { color: true };
-        }
-        let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
-        Self {
-            color: !dumb && std::io::stdout().is_terminal(),
-        }
-    }
-
-    pub fn paint(&self, text: &str, color: Color) -> String {
-        if !self.color || color == Color::None {
-            return text.to_owned();
-        }
-        format!("\x1b[{}m{text}\x1b[0m", color.code())
+/// The style of a ledger status.
+pub fn of_status(status: &str) -> Style {
+    match status {
+        "live" => SUCCESS,
+        "draining" => WARNING,
+        "testing" => STAGE,
+        "rolled_back" => FAILURE,
+        "retired" => QUIET,
+        _ => PLAIN,
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Color {
-    None,
-    Green,
-    Yellow,
-    Cyan,
-    Red,
-    Dim,
-    Bold,
+/// `text` in `style` (reset after it).
+pub fn paint(text: &str, style: Style) -> String {
+    format!("{style}{text}{style:#}")
 }
 
-impl Color {
-    fn code(self) -> &'static str {
-        match self {
-            Color::None => "0",
-            Color::Green => "32",
-            Color::Yellow => "33",
-            Color::Cyan => "36",
-            Color::Red => "31",
-            Color::Dim => "2",
-            Color::Bold => "1",
-        }
-    }
+/// Columns apart by two spaces, no borders: the shape of `kubectl get` and `docker ps`, which
+/// reads well in a terminal and splits on whitespace in scripts.
+const COLUMN_GAP: u16 = 2;
 
-    /// The colour of a ledger status.
-    pub fn of_status(status: &str) -> Color {
-        match status {
-            "live" => Color::Green,
-            "draining" => Color::Yellow,
-            "testing" => Color::Cyan,
-            "rolled_back" => Color::Red,
-            "retired" => Color::Dim,
-            _ => Color::None,
-        }
-    }
-}
-
-/// A table: a header row and rows of cells, columns padded to their widest cell.
-#[derive(Debug, Clone, Default)]
+/// A table: a header row and rows of styled cells, columns as wide as their widest cell.
+#[derive(Debug, Clone)]
 pub struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<(String, Color)>>,
+    inner: comfy_table::Table,
 }
 
 impl Table {
     pub fn new(headers: &[&str]) -> Self {
-        Self {
-            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
-            rows: Vec::new(),
+        let mut inner = comfy_table::Table::new();
+        inner
+            .load_style(TableStyle::new())
+            // Never wrap or cut: long cells stay on one line, as a pipe would get them.
+            .set_content_arrangement(ContentArrangement::Disabled)
+            .set_header(headers.iter().map(|h| paint(h, EMPHASIS)));
+        for column in inner.column_iter_mut() {
+            column.set_padding((0, COLUMN_GAP));
         }
-    }
-
-    pub fn row(&mut self, cells: Vec<(String, Color)>) {
-        self.rows.push(cells);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    pub fn render(&self, style: &Style) -> String {
-        let columns = self.headers.len();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
-        for row in &self.rows {
-            for (i, (text, _)) in row.iter().enumerate().take(columns) {
-                widths[i] = widths[i].max(width(text));
-            }
+        // The last column needs no gap after it.
+        if let Some(last) = inner.column_iter_mut().last() {
+            last.set_padding((0, 0));
         }
-        let line = |cells: Vec<(String, Color)>| {
-            let mut out = String::new();
-            for (i, (text, color)) in cells.into_iter().enumerate().take(columns) {
-                let last = i + 1 == columns;
-                let pad = if last {
-                    0
-                } else {
-                    widths[i].saturating_sub(width(&text))
-                };
-                out.push_str(&style.paint(&text, color));
-                out.push_str(&" ".repeat(pad));
-                if !last {
-                    out.push_str("  ");
-                }
-            }
-            out.trim_end().to_owned()
-        };
-        let mut out = vec![line(
-            self.headers
-                .iter()
-                .map(|h| (h.clone(), Color::Bold))
-                .collect(),
-        )];
-        out.extend(self.rows.iter().cloned().map(line));
-        out.join("\n") + "\n"
+        Self { inner }
     }
-}
 
-fn width(text: &str) -> usize {
-    text.chars().count()
+    pub fn row(&mut self, cells: Vec<(String, Style)>) {
+        self.inner
+            .add_row(cells.iter().map(|(text, style)| paint(text, *style)));
+    }
+
+    pub fn render(&self) -> String {
+        self.inner.trim_fmt() + "\n"
+    }
 }
 
 /// `2026-03-01 12:00:00Z`
@@ -180,6 +121,12 @@ pub fn clip(text: &str, max: usize) -> String {
     out
 }
 
+/// What a reader sees where colour is off (piped, `NO_COLOR`): the text without its styles.
+#[cfg(test)]
+pub fn plain(styled: &str) -> String {
+    anstream::adapter::strip_str(styled).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,14 +135,13 @@ mod tests {
     #[test]
     fn tables_pad_columns_and_colour_only_when_asked() {
         let mut t = Table::new(&["A", "LONGER"]);
-        t.row(vec![
-            ("live".into(), Color::Green),
-            ("x".into(), Color::None),
-        ]);
-        t.row(vec![("x".into(), Color::None), ("".into(), Color::None)]);
-        assert_eq!(t.render(&Style::plain()), "A     LONGER\nlive  x\nx\n");
-        let coloured = t.render(&Style { color: true });
+        t.row(vec![("live".into(), SUCCESS), ("x".into(), PLAIN)]);
+        t.row(vec![("x".into(), PLAIN), ("".into(), PLAIN)]);
+        assert_eq!(plain(&t.render()), "A     LONGER\nlive  x\nx\n");
+        let coloured = t.render();
         assert!(coloured.contains("\x1b[32mlive\x1b[0m"), "{coloured:?}");
+        // Styles take no room: the columns line up the same with colour on.
+        assert!(coloured.contains("\x1b[32mlive\x1b[0m  x"), "{coloured:?}");
     }
 
     #[test]

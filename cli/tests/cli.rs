@@ -240,6 +240,22 @@ async fn status_explain_release_and_reconcile_against_the_world() {
         "{}",
         coloured.stdout
     );
+    // NO_COLOR wins over CLICOLOR_FORCE.
+    let no_color = skewguard_with(
+        &[
+            world_env(&world),
+            vec![
+                ("CLICOLOR_FORCE".into(), "1".into()),
+                ("NO_COLOR".into(), "1".into()),
+            ],
+        ]
+        .concat(),
+        &["status"],
+    )
+    .await;
+    assert_eq!(no_color.code, 0, "{}", no_color.stderr);
+    assert!(!no_color.stdout.contains('\x1b'), "{}", no_color.stdout);
+    assert!(no_color.stdout.contains("draining"), "{}", no_color.stdout);
 
     // history
     let history = skewguard(&world, &["history", "shop/web", "v1", "-o", "json"])

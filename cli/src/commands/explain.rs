@@ -11,7 +11,7 @@ use skewguard_core::stages::short_arn;
 use time::OffsetDateTime;
 
 use super::{known_services, name_of, rfc3339_opt, status_rank};
-use crate::render::{Color, Style, short_duration, stamp};
+use crate::render::{EMPHASIS, of_status, paint, short_duration, stamp};
 use crate::{CliError, Context};
 
 #[derive(Debug, clap::Args)]
@@ -355,7 +355,7 @@ fn running_on<'a>(entries: &'a [LedgerEntry], target_group: &str) -> Option<&'a 
 }
 
 impl Explanation {
-    pub fn table(&self, style: &Style) -> String {
+    pub fn table(&self) -> String {
         let mut lines: Vec<(String, String)> = Vec::new();
         let r = &self.request;
         let mut request = format!("{} {}{}", r.method, r.host, r.path);
@@ -396,7 +396,7 @@ impl Explanation {
                     "rule".into(),
                     format!(
                         "priority {}: {}  {}",
-                        style.paint(&rule.priority, Color::Bold),
+                        paint(&rule.priority, EMPHASIS),
                         what,
                         rule.arn
                     ),
@@ -407,11 +407,9 @@ impl Explanation {
         lines.push(("action".into(), self.action.clone()));
         for t in &self.targets {
             let runs = match (&t.deployment_id, &t.status) {
-                (Some(d), Some(s)) => format!(
-                    "{} ({})",
-                    style.paint(d, Color::Bold),
-                    style.paint(s, Color::of_status(s))
-                ),
+                (Some(d), Some(s)) => {
+                    format!("{} ({})", paint(d, EMPHASIS), paint(s, of_status(s)))
+                }
                 _ => "no deployment the ledger knows".to_owned(),
             };
             lines.push((

@@ -6,7 +6,7 @@ use skewguard_core::ledger::HistoryRecord;
 use time::OffsetDateTime;
 
 use super::{name_of, resolve_known, rfc3339};
-use crate::render::{Color, Style, Table, stamp};
+use crate::render::{EMPHASIS, PLAIN, QUIET, STAGE, Table, paint, stamp};
 use crate::{CliError, Context};
 
 #[derive(Debug, clap::Args)]
@@ -86,23 +86,23 @@ async fn history(ctx: &Context, service: &str, id: &DeploymentId) -> Result<Hist
 }
 
 impl HistoryView {
-    pub fn table(&self, style: &Style) -> String {
+    pub fn table(&self) -> String {
         let mut out = format!(
             "{} of {}  {}\n",
-            style.paint(&self.deployment_id, Color::Bold),
+            paint(&self.deployment_id, EMPHASIS),
             name_of(&self.service_arn),
             self.service_arn
         );
         let mut t = Table::new(&["AT", "STAGE", "EXECUTION", "CHANGE"]);
         for h in &self.history {
             t.row(vec![
-                (stamp(h.at), Color::None),
-                (h.stage.clone(), Color::Cyan),
-                (h.execution_id.clone(), Color::Dim),
-                (h.change.clone(), Color::None),
+                (stamp(h.at), PLAIN),
+                (h.stage.clone(), STAGE),
+                (h.execution_id.clone(), QUIET),
+                (h.change.clone(), PLAIN),
             ]);
         }
-        out.push_str(&t.render(style));
+        out.push_str(&t.render());
         out
     }
 }

@@ -7,7 +7,7 @@ use skewguard_core::settings::EnvDefaults;
 use skewguard_core::stages::short_arn;
 
 use super::{name_of, resolve_all};
-use crate::render::{Color, Style, Table};
+use crate::render::{EMPHASIS, FAILURE, PLAIN, QUIET, Table, WARNING, paint};
 use crate::{CliError, Context};
 
 #[derive(Debug, clap::Args)]
@@ -54,12 +54,12 @@ pub struct ReconcileResult {
 }
 
 impl ReconcileResult {
-    pub fn table(&self, style: &Style) -> String {
-        let name = style.paint(name_of(&self.service_arn), Color::Bold);
+    pub fn table(&self) -> String {
+        let name = paint(name_of(&self.service_arn), EMPHASIS);
         let Some(report) = &self.report else {
             return format!(
                 "{name}: {} {}\n",
-                style.paint("failed:", Color::Red),
+                paint("failed:", FAILURE),
                 self.error.as_deref().unwrap_or("?")
             );
         };
@@ -84,23 +84,23 @@ impl ReconcileResult {
             let mut t = Table::new(&["REPAIR", "DEPLOYMENT", "RULE", "WHY"]);
             for r in &report.repairs {
                 t.row(vec![
-                    (r.kind.to_string(), Color::Yellow),
+                    (r.kind.to_string(), WARNING),
                     (
                         r.deployment_id
                             .as_ref()
                             .map_or("-".to_owned(), |d| d.to_string()),
-                        Color::None,
+                        PLAIN,
                     ),
                     (
                         r.rule_arn
                             .as_deref()
                             .map_or("-".to_owned(), |a| short_arn(a).to_owned()),
-                        Color::Dim,
+                        QUIET,
                     ),
-                    (r.detail.clone(), Color::None),
+                    (r.detail.clone(), PLAIN),
                 ]);
             }
-            out.push_str(&t.render(style));
+            out.push_str(&t.render());
         }
         for note in &report.notes {
             out.push_str(&format!("note: {note}\n"));

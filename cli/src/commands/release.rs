@@ -7,7 +7,7 @@ use skewguard_core::stages::{self, Actor, Draft};
 use time::OffsetDateTime;
 
 use super::{name_of, resolve_known, rfc3339, rfc3339_opt};
-use crate::render::{Color, Style, Table, stamp};
+use crate::render::{EMPHASIS, PLAIN, QUIET, Table, WARNING, paint, stamp};
 use crate::{CliError, Context};
 
 #[derive(Debug, clap::Args)]
@@ -102,7 +102,7 @@ async fn release(ctx: &Context, service: &str) -> Result<ReleaseView, CliError> 
 }
 
 impl ReleaseView {
-    pub fn table(&self, style: &Style) -> String {
+    pub fn table(&self) -> String {
         if self.released.is_empty() {
             return format!(
                 "{}: nothing is draining; no skew window to end\n",
@@ -111,21 +111,18 @@ impl ReleaseView {
         }
         let mut out = format!(
             "{}: skew window ended at {}; the holding post-shift hook retires these on its next call\n",
-            style.paint(name_of(&self.service_arn), Color::Bold),
+            paint(name_of(&self.service_arn), EMPHASIS),
             stamp(self.at)
         );
         let mut t = Table::new(&["DEPLOYMENT", "DRAIN UNTIL WAS", "DRAIN UNTIL NOW"]);
         for r in &self.released {
             t.row(vec![
-                (r.deployment_id.clone(), Color::None),
-                (
-                    r.drain_until_before.map_or("-".to_owned(), stamp),
-                    Color::Dim,
-                ),
-                (stamp(self.at), Color::Yellow),
+                (r.deployment_id.clone(), PLAIN),
+                (r.drain_until_before.map_or("-".to_owned(), stamp), QUIET),
+                (stamp(self.at), WARNING),
             ]);
         }
-        out.push_str(&t.render(style));
+        out.push_str(&t.render());
         out
     }
 }

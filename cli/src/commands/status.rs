@@ -10,7 +10,10 @@ use skewguard_core::stages::short_arn;
 use time::OffsetDateTime;
 
 use super::{ChangeRef, name_of, resolve_all, rfc3339, rfc3339_opt, status_rank};
-use crate::render::{Color, Style, Table, clip, relative, short_duration, stamp};
+use crate::render::{
+    EMPHASIS, FAILURE, PLAIN, QUIET, Table, WARNING, clip, of_status, paint, relative,
+    short_duration, stamp,
+};
 use crate::{CliError, Context};
 
 /// How many retired and rolled-back deployments `status` lists without `--all`.
@@ -163,10 +166,10 @@ pub fn row_of(
 }
 
 impl ServiceStatus {
-    pub fn table(&self, style: &Style) -> String {
+    pub fn table(&self) -> String {
         let mut out = format!(
             "{}  {}\n",
-            style.paint(name_of(&self.service_arn), Color::Bold),
+            paint(name_of(&self.service_arn), EMPHASIS),
             self.service_arn
         );
         let mut t = Table::new(&[
@@ -180,7 +183,7 @@ impl ServiceStatus {
         ]);
         for row in &self.deployments {
             let pins = if row.pins.is_empty() {
-                ("-".to_owned(), Color::None)
+                ("-".to_owned(), PLAIN)
             } else if row.pins.iter().any(|p| p.priority.is_none()) {
                 (
                     row.pins
@@ -188,7 +191,7 @@ impl ServiceStatus {
                         .map(|p| p.priority.clone().unwrap_or_else(|| "missing".to_owned()))
                         .collect::<Vec<_>>()
                         .join(","),
-                    Color::Red,
+                    FAILURE,
                 )
             } else {
                 (
@@ -197,7 +200,7 @@ impl ServiceStatus {
                         .filter_map(|p| p.priority.clone())
                         .collect::<Vec<_>>()
                         .join(","),
-                    Color::None,
+                    PLAIN,
                 )
             };
             let drain = match row.drain_until {
@@ -207,13 +210,13 @@ impl ServiceStatus {
                         stamp(t),
                         short_duration((t - self.now).whole_seconds())
                     ),
-                    Color::Yellow,
+                    WARNING,
                 ),
                 Some(t) => (
                     format!("{} (ended {})", stamp(t), relative(t, self.now)),
-                    Color::None,
+                    PLAIN,
                 ),
-                None => ("-".to_owned(), Color::None),
+                None => ("-".to_owned(), PLAIN),
             };
             let last = row
                 .last_change
@@ -226,19 +229,19 @@ impl ServiceStatus {
                 })
                 .unwrap_or_else(|| relative(row.updated_at, self.now));
             t.row(vec![
-                (row.deployment_id.clone(), Color::None),
-                (row.status.clone(), Color::of_status(&row.status)),
-                (short_arn(&row.target_group_arn).to_owned(), Color::None),
+                (row.deployment_id.clone(), PLAIN),
+                (row.status.clone(), of_status(&row.status)),
+                (short_arn(&row.target_group_arn).to_owned(), PLAIN),
                 pins,
-                (row.live_at.map_or("-".to_owned(), stamp), Color::None),
+                (row.live_at.map_or("-".to_owned(), stamp), PLAIN),
                 drain,
-                (last, Color::Dim),
+                (last, QUIET),
             ]);
         }
         if self.deployments.is_empty() {
             out.push_str("  no deployments recorded\n");
         } else {
-            out.push_str(&t.render(style));
+            out.push_str(&t.render());
         }
         if self.hidden > 0 {
             out.push_str(&format!(

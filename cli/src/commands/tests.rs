@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use super::explain::explanation;
 use super::status::row_of;
 use super::*;
+use crate::render::plain;
 use skewguard_core::DeploymentId;
 use skewguard_core::aws::ledger_store::LedgerStore;
 use skewguard_core::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring};
@@ -105,7 +106,7 @@ fn the_status() -> ServiceStatus {
 
 #[test]
 fn status_table() {
-    let out = Rendered::Status(vec![the_status()]).table(&Style::plain());
+    let out = plain(&Rendered::Status(vec![the_status()]).table());
     println!("{out}");
     assert_eq!(
         out,
@@ -141,7 +142,7 @@ fn history_table() {
             )),
         ],
     };
-    let out = Rendered::History(view).table(&Style::plain());
+    let out = plain(&Rendered::History(view).table());
     println!("{out}");
     assert_eq!(
         out,
@@ -215,7 +216,7 @@ fn explained(request: Request) -> Explanation {
 #[test]
 fn explain_a_pinned_request() {
     let e = explained(Request::get("/api/cart").with_header("X-Deployment-ID", "V1"));
-    let out = e.table(&Style::plain());
+    let out = plain(&e.table());
     println!("{out}");
     assert_eq!(
         out,
@@ -231,14 +232,14 @@ fn explain_a_pinned_request() {
 
 #[test]
 fn explain_production_and_a_retired_pin() {
-    let out = explained(Request::get("/api/cart").with_header("X-Deployment-ID", "v0"))
-        .table(&Style::plain());
+    let out =
+        plain(&explained(Request::get("/api/cart").with_header("X-Deployment-ID", "v0")).table());
     println!("{out}");
     assert_eq!(
         out,
         "request       GET localhost/api/cart  X-Deployment-ID: v0\nrule          priority 100: production rule of web  arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/web/1/2/prod\naction        forward\ntarget group  web-tg1 weight 0: v1 (draining) (weight 0: never chosen)\ntarget group  web-tg2 weight 1: v2 (live)\nholds         until the next deployment shifts production traffic\nnote          the request names deployment v0 of web, which has no pin here (retired): it reaches production instead\n"
     );
-    let out = explained(Request::get("/elsewhere")).table(&Style::plain());
+    let out = plain(&explained(Request::get("/elsewhere")).table());
     println!("{out}");
     assert_eq!(
         out,
@@ -284,7 +285,7 @@ fn reconcile_table() {
     ];
     let rendered = Rendered::Reconcile(results);
     assert!(rendered.failed());
-    let out = rendered.table(&Style::plain());
+    let out = plain(&rendered.table());
     println!("{out}");
     assert_eq!(
         out,
