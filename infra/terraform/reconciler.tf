@@ -13,6 +13,8 @@ resource "aws_cloudwatch_event_rule" "deployment_finished" {
   event_pattern = jsonencode({
     source        = ["aws.ecs"]
     "detail-type" = ["ECS Deployment State Change"]
+    # Only the services of cluster_name, the same scope as the roles' ECS calls.
+    resources = [{ wildcard = "${local.ecs_prefix}:service/${var.cluster_name}/*" }]
     detail = {
       eventName = ["SERVICE_DEPLOYMENT_COMPLETED", "SERVICE_DEPLOYMENT_FAILED"]
     }

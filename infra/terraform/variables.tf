@@ -22,13 +22,13 @@ variable "listener_arns" {
 }
 
 variable "cluster_name" {
-  description = "ECS cluster (name, or IAM wildcard pattern) whose services use skewguard; scopes the ECS describe calls."
+  description = "ECS cluster whose services use skewguard: a name, or a pattern where * stands for any characters (shop-* for several clusters; * for every cluster of the account and Region). Scopes the ECS calls and the reconciler's deployment events."
   type        = string
-  default     = "*"
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_*?-]{1,255}$", var.cluster_name))
-    error_message = "cluster_name: a cluster name or an IAM wildcard pattern."
+    # No "**": EventBridge rejects consecutive wildcards.
+    condition     = can(regex("^[A-Za-z0-9_*-]{1,255}$", var.cluster_name)) && !strcontains(var.cluster_name, "**")
+    error_message = "cluster_name: a cluster name, or a pattern with single * wildcards."
   }
 }
 

@@ -8,7 +8,7 @@ import {
   aws_elasticloadbalancingv2 as elbv2, aws_logs as logs, aws_s3 as s3,
 } from 'aws-cdk-lib';
 import type { Construct } from 'constructs';
-import { Skewguard, type SkewguardProps } from './index';
+import { Skewguard, skip, type SkewguardProps } from './index';
 
 export const PIN_HEADER = 'X-Deployment-ID';
 
@@ -74,16 +74,18 @@ export class ExampleStack extends Stack {
     // ------------------------------------------------------------------------ skewguard
     this.skewguard = new Skewguard(this, 'Skewguard', {
       listenerArns: [listener.listenerArn],
+      clusterName: 'skewguard-example',
       ...props.skewguardCode,
     });
 
     // ------------------------------------------------------------------------ the backend
-    const cluster = new ecs.Cluster(this, 'Cluster', { vpc, containerInsightsV2: ecs.ContainerInsights.ENABLED });
+    const cluster = new ecs.Cluster(this, 'Cluster', { vpc, clusterName: 'skewguard-example', containerInsightsV2: ecs.ContainerInsights.ENABLED });
     const taskDefinition = new ecs.FargateTaskDefinition(this, 'Task', {
       cpu: 256,
       memoryLimitMiB: 512,
       runtimePlatform: { cpuArchitecture: ecs.CpuArchitecture.ARM64, operatingSystemFamily: ecs.OperatingSystemFamily.LINUX },
     });
+    const appLogs = new logs.LogGroup(this, 'AppLogs', { retention: logs.RetentionDays.ONE_MONTH, removalPolicy: RemovalPolicy.DESTROY });
     taskDefinition.addContainer('app', {
       image: ecs.ContainerImage.fromRegistry(props.image),
       readonlyRootFilesystem: true,
@@ -91,7 +93,7 @@ export class ExampleStack extends Stack {
       environment: { DEPLOYMENT_ID: props.deploymentId, PORT: '8080' },
       logging: ecs.LogDrivers.awsLogs({
         streamPrefix: 'app',
-        logGroup: new logs.LogGroup(this, 'AppLogs', { retention: logs.RetentionDays.ONE_MONTH, removalPolicy: RemovalPolicy.DESTROY }),
+        logGroup: appLogs,
       }),
     });
     this.service = new ecs.FargateService(this, 'Service', {
@@ -164,6 +166,20 @@ export class ExampleStack extends Stack {
         },
       },
     });
+
+    skip(alb, { CKV_AWS_91: 'Example: access logs need a log bucket; add one in production' });
+    skip(listener, {
+      CKV_AWS_2: 'Example: CloudFront terminates HTTPS; the ALB origin speaks HTTP (a certificate of the user would allow HTTPS_ONLY)',
+      CKV_AWS_103: 'Example: an HTTP listener has no TLS policy',
+    });
+    skip(alb.connections.securityGroups[0], { CKV_AWS_260: 'Example: CloudFront reaches the ALB on port 80 (restrict it to the CloudFront prefix list in production)' });
+    skip(distribution, {
+      CKV_AWS_174: 'Example: the default CloudFront certificate; a custom domain brings TLSv1.2_2021',
+      CKV_AWS_68: 'Example: a WAF web ACL is the user\'s choice and costs money',
+      CKV_AWS_86: 'Example: access logs need a log bucket; add one in production',
+    });
+    skip(bucket, { CKV_AWS_18: 'Example: access logs need a log bucket; add one in production' });
+    skip(appLogs, { CKV_AWS_158: "Example: the app's logs, encrypted at rest by CloudWatch Logs" });
 
     new CfnOutput(this, 'Url', { value: `https://${distribution.distributionDomainName}` });
     new CfnOutput(this, 'FrontendBucket', { value: bucket.bucketName });

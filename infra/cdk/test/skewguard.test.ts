@@ -123,6 +123,7 @@ test('the reconciler: both EventBridge rules, bounded retries, a dead-letter que
   t.hasResourceProperties('AWS::Events::Rule', {
     EventPattern: {
       source: ['aws.ecs'], 'detail-type': ['ECS Deployment State Change'],
+      resources: [{ wildcard: Match.anyValue() }],
       detail: { eventName: ['SERVICE_DEPLOYMENT_COMPLETED', 'SERVICE_DEPLOYMENT_FAILED'] },
     },
     Targets: [Match.objectLike({ Arn: { 'Fn::GetAtt': [reconciler, 'Arn'] }, RetryPolicy: { MaximumRetryAttempts: 4, MaximumEventAgeInSeconds: 3600 } })],
@@ -163,7 +164,7 @@ function service(strategy?: ecs.DeploymentStrategy): { stack: Stack; svc: ecs.Fa
   const td = new ecs.FargateTaskDefinition(stack, 'T');
   td.addContainer('app', { image: ecs.ContainerImage.fromRegistry('x') });
   const svc = new ecs.FargateService(stack, 'Svc', { cluster, taskDefinition: td, deploymentStrategy: strategy, minHealthyPercent: 100 });
-  const sg = new Skewguard(stack, 'SG', { listenerArns: ['arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/a/1/2'], ...code });
+  const sg = new Skewguard(stack, 'SG', { listenerArns: ['arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/a/1/2'], clusterName: 'shop', ...code });
   return { stack, svc, sg };
 }
 
@@ -195,5 +196,5 @@ test('protect() passes per-service settings and the matching timeout', () => {
 
 test('a construct without listeners is refused', () => {
   const stack = new Stack(new App(), 'S');
-  assert.throws(() => new Skewguard(stack, 'SG', { listenerArns: [], ...code }), /at least one listener/);
+  assert.throws(() => new Skewguard(stack, 'SG', { listenerArns: [], clusterName: 'shop', ...code }), /at least one listener/);
 });
