@@ -251,7 +251,8 @@ function monitor(tab, rule) {
       try {
         const sample = { at: Date.now(), ...(await readTab(tab.page)) };
         samples.push(sample);
-        const reason = rule(sample);
+        // A page just (re)loaded that React has not rendered yet shows nothing to judge.
+        const reason = sample.build === null ? null : rule(sample);
         if (reason) {
           const seen = broken.get(reason);
           if (seen) seen.count++;

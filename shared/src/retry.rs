@@ -1,0 +1,106 @@
+//! The one retry policy of every pipeline (hook stages, reconciler runs): after a lost race the
+//! whole invocation starts again from a fresh observation, never from what it read before.
+
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+/// Observe, decide, apply and commit again this many times when another writer got there first.
+pub const MAX_ATTEMPTS: u32 = 6;
+
+/// How long a pipeline keeps starting over after AWS throttled it or failed transiently (5xx,
+/// timeouts, dropped connections) beyond the SDK's own retries: a throttling storm of a few
+/// seconds must not roll a good deployment back. Well inside the functions' 120 s timeout even
+/// when the last attempt's calls run into the SDK's 40 s operation timeout.
+pub const TRANSIENT_RETRY_BUDGET: Duration = Duration::from_secs(20);
+
+/// Why an attempt failed, as far as retrying goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Another writer changed the ledger or the listener (a conditional write or a rule
+    /// priority lost): worth deciding again at once, a bounded number of times.
+    Conflict,
+    /// Throttling or a transient AWS failure: worth starting over a little later, within
+    /// [`TRANSIENT_RETRY_BUDGET`].
+    Transient,
+    /// Anything else: retrying would fail the same way.
+    Final,
+}
+
+/// Counts one pipeline's attempts and says how long to wait before the next.
+#[derive(Debug)]
+pub struct Retries {
+    started: Instant,
+    conflicts: u32,
+    transient: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Retries {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            conflicts: 0,
+            transient: 0,
+        }
+    }
+
+    /// Attempts made so far that lost a race.
+    pub fn conflicts(&self) -> u32 {
+        self.conflicts
+    }
+
+    /// After a failed attempt: how long to wait before observing again, or `None` to give up.
+    pub fn next_wait(&mut self, failure: Failure) -> Option<Duration> {
+        match failure {
+            Failure::Conflict => {
+                self.conflicts += 1;
+                (self.conflicts < MAX_ATTEMPTS).then(|| backoff(self.conflicts))
+            }
+            Failure::Transient => {
+                self.transient += 1;
+                let wait = backoff(self.transient + 2).min(Duration::from_secs(5));
+                (self.started.elapsed() + wait <= TRANSIENT_RETRY_BUDGET).then_some(wait)
+            }
+            Failure::Final => None,
+        }
+    }
+}
+
+/// Jittered exponential backoff: 50 ms, 100 ms, 200 ms … (at most 1.6 s) plus up to 50 ms.
+pub fn backoff(attempt: u32) -> Duration {
+    let jitter = OffsetDateTime::now_utc().nanosecond() as u64 % 50;
+    Duration::from_millis(50 * (1 << (attempt.max(1) - 1).min(5)) + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_are_retried_a_bounded_number_of_times_and_final_errors_never() {
+        let mut retries = Retries::new();
+        let waits: Vec<_> = (0..MAX_ATTEMPTS)
+            .map(|_| retries.next_wait(Failure::Conflict))
+            .collect();
+        assert!(
+            waits[..(MAX_ATTEMPTS - 1) as usize]
+                .iter()
+                .all(Option::is_some)
+        );
+        assert_eq!(waits.last(), Some(&None), "gives up after {MAX_ATTEMPTS}");
+        assert_eq!(Retries::new().next_wait(Failure::Final), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        assert!(backoff(1) < Duration::from_millis(100));
+        assert!(backoff(3) >= Duration::from_millis(200));
+        assert!(backoff(40) < Duration::from_millis(1_700));
+    }
+}
