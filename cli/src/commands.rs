@@ -7,6 +7,7 @@ pub mod history;
 pub mod reconcile;
 pub mod release;
 pub mod status;
+pub mod wait;
 
 use serde::{Serialize, Serializer};
 use skewguard_core::aws::ecs::cluster_of_service;
@@ -21,6 +22,7 @@ pub use history::{ChangeRef, HistoryView};
 pub use reconcile::ReconcileResult;
 pub use release::ReleaseView;
 pub use status::{DeploymentRow, FINAL_SHOWN, PinRef, ServiceStatus};
+pub use wait::WaitResult;
 
 /// What a command found, ready to print.
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +33,7 @@ pub enum Rendered {
     Explain(Box<Explanation>),
     Release(ReleaseView),
     Reconcile(Vec<ReconcileResult>),
+    Wait(WaitResult),
 }
 
 impl Rendered {
@@ -53,6 +56,7 @@ impl Rendered {
             Rendered::History(h) => h.table(),
             Rendered::Explain(e) => e.table(),
             Rendered::Release(r) => r.table(),
+            Rendered::Wait(w) => w.table(),
             Rendered::Reconcile(results) => results
                 .iter()
                 .map(|r| r.table())
@@ -63,7 +67,11 @@ impl Rendered {
 
     /// Whether the command partly failed (the process exits non-zero after printing).
     pub fn failed(&self) -> bool {
-        matches!(self, Rendered::Reconcile(results) if results.iter().any(|r| r.error.is_some()))
+        match self {
+            Rendered::Reconcile(results) => results.iter().any(|r| r.error.is_some()),
+            Rendered::Wait(w) => !w.outcome.succeeded(),
+            _ => false,
+        }
     }
 }
 
@@ -77,6 +85,7 @@ pub async fn dispatch(ctx: &Context, command: Command) -> Result<Rendered, CliEr
             .map(|e| Rendered::Explain(Box::new(e))),
         Command::Release(args) => release::run(ctx, args).await.map(Rendered::Release),
         Command::Reconcile(args) => reconcile::run(ctx, args).await.map(Rendered::Reconcile),
+        Command::Wait(args) => wait::run(ctx, args).await.map(Rendered::Wait),
     }
 }
 
@@ -156,14 +165,7 @@ pub fn resolve_in(
         }
         return Ok(given.to_owned());
     }
-    let Some((cluster, name)) = given
-        .split_once('/')
-        .filter(|(c, n)| !c.is_empty() && !n.is_empty() && !n.contains('/'))
-    else {
-        return Err(CliError::Usage(format!(
-            "SERVICE is a service ARN or cluster/service, got {given:?}"
-        )));
-    };
+    let (cluster, name) = cluster_and_name(given)?;
     let suffix = format!(":service/{cluster}/{name}");
     let mut matches: Vec<&String> = known.iter().filter(|k| k.ends_with(&suffix)).collect();
     if matches.len() > 1 {
@@ -188,6 +190,18 @@ pub fn resolve_in(
                 .join(", ")
         ))),
     }
+}
+
+/// `cluster/service`, the short way to name a service.
+fn cluster_and_name(given: &str) -> Result<(&str, &str), CliError> {
+    given
+        .split_once('/')
+        .filter(|(c, n)| !c.is_empty() && !n.is_empty() && !n.contains('/'))
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "SERVICE is a service ARN or cluster/service, got {given:?}"
+            ))
+        })
 }
 
 fn rfc3339<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {

@@ -67,6 +67,10 @@ pub enum Command {
     Release(commands::release::Args),
     /// Compare ledger, listener and ECS, and repair drift (the reconciler, run locally).
     Reconcile(commands::reconcile::Args),
+    /// Wait until the service's newest deployment can be called done: production shifted to
+    /// green and green pinned (while skewguard still holds the deployment), or the deployment
+    /// completed. Exits non-zero on a rollback, a stop or the timeout.
+    Wait(commands::wait::Args),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +96,8 @@ pub enum CliError {
 /// What the commands need: the SDK clients and where they point.
 pub struct Context {
     pub clients: Clients,
+    /// ECS itself, for what the shared clients do not read (a deployment's lifecycle stage).
+    pub ecs: aws_sdk_ecs::Client,
     pub table: String,
     pub region: String,
 }
@@ -126,6 +132,7 @@ impl Context {
             .map_err(|e| CliError::NoCredentials(e.to_string()))?;
         Ok(Context {
             clients: skewguard_core::cold_start::clients(&config, &cli.table),
+            ecs: aws_sdk_ecs::Client::new(&config),
             table: cli.table.clone(),
             region,
         })

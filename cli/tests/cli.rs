@@ -1,16 +1,19 @@
 //! The `skewguard` binary against the local world, configured only the standard way
 //! (`AWS_ENDPOINT_URL_*`, credentials and region from the environment): status, history,
 //! explain (checked against what the local ALB data plane does with the same request), release,
-//! reconcile, and clear errors.
+//! reconcile, wait (following a deployment through the shift, a rollback, a timeout), and clear
+//! errors.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use skewguard_cli::commands::wait::LIFECYCLE_STAGES;
+use skewguard_core::event::LifecycleStage;
 use skewguard_core::ledger::Status;
 use skewguard_world::data_plane::{DataPlane, RULE_HEADER, TARGET_GROUP_HEADER};
 use skewguard_world::engine::{Intervention, Outcome};
 use skewguard_world::world::{TABLE, World};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 struct Run {
     code: i32,
@@ -56,6 +59,53 @@ fn world_env(world: &World) -> Vec<(String, String)> {
 
 async fn skewguard(world: &World, args: &[&str]) -> Run {
     skewguard_with(&world_env(world), args).await
+}
+
+/// Starts `skewguard wait` and returns once its first progress line is out, so that what
+/// follows is sure to happen while it waits; the handle yields the whole run.
+async fn wait_started(world: &World, args: &[&str]) -> tokio::task::JoinHandle<Run> {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_skewguard"));
+    command
+        .env_clear()
+        .arg("wait")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    for (k, v) in world_env(world) {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("skewguard runs");
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stderr.read_line(&mut first))
+        .await
+        .expect("skewguard wait reports progress")
+        .unwrap();
+    tokio::spawn(async move {
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).await.unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+            .await
+            .expect("skewguard wait finishes")
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: first + &rest,
+        }
+    })
+}
+
+/// The lifecycle stages named by `wait`'s progress lines, in the order printed.
+fn stages_reported(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split(" at ").nth(1)?.split(';').next().map(str::to_owned))
+        .collect()
 }
 
 /// Sends one request through the data plane; the rule and target group it reports.
@@ -137,6 +187,18 @@ async fn errors_are_clear_and_exit_non_zero() {
     .await;
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("NAME=VALUE"), "{}", run.stderr);
+    // wait asks ECS, which knows no such service either.
+    let run = skewguard(&world, &["wait", "shop/nope", "--timeout", "5s"]).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("unknown service \"shop/nope\": ECS has no such service in us-east-1"),
+        "{}",
+        run.stderr
+    );
+    let run = skewguard(&world, &["wait", "shop/web", "--timeout", "soon"]).await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("--timeout"), "{}", run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -458,4 +520,191 @@ async fn status_explain_release_and_reconcile_against_the_world() {
     world.assert_no_violations();
     let run = skewguard(&world, &["reconcile", "-o", "json"]).await.json();
     assert_eq!(run["services"][0]["report"]["repairs"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_returns_once_production_shifted_while_the_hold_runs() {
+    let world = std::sync::Arc::new(World::start().await);
+    let (service, _) = world
+        .service(
+            "web",
+            "v1",
+            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+        )
+        .await;
+    // Started before the deployment: it waits for one to begin, then follows it.
+    let waiting = wait_started(
+        &world,
+        &[
+            "shop/web",
+            "--interval",
+            "200ms",
+            "--timeout",
+            "60s",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let deploy = {
+        let (world, service) = (world.clone(), service.clone());
+        tokio::spawn(async move {
+            world
+                .engine
+                .deploy(&service, "v2", &[], Intervention::None)
+                .await
+        })
+    };
+    let run = waiting.await.unwrap();
+    println!("{}{}", run.stderr, run.stdout);
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    // It returned during the hold: the deployment is still in progress, v1 still pinned.
+    assert!(!deploy.is_finished(), "the hold lasts an hour");
+    let result: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(result["outcome"], json!("shifted"), "{result}");
+    assert_eq!(result["serviceArn"], json!(service));
+    assert_eq!(result["deploymentId"], json!("v2"));
+    assert_eq!(result["status"], json!("IN_PROGRESS"));
+    assert_eq!(
+        result["lifecycleStage"],
+        json!("POST_PRODUCTION_TRAFFIC_SHIFT")
+    );
+    let entries = world.ledger().load(&service).await.unwrap();
+    let entry = |id: &str| {
+        entries
+            .iter()
+            .find(|e| e.deployment_id.as_str() == id)
+            .unwrap()
+    };
+    assert_eq!(entry("v2").status, Status::Live);
+    assert!(!entry("v2").rule_arns.is_empty());
+    assert_eq!(entry("v1").status, Status::Draining);
+    assert_eq!(
+        result["holdUntil"],
+        json!(
+            entry("v1")
+                .drain_until
+                .unwrap()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        )
+    );
+    // Progress went to stderr, one line per change, stages in deployment order.
+    let mut lines = run.stderr.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .ends_with("shop/web: no deployment yet; waiting for a deployment to start"),
+        "{}",
+        run.stderr
+    );
+    let order = |stage: &String| {
+        LIFECYCLE_STAGES
+            .iter()
+            .position(|s| s == stage)
+            .unwrap_or_else(|| panic!("{stage}: {}", run.stderr))
+    };
+    let positions: Vec<usize> = stages_reported(&run.stderr).iter().map(order).collect();
+    assert!(positions.is_sorted(), "{}", run.stderr);
+
+    // Waiting for the whole deployment outlasts a short timeout: the hold is still running.
+    let timed_out = skewguard(
+        &world,
+        &[
+            "wait",
+            "shop/web",
+            "--until",
+            "done",
+            "--interval",
+            "200ms",
+            "--timeout",
+            "1s",
+        ],
+    )
+    .await;
+    println!("{}{}", timed_out.stderr, timed_out.stdout);
+    assert_ne!(timed_out.code, 0);
+    assert!(
+        timed_out.stdout.starts_with("web: gave up after 1s: deployment ")
+            && timed_out.stdout.contains(
+                "is IN_PROGRESS at POST_PRODUCTION_TRAFFIC_SHIFT; still waiting for the deployment to complete (skewguard holds it until "
+            ),
+        "{}",
+        timed_out.stdout
+    );
+
+    // Once the skew window is released, `--until done` sees the deployment complete.
+    let released = skewguard(&world, &["release", "shop/web"]).await;
+    assert_eq!(released.code, 0, "{}", released.stderr);
+    let done = skewguard(
+        &world,
+        &[
+            "wait",
+            &service,
+            "--until",
+            "done",
+            "--interval",
+            "200ms",
+            "--timeout",
+            "60s",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(done["outcome"], json!("done"), "{done}");
+    assert_eq!(done["status"], json!("SUCCESSFUL"));
+    let outcome = tokio::time::timeout(Duration::from_secs(60), deploy)
+        .await
+        .expect("the released hold ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    world.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_fails_with_the_reason_when_the_deployment_rolls_back() {
+    let world = std::sync::Arc::new(World::start().await);
+    let (service, _) = world
+        .service(
+            "web",
+            "v1",
+            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+        )
+        .await;
+    let waiting = wait_started(
+        &world,
+        &["shop/web", "--interval", "200ms", "--timeout", "60s"],
+    )
+    .await;
+    let outcome = world
+        .engine
+        .deploy(
+            &service,
+            "v2",
+            &[],
+            Intervention::StopAt(LifecycleStage::ProductionTrafficShift),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    let run = waiting.await.unwrap();
+    println!("{}{}", run.stderr, run.stdout);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    let line = run.stdout.trim_end();
+    assert!(
+        line.starts_with("web: deployment ")
+            && line.contains(" rolled back (ROLLBACK_")
+            && line.ends_with("): deployment stopped with ROLLBACK at PRODUCTION_TRAFFIC_SHIFT"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
 }
