@@ -1,4 +1,4 @@
-//! The reliability harness (issue 6): worlds whose functions reach AWS through the
+//! The reliability harness: worlds whose functions reach AWS through the
 //! [`FaultProxy`], an [`Invoker`] that crashes a hook after its k-th AWS call and then lets ECS
 //! invoke it again, the safety invariants checked right after every crash, and a comparable
 //! end state for "converged to what an undisturbed run gives".

@@ -1,4 +1,4 @@
-//! Reliability under the failures real AWS produces (issue 6): crashes at every step, throttling
+//! Reliability under the failures real AWS produces: crashes at every step, throttling
 //! storms and 5xx, persistent errors, slow answers and dropped connections, races, limits, and
 //! hostile deployment IDs, all in the local world with the six guarantees checked throughout.
 //!

@@ -1,4 +1,4 @@
-//! skewguard's benchmark (issue 7): drives the real release binaries of the hook functions and
+//! skewguard's benchmark: drives the real release binaries of the hook functions and
 //! the reconciler through the local Lambda Runtime API against the local stand-ins (moto for
 //! ELBv2 and DynamoDB, the ECS emulator), and prints one table of every figure with its target,
 //! its verdict and how it was measured.
