@@ -666,6 +666,33 @@ async fn wait_returns_once_production_shifted_while_the_hold_runs() {
         .unwrap()
         .unwrap();
     assert_eq!(outcome, Outcome::Succeeded);
+
+    // Right after a completed deployment, the newest deployment is that one; a pipeline whose
+    // deployment starts after `wait` does (a stack update) names the time it started from.
+    let newest = skewguard(&world, &["wait", "shop/web", "--timeout", "5s"]).await;
+    assert_eq!(newest.code, 0, "{}", newest.stderr);
+    let started = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let not_yet = skewguard(
+        &world,
+        &[
+            "wait",
+            "shop/web",
+            "--created-after",
+            &started,
+            "--interval",
+            "200ms",
+            "--timeout",
+            "1s",
+        ],
+    )
+    .await;
+    assert_ne!(not_yet.code, 0);
+    assert_eq!(
+        not_yet.stdout,
+        "web: gave up after 1s: no deployment seen; still waiting for a deployment to start\n"
+    );
     world.assert_no_violations();
 }
 

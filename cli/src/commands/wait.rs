@@ -5,7 +5,7 @@
 //! out. What a pipeline needs to know is earlier: production runs green and green is pinned
 //! (`--until shifted`); or, when it must, that the deployment completed (`--until done`).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use serde::Serialize;
@@ -42,6 +42,11 @@ pub struct Args {
     /// How often to look.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
+    /// Follow only a deployment created after this time (`2026-03-01T12:00:00Z`): for when the
+    /// deployment starts after `wait` does (a CloudFormation stack update), so the previous,
+    /// completed deployment is not taken for it.
+    #[arg(long, value_name = "TIME", value_parser = humantime::parse_rfc3339_weak)]
+    pub created_after: Option<SystemTime>,
 }
 
 /// ECS's lifecycle stages of a service deployment, in the order a deployment goes through them.
@@ -366,7 +371,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<WaitResult, CliError> {
     let mut polls = 0u64;
     loop {
         polls += 1;
-        match observe(ctx, &service, &args.service).await {
+        match observe(ctx, &service, &args.service, args.created_after).await {
             Ok(now) => {
                 seen = now;
                 match judge(args.until, &seen) {
@@ -423,12 +428,22 @@ pub async fn run(ctx: &Context, args: Args) -> Result<WaitResult, CliError> {
 
 /// Reads the newest deployment from ECS and green's entry from the ledger (and, once green is
 /// live, its pins from the listener, as `status` does).
-async fn observe(ctx: &Context, service: &ServiceRef, given: &str) -> Result<Seen, CliError> {
+async fn observe(
+    ctx: &Context,
+    service: &ServiceRef,
+    given: &str,
+    created_after: Option<SystemTime>,
+) -> Result<Seen, CliError> {
     let listed = ctx
         .ecs
         .list_service_deployments()
         .cluster(&service.cluster)
         .service(&service.service)
+        .set_created_at(created_after.map(|t| {
+            aws_sdk_ecs::types::CreatedAt::builder()
+                .after(aws_sdk_ecs::primitives::DateTime::from(t))
+                .build()
+        }))
         .max_results(20)
         .send()
         .await
