@@ -13,12 +13,17 @@ use crate::aws::ledger_store::LedgerStore;
 use crate::hook::{Clients, HookConfig, HookFunction};
 use crate::settings::{EnvDefaults, Settings};
 
+/// The environment variable naming the ledger table.
 pub const TABLE_ENV: &str = "SKEWGUARD_TABLE";
 
+/// Why a function cannot start: its configuration is missing or invalid. The function stops at
+/// its cold start (Lambda reports an init error) rather than failing every invocation.
 #[derive(Debug, thiserror::Error)]
 pub enum ColdStartError {
+    /// [`TABLE_ENV`] is unset or blank.
     #[error("{TABLE_ENV} is not set: it must name the skewguard ledger table")]
     NoTable,
+    /// A `SKEWGUARD_*` settings default is invalid.
     #[error("a function-level default is invalid: {0}")]
     Defaults(#[from] crate::settings::SettingsError),
 }
@@ -38,6 +43,7 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
+/// The ECS, ELBv2 and ledger clients, built once per cold start from `sdk`.
 pub fn clients(sdk: &aws_config::SdkConfig, table: &str) -> Clients {
     Clients {
         ecs: Ecs::new(aws_sdk_ecs::Client::new(sdk)),

@@ -14,21 +14,34 @@ pub const MAX_DEPLOYMENT_ID_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeploymentId(String);
 
+/// Why a value is not a deployment ID; the message says what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidDeploymentId {
+    /// An empty value.
     #[error("deployment ID is empty")]
     Empty,
     #[error(
         "deployment ID is {len} characters long; ALB rule values allow at most {MAX_DEPLOYMENT_ID_LEN}"
     )]
-    TooLong { len: usize },
+    /// Longer than [`MAX_DEPLOYMENT_ID_LEN`] characters.
+    TooLong {
+        /// Its length in characters.
+        len: usize,
+    },
     #[error(
         "deployment ID {shown} contains {found:?}; only letters, digits, '.', '_' and '-' are allowed (no wildcards, spaces or control characters)"
     )]
-    BadCharacter { shown: String, found: char },
+    /// A character outside letters, digits, `.`, `_` and `-`.
+    BadCharacter {
+        /// The value's first 40 characters, quoted, control characters escaped (safe to log).
+        shown: String,
+        /// The first character not allowed.
+        found: char,
+    },
 }
 
 impl DeploymentId {
+    /// Validates `raw` and returns its canonical (lower-case) form.
     pub fn parse(raw: &str) -> Result<Self, InvalidDeploymentId> {
         if raw.is_empty() {
             return Err(InvalidDeploymentId::Empty);
@@ -49,6 +62,7 @@ impl DeploymentId {
         Ok(Self(raw.to_ascii_lowercase()))
     }
 
+    /// The canonical (lower-case) form, as stored and as pins match it.
     pub fn as_str(&self) -> &str {
         &self.0
     }

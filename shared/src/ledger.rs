@@ -11,6 +11,11 @@ use crate::DeploymentId;
 /// How long retired and rolled-back entries stay before DynamoDB's TTL removes them.
 pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// Where a ledger entry's version is in its life; stored as `status` ([`Status::as_str`]).
+///
+/// `Testing` → `Live` → `Draining` → `Retired` on a deployment that completes, `Testing` →
+/// `RolledBack` on one that is rolled back. Retired and rolled-back entries are history
+/// ([`Status::is_final`]) unless ECS runs their version again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Status {
     /// Green during testing; pinned once the production shift begins.
@@ -26,6 +31,7 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in life order.
     pub const ALL: [Status; 5] = [
         Status::Testing,
         Status::Live,
@@ -34,6 +40,7 @@ impl Status {
         Status::RolledBack,
     ];
 
+    /// The stored and displayed form: `testing`, `live`, `draining`, `retired`, `rolled_back`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Testing => "testing",
@@ -44,6 +51,7 @@ impl Status {
         }
     }
 
+    /// The status stored as `raw` ([`Status::as_str`]), if it is one.
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == raw)
     }
@@ -60,29 +68,46 @@ impl fmt::Display for Status {
     }
 }
 
+/// One item of the ledger table: a deployment ID of one service, where it runs, its pins and
+/// its status. The item's attribute names are listed in [`crate::aws::ledger_store::attr`]; its
+/// history is kept apart ([`HistoryRecord`]). Times are UTC, stored as RFC 3339.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerEntry {
+    /// The ECS service (partition key).
     pub service_arn: String,
+    /// The version's deployment ID (sort key).
     pub deployment_id: DeploymentId,
+    /// Where the version is in its life.
     pub status: Status,
+    /// The target group this version's tasks serve from: where its pins forward.
     pub target_group_arn: String,
+    /// The ECS service revision that runs this version.
     pub service_revision_arn: String,
+    /// The revision's task definition, where the deployment ID was read.
     pub task_definition_arn: String,
+    /// The listener that holds the service's production rule and this version's pins.
     pub listener_arn: String,
+    /// The ECS-managed production rule whose conditions every pin copies.
     pub production_rule_arn: String,
     /// The pin rules that currently exist for this deployment.
     pub rule_arns: Vec<String>,
+    /// When the entry was first written.
     pub created_at: OffsetDateTime,
+    /// When the entry was last written.
     pub updated_at: OffsetDateTime,
     /// When the production shift to this version began (its pin exists from then on).
     pub shifted_at: Option<OffsetDateTime>,
+    /// When it became the production version.
     pub live_at: Option<OffsetDateTime>,
+    /// While `Draining`: the end of its skew window, when its pins go.
     pub drain_until: Option<OffsetDateTime>,
     /// The deployment that replaced this one in production.
     pub superseded_by: Option<DeploymentId>,
+    /// When it was retired (its pins removed).
     pub retired_at: Option<OffsetDateTime>,
     /// Epoch seconds for DynamoDB TTL; set only once the entry is final.
     pub expires_at: Option<i64>,
+    /// The last error recorded with `onError: continue` (nobody saw a FAILED answer).
     pub last_error: Option<String>,
     /// Optimistic-concurrency counter; 0 means "not stored yet".
     pub version: u64,
@@ -91,30 +116,40 @@ pub struct LedgerEntry {
 /// One line of an entry's append-only history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryRecord {
+    /// When the change was made (UTC).
     pub at: OffsetDateTime,
     /// The lifecycle stage, or the tool that made the change.
     pub stage: String,
+    /// The hook's ECS execution ID, or the invocation or run that made the change.
     pub execution_id: String,
+    /// What changed, for people (`status live -> draining; ...`).
     pub change: String,
 }
 
 /// Where a revision runs and what it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningVersion {
+    /// The deployment ID read from the task definition.
     pub deployment_id: DeploymentId,
+    /// The ECS service revision.
     pub service_revision_arn: String,
+    /// The target group the revision serves from.
     pub target_group_arn: String,
+    /// The revision's task definition.
     pub task_definition_arn: String,
 }
 
 /// The listener wiring of a service, learned from its revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceWiring {
+    /// The listener of the service's production rule.
     pub listener_arn: String,
+    /// The ECS-managed production rule.
     pub production_rule_arn: String,
 }
 
 impl LedgerEntry {
+    /// A new, not yet stored entry (`version` 0) for a running version, created `now`.
     pub fn new(
         service_arn: &str,
         running: &RunningVersion,
@@ -154,6 +189,7 @@ impl LedgerEntry {
         }
     }
 
+    /// The listener wiring recorded for this version.
     pub fn wiring(&self) -> ServiceWiring {
         ServiceWiring {
             listener_arn: self.listener_arn.clone(),

@@ -8,11 +8,14 @@ use std::net::IpAddr;
 /// Listener-rule priority; the default rule is evaluated last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
+    /// 1–50000; lower numbers are evaluated first.
     Number(u32),
+    /// The listener's default rule.
     Default,
 }
 
 impl Priority {
+    /// The number, or `None` for the default rule.
     pub fn number(self) -> Option<u32> {
         match self {
             Priority::Number(n) => Some(n),
@@ -30,53 +33,81 @@ impl std::fmt::Display for Priority {
     }
 }
 
+/// One rule of a listener: a request matching every condition gets the action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerRule {
+    /// The rule's ARN.
     pub arn: String,
+    /// Where it is evaluated.
     pub priority: Priority,
+    /// All must match (none: every request matches, as for the default rule).
     pub conditions: Vec<Condition>,
+    /// What a matching request gets.
     pub action: RuleAction,
     /// Features of this rule that a pin cannot reproduce (authentication actions, transforms):
     /// a pin copied from such a production rule would let pinned requests bypass them.
     pub uncopyable: Vec<String>,
 }
 
+/// What a rule does with a request it matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleAction {
+    /// Forward to target groups, shared by weight.
     Forward(Vec<WeightedTarget>),
+    /// Answer directly (skewguard's retired-pin catch-all answers 409 this way).
     FixedResponse {
+        /// HTTP status code: 2XX, 4XX or 5XX.
         status_code: u16,
+        /// `Content-Type` of the answer, if set.
         content_type: Option<String>,
+        /// The answer's body, if any.
         body: Option<String>,
     },
     /// Redirects, authentication and anything else skewguard only needs to recognise.
     Other(String),
 }
 
+/// One target group of a forward action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WeightedTarget {
+    /// The target group's ARN.
     pub target_group_arn: String,
+    /// Relative weight, 0–999; 0 sends it nothing.
     pub weight: u32,
 }
 
+/// One condition of a listener rule, as the ALB evaluates it: it matches when any of its values
+/// matches. Host, path, header and query values may hold the `*` and `?` wildcards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
+    /// Host names (case-insensitive; the port is ignored).
     HostHeader(Vec<String>),
+    /// Path patterns (case-sensitive).
     PathPattern(Vec<String>),
+    /// A header by name (case-insensitive) with any of the values (case-insensitive): how a
+    /// pin matches the deployment ID header, or the cookie carrying it.
     HttpHeader {
+        /// The header's name.
         name: String,
+        /// Values, any of which matches.
         values: Vec<String>,
     },
+    /// Query parameters (case-insensitive).
     QueryString(Vec<QueryMatch>),
+    /// Methods, exactly (`GET`, `POST`…).
     HttpRequestMethod(Vec<String>),
+    /// Source address blocks in CIDR form.
     SourceIp(Vec<String>),
     /// A condition skewguard cannot evaluate or copy (e.g. regex values); never matches here.
     Unsupported(String),
 }
 
+/// One `key=value` alternative of a query-string condition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct QueryMatch {
+    /// The parameter's name; `None` matches the value under any name.
     pub key: Option<String>,
+    /// The parameter's value.
     pub value: String,
 }
 
@@ -159,16 +190,22 @@ pub fn canonical_conditions(conditions: &[Condition]) -> Vec<String> {
 /// The parts of an HTTP request the ALB routes on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
+    /// The `Host` header, with any port.
     pub host: String,
+    /// The path, without the query.
     pub path: String,
+    /// The method, upper case.
     pub method: String,
+    /// Headers as `(name, value)`, in order.
     pub headers: Vec<(String, String)>,
     /// Decoded query parameters, in order.
     pub query: Vec<(String, String)>,
+    /// The client's address, when known.
     pub source_ip: Option<IpAddr>,
 }
 
 impl Request {
+    /// A `GET` of `path` on host `localhost`, without headers or query.
     pub fn get(path: &str) -> Self {
         Self {
             host: "localhost".to_owned(),
@@ -178,16 +215,19 @@ impl Request {
         }
     }
 
+    /// The same request with one more header.
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
 
+    /// The same request with one more query parameter.
     pub fn with_query(mut self, key: &str, value: &str) -> Self {
         self.query.push((key.to_owned(), value.to_owned()));
         self
     }
 
+    /// The same request to another host.
     pub fn with_host(mut self, host: &str) -> Self {
         host.clone_into(&mut self.host);
         self
@@ -195,6 +235,7 @@ impl Request {
 }
 
 impl Condition {
+    /// Whether the ALB would find this condition true for `request`.
     pub fn matches(&self, request: &Request) -> bool {
         match self {
             Condition::HostHeader(patterns) => {
@@ -237,10 +278,12 @@ impl Condition {
 }
 
 impl ListenerRule {
+    /// Whether every condition matches `request`.
     pub fn matches(&self, request: &Request) -> bool {
         self.conditions.iter().all(|c| c.matches(request))
     }
 
+    /// Whether this is the listener's default rule.
     pub fn is_default(&self) -> bool {
         self.priority == Priority::Default
     }

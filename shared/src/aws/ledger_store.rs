@@ -63,20 +63,28 @@ const ENTRY_ATTRIBUTES: [&str; 19] = [
 /// TransactWriteItems takes at most 100 items.
 const MAX_TRANSACTION_ITEMS: usize = 100;
 
+/// Why a ledger read or write failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
+    /// DynamoDB answered an error; a lost conditional write is [`LedgerError::is_conflict`].
     #[error(transparent)]
     Aws(#[from] AwsError),
+    /// A stored item is not a valid entry (an attribute missing or malformed).
     #[error("ledger item {service_arn} / {deployment_id} is unreadable: {reason}")]
     Corrupt {
+        /// The item's partition key.
         service_arn: String,
+        /// The item's sort key, as stored.
         deployment_id: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// One write would change more entries than a DynamoDB transaction takes.
     #[error(
         "too many ledger entries changed at once ({0}); the write limit is {MAX_TRANSACTION_ITEMS}"
     )]
     TooManyChanges(usize),
+    /// The SDK refused to build the request (a required field missing).
     #[error("could not build the ledger write: {0}")]
     Request(String),
 }
@@ -88,6 +96,7 @@ impl LedgerError {
     }
 }
 
+/// The ledger table: reads of a service's entries and their history, conditional writes.
 #[derive(Clone, Debug)]
 pub struct LedgerStore {
     client: ddb::Client,
@@ -95,6 +104,7 @@ pub struct LedgerStore {
 }
 
 impl LedgerStore {
+    /// The ledger in `table`, through `client`.
     pub fn new(client: ddb::Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -102,6 +112,7 @@ impl LedgerStore {
         }
     }
 
+    /// The table's name.
     pub fn table(&self) -> &str {
         &self.table
     }
