@@ -368,9 +368,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<WaitResult, CliError> {
     let mut seen = Seen::default();
     let mut waiting_for = String::new();
     let mut last_progress = String::new();
-    let mut polls = 0u64;
+    let mut first_poll = true;
     loop {
-        polls += 1;
         match observe(ctx, &service, &args.service, args.created_after).await {
             Ok(now) => {
                 seen = now;
@@ -388,7 +387,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<WaitResult, CliError> {
                     Verdict::Waiting(what) => waiting_for = what,
                 }
                 // One line per change, not per poll: a held deployment looks the same for an
-                // hour.
+                // hour. The line without its time says whether anything changed.
                 let line = progress_line(&args.service, &seen, &waiting_for, Duration::ZERO);
                 if line != last_progress {
                     anstream::eprintln!(
@@ -400,13 +399,14 @@ pub async fn run(ctx: &Context, args: Args) -> Result<WaitResult, CliError> {
             }
             // A wrong name, missing permissions or a missing table show on the first poll;
             // later errors are passing trouble on an hour-long wait.
-            Err(e) if polls == 1 => return Err(e),
+            Err(e) if first_poll => return Err(e),
             Err(e) => anstream::eprintln!(
                 "[{}] {}: {e}; trying again",
                 short_duration(started.elapsed().as_secs() as i64),
                 args.service
             ),
         }
+        first_poll = false;
         let now = tokio::time::Instant::now();
         if now >= deadline {
             return Ok(WaitResult::of(
@@ -414,11 +414,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<WaitResult, CliError> {
                 args.until,
                 &seen,
                 Outcome::TimedOut,
-                Some(if waiting_for.is_empty() {
-                    "a first answer from AWS".to_owned()
-                } else {
-                    waiting_for
-                }),
+                Some(waiting_for),
                 started.elapsed(),
             ));
         }
