@@ -32,6 +32,7 @@ use crate::engine::{
     PlaceholderTasks, Strategy,
 };
 use crate::faults::{FaultProxy, counting, kill_process};
+use crate::iam::{AuthorisingProxy, Denial};
 use crate::invariants::{Observation, ServiceTruth, violations};
 use crate::lambda::{LocalFunction, workspace_binary};
 use crate::moto::MotoServer;
@@ -189,6 +190,8 @@ pub struct ChaosInvoker {
     clients: Option<HookClients>,
     defaults: EnvDefaults,
     functions: BTreeMap<&'static str, Arc<LocalFunction>>,
+    /// Each function process's role, between it and the fault proxy.
+    authorising: Vec<AuthorisingProxy>,
     /// `(invocation index, k)`: crash that invocation after its k-th AWS call.
     pub target: Mutex<Option<(usize, u32)>>,
     counter: AtomicUsize,
@@ -220,23 +223,30 @@ impl ChaosInvoker {
         observer: Arc<RecordingObserver>,
     ) -> ChaosInvoker {
         let mut functions = BTreeMap::new();
+        let mut authorising_proxies = Vec::new();
         let clients = match mode {
             Mode::Processes { max_attempts } => {
-                let mut env = function_env(&proxy.endpoints());
-                env.push(("AWS_MAX_ATTEMPTS".to_owned(), max_attempts.to_string()));
-                env.push(("SKEWGUARD_TABLE".to_owned(), TABLE.to_owned()));
-                env.push(("AWS_LAMBDA_LOG_FORMAT".to_owned(), "JSON".to_owned()));
                 for function in [
                     HookFunction::PostTestTraffic,
                     HookFunction::ProductionShift,
                     HookFunction::PostShift,
                 ] {
                     let name = function.name();
+                    // The function's role in front of the fault proxy.
+                    let authorising =
+                        AuthorisingProxy::world(name, &proxy.endpoints(), &stand_ins.endpoints)
+                            .await
+                            .unwrap_or_else(|e| panic!("{e}"));
+                    let mut env = function_env(&authorising.endpoints());
+                    env.push(("AWS_MAX_ATTEMPTS".to_owned(), max_attempts.to_string()));
+                    env.push(("SKEWGUARD_TABLE".to_owned(), TABLE.to_owned()));
+                    env.push(("AWS_LAMBDA_LOG_FORMAT".to_owned(), "JSON".to_owned()));
                     let binary = workspace_binary(name, name).expect("hook binaries are built");
-                    let local = LocalFunction::start(name, binary, env.clone())
+                    let local = LocalFunction::start(name, binary, env)
                         .await
                         .expect("function starts");
                     functions.insert(name, Arc::new(local));
+                    authorising_proxies.push(authorising);
                 }
                 None
             }
@@ -248,6 +258,7 @@ impl ChaosInvoker {
             clients,
             defaults: EnvDefaults::default(),
             functions,
+            authorising: authorising_proxies,
             target: Mutex::new(None),
             counter: AtomicUsize::new(0),
             records: Mutex::new(Vec::new()),
@@ -266,6 +277,11 @@ impl ChaosInvoker {
 
     pub fn function(&self, function: HookFunction) -> Option<&Arc<LocalFunction>> {
         self.functions.get(function.name())
+    }
+
+    /// The calls the function processes' roles refused.
+    pub fn denials(&self) -> Vec<Denial> {
+        self.authorising.iter().flat_map(|p| p.denials()).collect()
     }
 
     /// Forget the invocations so far (after a scenario's setup).

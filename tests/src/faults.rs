@@ -402,16 +402,31 @@ fn attempt_of(request: &Request<Incoming>) -> u32 {
 
 /// The error body AWS's protocol for `service` uses, as the SDK parses it.
 pub fn error_response(service: Service, status: u16, code: &str) -> Response<Full<Bytes>> {
-    let message = format!("injected by the fault proxy: {code}");
+    error_response_with(
+        service,
+        status,
+        code,
+        &format!("injected by the fault proxy: {code}"),
+    )
+}
+
+/// [`error_response`] with a message of the caller's.
+pub fn error_response_with(
+    service: Service,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> Response<Full<Bytes>> {
     let (content_type, code, body) = match service {
         Service::Elbv2 => (
             "text/xml",
             code.to_owned(),
             format!(
                 "<ErrorResponse xmlns=\"http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/\">\
-                 <Error><Type>{}</Type><Code>{code}</Code><Message>{message}</Message></Error>\
+                 <Error><Type>{}</Type><Code>{code}</Code><Message>{}</Message></Error>\
                  <RequestId>fault-proxy</RequestId></ErrorResponse>",
-                if status >= 500 { "Receiver" } else { "Sender" }
+                if status >= 500 { "Receiver" } else { "Sender" },
+                xml_escape(message)
             ),
         ),
         Service::DynamoDb | Service::Ecs => {
@@ -447,6 +462,12 @@ pub fn error_response(service: Service, status: u16, code: &str) -> Response<Ful
         .header("x-amzn-requestid", "fault-proxy")
         .body(Full::new(Bytes::from(body)))
         .expect("a valid response")
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn next_random(seed: &mut u64) -> u64 {

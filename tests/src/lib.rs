@@ -6,6 +6,7 @@ pub mod ecs_emulator;
 pub mod engine;
 pub mod faults;
 pub mod fixtures;
+pub mod iam;
 pub mod invariants;
 pub mod lambda;
 pub mod live;

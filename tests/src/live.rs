@@ -18,42 +18,65 @@ use skewguard_core::hook::HookFunction;
 use crate::aws::{Endpoints, function_env};
 use crate::backend::{Backend, validate_cart};
 use crate::engine::{BoxFuture, Invocation, Invoker, Observer, RunningTask, TaskRunner};
+use crate::iam::{AuthorisingProxy, Denial, Roles};
 use crate::invariants::ServiceTruth;
 use crate::lambda::{LocalFunction, workspace_binary};
 use crate::world::InvariantChecker;
 
-/// Invokes the compiled hook functions, each a warm process behind a local Runtime API.
+/// Invokes the compiled hook functions, each a warm process behind a local Runtime API, each
+/// confined to its role of infra/template.yaml by an [`AuthorisingProxy`].
 pub struct ProcessInvoker {
     functions: BTreeMap<&'static str, LocalFunction>,
+    proxies: BTreeMap<&'static str, AuthorisingProxy>,
     timeout: Duration,
 }
 
 impl ProcessInvoker {
+    /// The hooks with the roles of infra/template.yaml ([`Roles::world`]).
     pub async fn start(endpoints: &Endpoints, table: &str) -> Result<ProcessInvoker, String> {
-        let mut env = function_env(endpoints);
-        env.push(("SKEWGUARD_TABLE".to_owned(), table.to_owned()));
-        env.push(("AWS_LAMBDA_LOG_FORMAT".to_owned(), "JSON".to_owned()));
+        Self::start_with_roles(endpoints, table, Roles::world().map_err(|e| e.to_string())?).await
+    }
+
+    /// The hooks with the given roles, in front of the stand-ins `endpoints` names.
+    pub async fn start_with_roles(
+        endpoints: &Endpoints,
+        table: &str,
+        roles: &Roles,
+    ) -> Result<ProcessInvoker, String> {
         let mut functions = BTreeMap::new();
+        let mut proxies = BTreeMap::new();
         for function in [
             HookFunction::PostTestTraffic,
             HookFunction::ProductionShift,
             HookFunction::PostShift,
         ] {
             let name = function.name();
+            let role = roles.role(name).map_err(|e| e.to_string())?.clone();
+            let proxy = AuthorisingProxy::start(name, role, endpoints, endpoints).await;
+            let mut env = function_env(&proxy.endpoints());
+            env.push(("SKEWGUARD_TABLE".to_owned(), table.to_owned()));
+            env.push(("AWS_LAMBDA_LOG_FORMAT".to_owned(), "JSON".to_owned()));
             let binary = workspace_binary(name, name).map_err(|e| e.to_string())?;
-            let local = LocalFunction::start(name, binary, env.clone())
+            let local = LocalFunction::start(name, binary, env)
                 .await
                 .map_err(|e| e.to_string())?;
             functions.insert(name, local);
+            proxies.insert(name, proxy);
         }
         Ok(ProcessInvoker {
             functions,
+            proxies,
             timeout: Duration::from_secs(60),
         })
     }
 
     pub fn function(&self, function: HookFunction) -> &LocalFunction {
         &self.functions[function.name()]
+    }
+
+    /// The calls `function`'s role refused.
+    pub fn denials(&self, function: HookFunction) -> Vec<Denial> {
+        self.proxies[function.name()].denials()
     }
 }
 

@@ -22,6 +22,7 @@ use skewguard_world::engine::{
     BoxFuture, InProcess, Intervention, Invocation, Invoker, Outcome, PlaceholderTasks,
 };
 use skewguard_world::fixtures::weighted_forward;
+use skewguard_world::iam::AuthorisingProxy;
 use skewguard_world::invariants::Observation;
 use skewguard_world::lambda::{LocalFunction, workspace_binary};
 use skewguard_world::world::World;
@@ -296,8 +297,12 @@ async fn an_entry_stuck_in_testing_after_a_failed_deployment_is_rolled_back() {
     assert_eq!(entry(&stuck, "v3").status, Status::Testing);
     world.checker.violations.lock().unwrap().clear();
 
-    // The real function binary, invoked the way EventBridge does when the deployment failed.
-    let mut env = skewguard_world::aws::function_env(&world.endpoints);
+    // The real function binary, invoked the way EventBridge does when the deployment failed,
+    // with its role of infra/template.yaml.
+    let role = AuthorisingProxy::world("reconciler", &world.endpoints, &world.endpoints)
+        .await
+        .unwrap();
+    let mut env = skewguard_world::aws::function_env(&role.endpoints());
     env.push((
         "SKEWGUARD_TABLE".into(),
         skewguard_world::world::TABLE.into(),
@@ -329,6 +334,12 @@ async fn an_entry_stuck_in_testing_after_a_failed_deployment_is_rolled_back() {
         .map(|r| r["kind"].as_str().unwrap())
         .collect();
     assert_eq!(repairs, ["finished", "pin-removed"], "{answer}");
+    assert_eq!(
+        role.denials(),
+        [],
+        "the reconciler's role allows all it does"
+    );
+    assert!(role.allowed() > 0, "its calls went through its role");
     // The function's output is read from its pipe asynchronously: give it a moment to arrive.
     let logged = |logs: Vec<String>| {
         logs.iter()
