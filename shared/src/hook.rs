@@ -10,24 +10,19 @@ use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
 use crate::DeploymentId;
+use crate::apply::{self, ApplyError, ListenerChanges};
 use crate::aws::ecs::{DiscoveryError, Ecs, EcsError, running_version};
-use crate::aws::elb::{Elb, NewRule};
+use crate::aws::elb::Elb;
 use crate::aws::ledger_store::{LedgerError, LedgerStore};
 use crate::aws::{AwsError, AwsErrorKind};
 use crate::event::{HookAnswer, HookEvent, LifecycleStage, MalformedEvent, hook_details_of};
 use crate::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
-use crate::pins::{self, PinError, PinTags};
-use crate::settings::{AfterWindow, EnvDefaults, OnError, Settings, SettingsError};
+use crate::pins::{self, PinError};
+use crate::retry::{Failure, Retries};
+use crate::settings::{
+    AfterWindow, EnvDefaults, OnError, ROLLBACK_RETRIES_KEY, Settings, SettingsError,
+};
 use crate::stages::{self, Actor, Draft, Hold};
-
-/// Read the ledger and decide again this many times when another writer got there first.
-const MAX_ATTEMPTS: u32 = 6;
-
-/// How long a stage keeps starting over after AWS throttled it or failed transiently (5xx,
-/// timeouts, dropped connections) beyond the SDK's own retries: a throttling storm of a few
-/// seconds must not roll a good deployment back. Well inside the functions' 120 s timeout even
-/// when the last attempt's calls run into the SDK's 40 s operation timeout.
-const TRANSIENT_RETRY_BUDGET: Duration = Duration::from_secs(20);
 
 /// The three lifecycle-hook functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +44,11 @@ impl HookFunction {
     /// The stages this function must be registered at.
     pub fn stages(self) -> &'static [LifecycleStage] {
         match self {
-            HookFunction::PostTestTraffic => &[LifecycleStage::PostTestTrafficShift],
+            HookFunction::PostTestTraffic => &[
+                LifecycleStage::ReconcileService,
+                LifecycleStage::PreScaleUp,
+                LifecycleStage::PostTestTrafficShift,
+            ],
             HookFunction::ProductionShift => &[
                 LifecycleStage::TestTrafficShift,
                 LifecycleStage::ProductionTrafficShift,
@@ -113,6 +112,15 @@ impl From<EcsError> for HookError {
     }
 }
 
+impl From<ApplyError> for HookError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::RuleQuota(e) => HookError::RuleQuota(e),
+            ApplyError::Aws(e) => HookError::Aws(e),
+        }
+    }
+}
+
 impl From<LedgerError> for HookError {
     fn from(e: LedgerError) -> Self {
         match e {
@@ -148,14 +156,19 @@ impl HookError {
         }
     }
 
-    fn is_retryable_conflict(&self) -> bool {
-        matches!(self, HookError::Aws(e) if e.kind == AwsErrorKind::Conflict)
-    }
-
-    /// Throttling or a transient failure that outlasted the SDK's retries: worth starting the
-    /// stage over a little later (every stage is idempotent).
-    fn is_transient(&self) -> bool {
-        matches!(self, HookError::Aws(e) if matches!(e.kind, AwsErrorKind::Throttling | AwsErrorKind::Transient))
+    /// How the pipeline's retry treats this error: a lost race is decided again from a fresh
+    /// observation; throttling or a transient failure that outlasted the SDK's retries starts
+    /// the stage over a little later (every stage is idempotent).
+    pub fn failure(&self) -> Failure {
+        match self {
+            HookError::Aws(e) if e.kind == AwsErrorKind::Conflict => Failure::Conflict,
+            HookError::Aws(e)
+                if matches!(e.kind, AwsErrorKind::Throttling | AwsErrorKind::Transient) =>
+            {
+                Failure::Transient
+            }
+            _ => Failure::Final,
+        }
     }
 }
 
@@ -192,8 +205,10 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
         }
         Err(err) if direction == Some(Shift::Rollback) => {
             // FAILED during a rollback has no documented meaning (ECS may end in ROLLBACK_FAILED
-            // with green's pin still up): keep ECS here and try again shortly, whatever onError
-            // says; the hook's own timeout bounds it.
+            // with green's pin still up): whatever onError says, ECS is asked to call again
+            // shortly, a bounded number of times; then the hook answers SUCCEEDED and leaves the
+            // listener to the reconciler. Blue serves production during a rollback, so a pin of
+            // blue that could not be restored only sends its clients where they go anyway.
             report_error(
                 &event,
                 function,
@@ -203,8 +218,21 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
                 clients,
             )
             .await;
-            warn!(function, stage = %event.stage, hook_status = "IN_PROGRESS", call_back_delay_s = ROLLBACK_RETRY_DELAY.as_secs(), "rollback not finished; asking ECS to call again");
-            HookAnswer::in_progress(ROLLBACK_RETRY_DELAY, event.hook_details.clone())
+            let retries = event
+                .hook_details
+                .get(ROLLBACK_RETRIES_KEY)
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            if retries < MAX_ROLLBACK_RETRIES {
+                let delay = settings.poll_interval.min(ROLLBACK_RETRY_DELAY);
+                let mut details = event.hook_details.clone();
+                details.insert(ROLLBACK_RETRIES_KEY.to_owned(), Value::from(retries + 1));
+                warn!(function, stage = %event.stage, hook_status = "IN_PROGRESS", call_back_delay_s = delay.as_secs(), rollback_retries = retries + 1, "rollback not finished; asking ECS to call again");
+                HookAnswer::in_progress(delay, details)
+            } else {
+                error!(function, stage = %event.stage, hook_status = "SUCCEEDED", rollback_retries = retries, "rollback still not finished; leaving the listener to the reconciler");
+                HookAnswer::succeeded()
+            }
         }
         Err(err) => {
             report_error(
@@ -221,8 +249,14 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
     }
 }
 
-/// How soon ECS calls a traffic-shift hook again when a rollback could not be finished.
+/// How soon ECS calls a traffic-shift hook again when a rollback could not be finished (or
+/// `pollInterval`, when shorter).
 pub const ROLLBACK_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// How many times a traffic-shift hook asks ECS to call again during a rollback before it
+/// answers SUCCEEDED and leaves the rest to the reconciler (each call also retries transient
+/// errors for up to 20 s itself).
+pub const MAX_ROLLBACK_RETRIES: u64 = 6;
 
 /// Which way a traffic-shift event moves traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,35 +451,24 @@ pub async fn run(
                 .join(" and "),
         });
     }
-    let started = std::time::Instant::now();
-    let mut attempt = 1;
-    let mut transient_retries = 0;
+    let mut retries = Retries::new();
     loop {
-        match attempt_stage(event, settings, clients, direction).await {
-            Err(err) if err.is_retryable_conflict() && attempt < MAX_ATTEMPTS => {
-                warn!(stage = %event.stage, attempt, error = %err, "conflicting change; reading again");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-            Err(err) if err.is_retryable_conflict() => return Err(HookError::Contention(attempt)),
-            Err(err) if err.is_transient() => {
-                transient_retries += 1;
-                let wait = backoff(transient_retries + 2).min(Duration::from_secs(5));
-                if started.elapsed() + wait > TRANSIENT_RETRY_BUDGET {
-                    return Err(err);
-                }
-                warn!(stage = %event.stage, retry = transient_retries, error = %err, "AWS throttled or failed transiently; starting the stage over");
+        let err = match attempt_stage(event, settings, clients, direction).await {
+            Ok(hold) => return Ok(hold),
+            Err(err) => err,
+        };
+        let failure = err.failure();
+        match retries.next_wait(failure) {
+            Some(wait) => {
+                warn!(stage = %event.stage, failure = ?failure, error = %err, "starting the stage over from a fresh read");
                 tokio::time::sleep(wait).await;
             }
-            other => return other,
+            None if failure == Failure::Conflict => {
+                return Err(HookError::Contention(retries.conflicts()));
+            }
+            None => return Err(err),
         }
     }
-}
-
-/// Jittered exponential backoff: 50 ms, 100 ms, 200 ms … plus up to 50 ms.
-fn backoff(attempt: u32) -> Duration {
-    let jitter = OffsetDateTime::now_utc().nanosecond() as u64 % 50;
-    Duration::from_millis(50 * (1 << (attempt - 1).min(5)) + jitter)
 }
 
 async fn attempt_stage(
@@ -491,6 +514,35 @@ async fn attempt_stage(
         (Hold::Done, Some(ended.wiring()))
     } else {
         match event.stage {
+            LifecycleStage::ReconcileService | LifecycleStage::PreScaleUp => {
+                let Some(wiring) = draft.wiring() else {
+                    info!(stage = %event.stage, "nothing recorded for this service yet");
+                    return Ok(Hold::Done);
+                };
+                if draft.entries().all(|e| e.status.is_final()) {
+                    return Ok(Hold::Done);
+                }
+                let rules = clients
+                    .elb
+                    .describe_listener_rules(&wiring.listener_arn)
+                    .await?;
+                let incoming = pins::incoming_target_groups(
+                    &rules,
+                    &wiring.production_rule_arn,
+                    &wiring.listener_arn,
+                )?;
+                let superseded = stages::prepare_scale_up(&mut draft, &incoming, now);
+                if !superseded.is_empty() {
+                    warn!(stage = %event.stage, superseded = ?superseded.iter().map(DeploymentId::as_str).collect::<Vec<_>>(), incoming = ?incoming, "a newer deployment takes their target group: unpinning them before it scales up");
+                }
+                // A pin (tracked or not) leading to the incoming group must go now, whatever
+                // the ledger says: green's tasks register there next.
+                before_scale_down = !superseded.is_empty()
+                    || rules.iter().any(|r| {
+                        matches!(r.forward_targets().as_slice(), [one] if incoming.iter().any(|tg| tg == one))
+                    });
+                (Hold::Done, Some(wiring))
+            }
             LifecycleStage::PostTestTrafficShift => {
                 let (green, wiring) = green_version(event, &draft, settings, clients).await?;
                 let blue = blue_before_shift(event, &draft, &green, settings, clients).await?;
@@ -733,99 +785,102 @@ async fn blue_from_weights(
 }
 
 /// Makes the listener hold exactly the pins the draft's entries want, and records the rule ARNs
-/// on the entries. Rules are created with their tags in one call, so a crash between here and
-/// the ledger write leaves a tagged rule that the next invocation adopts.
+/// on the entries: observe the listener, plan with priorities ([`pins::plan`], [`pins::place`]),
+/// apply ([`apply::apply`]). Rules are created with their tags in one call, so a crash between
+/// here and the ledger write leaves a tagged rule that the next invocation adopts. A priority
+/// taken meanwhile is a conflict: the whole stage starts over from a fresh read.
 pub async fn sync_pins(
     draft: &mut Draft,
     wiring: &ServiceWiring,
     settings: &Settings,
     elb: &Elb,
 ) -> Result<(), HookError> {
+    let rules = elb.describe_listener_rules(&wiring.listener_arn).await?;
+    let production_rule = rules
+        .iter()
+        .find(|r| r.arn == wiring.production_rule_arn)
+        .cloned()
+        .ok_or_else(|| PinError::ProductionRuleMissing {
+            rule: wiring.production_rule_arn.clone(),
+            listener: wiring.listener_arn.clone(),
+        })?;
+    let entries: Vec<LedgerEntry> = draft.entries().cloned().collect();
+    let candidates = pins::orphan_candidates(&entries, &rules, &production_rule);
+    let tags = if candidates.is_empty() {
+        BTreeMap::new()
+    } else {
+        elb.describe_pin_tags(&candidates).await?
+    };
+    let listener = ObservedListener {
+        listener_arn: &wiring.listener_arn,
+        rules: &rules,
+        tags: &tags,
+        production_rule: &production_rule,
+    };
+    bring_pins_in_line(draft, &listener, settings, elb).await
+}
+
+/// The listener as one attempt observed it.
+#[derive(Debug, Clone, Copy)]
+pub struct ObservedListener<'a> {
+    pub listener_arn: &'a str,
+    pub rules: &'a [crate::listener::ListenerRule],
+    /// `skewguard:*` tags of the rules that may be this service's untracked pins.
+    pub tags: &'a BTreeMap<String, pins::PinTags>,
+    pub production_rule: &'a crate::listener::ListenerRule,
+}
+
+/// Decide and apply the listener changes for the draft's entries, then record on each entry
+/// the pins it has: [`pins::plan`] and [`pins::place`] choose, [`apply::apply`] executes. Used by
+/// the hooks and, against an in-memory listener, by the property tests.
+pub async fn bring_pins_in_line(
+    draft: &mut Draft,
+    listener: &ObservedListener<'_>,
+    settings: &Settings,
+    writes: &impl apply::ListenerWrites,
+) -> Result<(), HookError> {
     let service_arn = draft.service_arn().to_owned();
-    for attempt in 1..=MAX_ATTEMPTS {
-        let rules = elb.describe_listener_rules(&wiring.listener_arn).await?;
-        let production_rule = rules
-            .iter()
-            .find(|r| r.arn == wiring.production_rule_arn)
-            .cloned()
-            .ok_or_else(|| PinError::ProductionRuleMissing {
-                rule: wiring.production_rule_arn.clone(),
-                listener: wiring.listener_arn.clone(),
-            })?;
-        let entries: Vec<LedgerEntry> = draft.entries().cloned().collect();
-        let candidates = pins::orphan_candidates(&entries, &rules, &production_rule);
-        let tags = if candidates.is_empty() {
-            BTreeMap::new()
-        } else {
-            elb.describe_pin_tags(&candidates).await?
-        };
-        let plan = pins::plan(
-            &service_arn,
-            &entries,
-            &rules,
-            &tags,
-            &production_rule,
-            settings,
-        )?;
-        let mut taken = pins::taken_priorities(&rules);
-        for arn in &plan.delete {
-            elb.delete_rule(arn).await?;
-            if let Some(p) = pins::priority_of(&rules, arn).and_then(|p| p.number()) {
-                taken.remove(&p);
-            }
-            info!(rule_arn = %arn, "pin removed");
-        }
-        let mut pins_by_id: BTreeMap<DeploymentId, Vec<String>> = plan.keep.clone();
-        let mut collided = false;
-        for spec in &plan.create {
-            let priority = plan
-                .gap
-                .priority_for(spec, &taken)
-                .ok_or_else(|| plan.gap.exhausted(&spec.deployment_id))?;
-            let rule = NewRule {
-                listener_arn: wiring.listener_arn.clone(),
-                priority,
-                conditions: spec.conditions.clone(),
-                action: spec.action.clone(),
-                tags: PinTags {
-                    service_arn: service_arn.clone(),
-                    deployment_id: spec.deployment_id.to_string(),
-                },
-            };
-            match elb.create_rule(&rule).await {
-                Ok(arn) => {
-                    info!(deployment_id = %spec.deployment_id, priority, rule_arn = %arn, "pin created");
-                    taken.insert(priority);
-                    pins_by_id
-                        .entry(spec.deployment_id.clone())
-                        .or_default()
-                        .push(arn);
-                }
-                Err(err) if err.is("PriorityInUse") => {
-                    warn!(
-                        priority,
-                        attempt, "priority taken meanwhile; reading the listener again"
-                    );
-                    collided = true;
-                    break;
-                }
-                Err(err) if err.kind == AwsErrorKind::Quota => {
-                    return Err(HookError::RuleQuota(err));
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        // Record what exists now, even after a collision, so the next pass counts these rules
-        // as this service's own.
-        for entry in draft.entries_mut() {
-            let mut arns = pins_by_id.remove(&entry.deployment_id).unwrap_or_default();
-            arns.sort();
-            entry.rule_arns = arns;
-        }
-        if !collided {
-            return Ok(());
-        }
-        tokio::time::sleep(backoff(attempt)).await;
+    let entries: Vec<LedgerEntry> = draft.entries().cloned().collect();
+    let plan = pins::plan(
+        &service_arn,
+        &entries,
+        listener.rules,
+        listener.tags,
+        listener.production_rule,
+        settings,
+    )?;
+    let create = pins::place(&plan, listener.rules)?;
+    let applied = apply::apply(
+        writes,
+        ListenerChanges {
+            listener_arn: listener.listener_arn,
+            service_arn: &service_arn,
+            delete: &plan.delete,
+            create: &create,
+        },
+    )
+    .await?;
+    // Record what exists now, even after a collision, so the next attempt counts these rules
+    // as this service's own.
+    record_pins(draft, &plan, &applied);
+    if applied.priority_taken {
+        return Err(HookError::Aws(AwsError::priority_taken()));
     }
-    Err(HookError::Contention(MAX_ATTEMPTS))
+    Ok(())
+}
+
+/// Puts on each entry the pins it now has: those the plan kept and those just created.
+pub fn record_pins(draft: &mut Draft, plan: &pins::PinPlan, applied: &apply::Applied) {
+    let mut pins_by_id: BTreeMap<DeploymentId, Vec<String>> = plan.keep.clone();
+    for (id, arns) in &applied.created {
+        pins_by_id
+            .entry(id.clone())
+            .or_default()
+            .extend(arns.iter().cloned());
+    }
+    for entry in draft.entries_mut() {
+        let mut arns = pins_by_id.remove(&entry.deployment_id).unwrap_or_default();
+        arns.sort();
+        entry.rule_arns = arns;
+    }
 }

@@ -109,6 +109,9 @@ pub struct LedgerEntry {
     pub expires_at: Option<i64>,
     /// The last error recorded with `onError: continue` (nobody saw a FAILED answer).
     pub last_error: Option<String>,
+    /// Why a version stopped being pinned when it was not the usual end of its skew window
+    /// (e.g. `superseded`: a newer deployment took its target group).
+    pub reason: Option<String>,
     /// Optimistic-concurrency counter; 0 means "not stored yet".
     pub version: u64,
 }
@@ -176,6 +179,7 @@ impl LedgerEntry {
             retired_at: None,
             expires_at: None,
             last_error: None,
+            reason: None,
             version: 0,
         }
     }
@@ -229,6 +233,7 @@ impl LedgerEntry {
     /// Starts the entry over as a version under test (deployed anew, or again after it ended).
     pub fn restart_testing(&mut self) {
         self.status = Status::Testing;
+        self.reason = None;
         self.shifted_at = None;
         self.live_at = None;
         self.drain_until = None;
@@ -248,6 +253,7 @@ impl LedgerEntry {
         self.superseded_by = None;
         self.retired_at = None;
         self.expires_at = None;
+        self.reason = None;
     }
 
     /// Same content, ignoring bookkeeping that changes on every write.

@@ -480,6 +480,71 @@ pub fn plan(
     })
 }
 
+/// The target groups a new deployment's green may take: those of the production rule's forward
+/// action with the least weight (ECS requires exactly one group with non-zero weight before a
+/// deployment, so normally the one at weight 0; with equal weights, every one of them, to be
+/// safe).
+///
+/// Errors: [`PinError::ProductionRuleMissing`] when the listener has no such rule.
+pub fn incoming_target_groups(
+    rules: &[ListenerRule],
+    production_rule_arn: &str,
+    listener_arn: &str,
+) -> Result<Vec<String>, PinError> {
+    let rule = rules
+        .iter()
+        .find(|r| r.arn == production_rule_arn)
+        .ok_or_else(|| PinError::ProductionRuleMissing {
+            rule: production_rule_arn.to_owned(),
+            listener: listener_arn.to_owned(),
+        })?;
+    let RuleAction::Forward(targets) = &rule.action else {
+        return Ok(Vec::new());
+    };
+    let lightest = targets.iter().map(|t| t.weight).min().unwrap_or(0);
+    Ok(targets
+        .iter()
+        .filter(|t| t.weight == lightest)
+        .map(|t| t.target_group_arn.clone())
+        .collect())
+}
+
+/// A pin to create, at the priority chosen while planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedPin {
+    pub spec: PinSpec,
+    /// ALB rule priority, 1–50000, inside the plan's gap.
+    pub priority: u32,
+}
+
+/// Chooses the priority of every pin the plan creates, against the listener it was planned
+/// on: the rules the plan deletes free their priorities first, and each pin takes the gap's
+/// highest free one (the catch-all its reserved top slot).
+///
+/// Errors: [`PinError::NoFreePriority`] before anything is changed when the gap is full.
+pub fn place(plan: &PinPlan, rules: &[ListenerRule]) -> Result<Vec<PlacedPin>, PinError> {
+    let mut taken = taken_priorities(rules);
+    for arn in &plan.delete {
+        if let Some(p) = priority_of(rules, arn).and_then(|p| p.number()) {
+            taken.remove(&p);
+        }
+    }
+    plan.create
+        .iter()
+        .map(|spec| {
+            let priority = plan
+                .gap
+                .priority_for(spec, &taken)
+                .ok_or_else(|| plan.gap.exhausted(&spec.deployment_id))?;
+            taken.insert(priority);
+            Ok(PlacedPin {
+                spec: spec.clone(),
+                priority,
+            })
+        })
+        .collect()
+}
+
 /// The version production runs now: the most recently live entry.
 pub fn production_version(entries: &[LedgerEntry]) -> Option<&DeploymentId> {
     entries

@@ -4,8 +4,9 @@
 //! - [`stage_sequences_never_break_the_invariants`]: random sequences of stage applications
 //!   (forward, rollback, repeats, out-of-order stages, unknown revisions, case variants of IDs,
 //!   releases, clean-ups, clock jumps, narrow priority ranges) run through the pure [`Draft`]
-//!   and [`pins::plan`] against an in-memory listener, exactly as `hook::sync_pins` applies a
-//!   plan; after every step the invariants that need no AWS are checked.
+//!   and the product's listener step ([`hook::bring_pins_in_line`]: plan, place, apply, record)
+//!   against an in-memory listener; after every step the invariants that need no AWS are
+//!   checked.
 //! - [`hook_events_from_raw_bytes_always_get_a_defined_answer`]: a fuzz target over raw bytes
 //!   and mutated events: parsing never panics and [`hook::handle`] always answers.
 //! - [`deployment_ids_never_match_more_than_themselves`]: hostile deployment IDs either are
@@ -266,26 +267,20 @@ impl Listener {
             .expect("the production rule is never touched")
     }
 
-    /// CreateRule: refuses a taken priority, as the ALB does (`PriorityInUse`).
-    fn create(&mut self, priority: u32, spec: &pins::PinSpec) -> Result<String, String> {
-        if pins::taken_priorities(&self.rules).contains(&priority) {
-            return Err(format!("PriorityInUse {priority}"));
+    /// CreateRule with its tags: refuses a taken priority, as the ALB does (`PriorityInUse`).
+    fn create(&mut self, new: &crate::aws::elb::NewRule) -> Result<String, String> {
+        if pins::taken_priorities(&self.rules).contains(&new.priority) {
+            return Err(format!("PriorityInUse {}", new.priority));
         }
         let arn = format!("rule/pin-{}", self.next_arn);
         self.next_arn += 1;
         self.rules.push(rule(
             &arn,
-            priority,
-            spec.conditions.clone(),
-            spec.action.clone(),
+            new.priority,
+            new.conditions.clone(),
+            new.action.clone(),
         ));
-        self.tags.insert(
-            arn.clone(),
-            PinTags {
-                service_arn: SVC.to_owned(),
-                deployment_id: spec.deployment_id.to_string(),
-            },
-        );
+        self.tags.insert(arn.clone(), new.tags.clone());
         Ok(arn)
     }
 
@@ -302,9 +297,44 @@ fn wiring() -> ServiceWiring {
     }
 }
 
-/// `hook::sync_pins` against the in-memory listener: the same plan, applied in the same order
-/// (deletions, then creations at the gap's free priorities), the rule ARNs recorded on the
-/// entries. An exhausted gap fails after whatever was already changed, as the real one does.
+/// The in-memory listener behind the product's executor ([`crate::apply::ListenerWrites`]).
+struct InMemoryWrites<'a>(std::sync::Mutex<&'a mut Listener>);
+
+impl crate::apply::ListenerWrites for InMemoryWrites<'_> {
+    fn delete_rule(
+        &self,
+        rule_arn: &str,
+    ) -> impl std::future::Future<Output = Result<(), crate::aws::AwsError>> + Send {
+        self.0.lock().expect("listener lock").delete(rule_arn);
+        std::future::ready(Ok(()))
+    }
+
+    fn create_rule(
+        &self,
+        rule: &crate::aws::elb::NewRule,
+    ) -> impl std::future::Future<Output = Result<String, crate::aws::AwsError>> + Send {
+        let created = self
+            .0
+            .lock()
+            .expect("listener lock")
+            .create(rule)
+            .map_err(|_| crate::aws::AwsError::priority_taken());
+        std::future::ready(created)
+    }
+}
+
+/// Runs a future whose every step is ready at once (the in-memory listener never waits).
+fn ready<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("the in-memory listener never waits"),
+    }
+}
+
+/// The product's listener step ([`hook::bring_pins_in_line`]: plan, place, apply, record)
+/// against the in-memory listener, observed the way `hook::sync_pins` observes the real one.
 fn sync_pins(
     listener: &mut Listener,
     draft: &mut Draft,
@@ -318,34 +348,17 @@ fn sync_pins(
             .into_iter()
             .filter_map(|arn| listener.tags.get(&arn).cloned().map(|t| (arn, t)))
             .collect();
-    let plan = pins::plan(SVC, &entries, &rules, &tags, &production_rule, settings)
-        .map_err(|e| e.to_string())?;
-    let mut taken = pins::taken_priorities(&rules);
-    for arn in &plan.delete {
-        if let Some(p) = pins::priority_of(&rules, arn).and_then(|p| p.number()) {
-            taken.remove(&p);
-        }
-        listener.delete(arn);
-    }
-    let mut pins_by_id = plan.keep.clone();
-    for spec in &plan.create {
-        let priority = plan
-            .gap
-            .priority_for(spec, &taken)
-            .ok_or_else(|| plan.gap.exhausted(&spec.deployment_id).to_string())?;
-        let arn = listener.create(priority, spec)?;
-        taken.insert(priority);
-        pins_by_id
-            .entry(spec.deployment_id.clone())
-            .or_default()
-            .push(arn);
-    }
-    for entry in draft.entries_mut() {
-        let mut arns = pins_by_id.remove(&entry.deployment_id).unwrap_or_default();
-        arns.sort();
-        entry.rule_arns = arns;
-    }
-    Ok(())
+    let observed = hook::ObservedListener {
+        listener_arn: "listener/app/web/1/2",
+        rules: &rules,
+        tags: &tags,
+        production_rule: &production_rule,
+    };
+    let writes = InMemoryWrites(std::sync::Mutex::new(listener));
+    ready(hook::bring_pins_in_line(
+        draft, &observed, settings, &writes,
+    ))
+    .map_err(|e| e.to_string())
 }
 
 /// The ledger table: entries with their versions and histories.

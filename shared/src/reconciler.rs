@@ -9,7 +9,6 @@
 //! to the hooks.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -17,9 +16,8 @@ use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
 use crate::DeploymentId;
-use crate::aws::AwsErrorKind;
+use crate::apply::{self, ListenerChanges};
 use crate::aws::ecs::{DeploymentFacts, Ecs, EcsError, running_version};
-use crate::aws::elb::NewRule;
 use crate::event::MalformedEvent;
 use crate::hook::{Clients, HookError};
 use crate::ledger::LedgerEntry;
@@ -27,14 +25,12 @@ use crate::pins::{self, PinError, PinTags};
 use crate::reconcile::{
     self, DEPLOYMENTS_READ, DeploymentSummary, EcsView, Repair, SettingsSource,
 };
+use crate::retry::{Failure, Retries};
 use crate::settings::{EnvDefaults, Settings};
 use crate::stages::{Actor, Draft};
 
 /// The reconciler fails the way a hook does.
 pub type ReconcileError = HookError;
-
-/// Read, decide and write again this many times when another writer got there first.
-const MAX_ATTEMPTS: u32 = 6;
 
 #[derive(Debug, Clone)]
 pub struct ReconcileOptions {
@@ -180,8 +176,9 @@ pub async fn reconcile_service(
     options: &ReconcileOptions,
 ) -> Result<ServiceReport, ReconcileError> {
     let mut earlier = Vec::new();
-    for attempt in 1..=MAX_ATTEMPTS {
-        match attempt_service(clients, service_arn, options).await {
+    let mut retries = Retries::new();
+    loop {
+        let (failure, what, err) = match attempt_service(clients, service_arn, options).await {
             Ok(mut report) => {
                 report.notes.extend(earlier);
                 for repair in &report.repairs {
@@ -202,16 +199,23 @@ pub async fn reconcile_service(
                 }
                 return Ok(report);
             }
-            Err(Attempt::Conflict(what)) if attempt < MAX_ATTEMPTS => {
-                warn!(service = %service_arn, attempt, what = %what, "the ledger or listener changed meanwhile; reading again");
-                earlier.push(format!("attempt {attempt}: {what}; decided again"));
-                tokio::time::sleep(backoff(attempt)).await;
+            Err(Attempt::Conflict(what)) => (Failure::Conflict, what, None),
+            Err(Attempt::Failed(e)) => (e.failure(), e.to_string(), Some(e)),
+        };
+        match retries.next_wait(failure) {
+            Some(wait) => {
+                warn!(service = %service_arn, failure = ?failure, what = %what, "reading and deciding again");
+                earlier.push(format!(
+                    "attempt {}: {what}; decided again",
+                    earlier.len() + 1
+                ));
+                tokio::time::sleep(wait).await;
             }
-            Err(Attempt::Conflict(_)) => return Err(HookError::Contention(attempt)),
-            Err(Attempt::Failed(e)) => return Err(e),
+            None => {
+                return Err(err.unwrap_or(HookError::Contention(retries.conflicts())));
+            }
         }
     }
-    Err(HookError::Contention(MAX_ATTEMPTS))
 }
 
 /// Reconciles each service; one failing does not stop the others.
@@ -238,10 +242,8 @@ enum Attempt {
 
 impl From<HookError> for Attempt {
     fn from(e: HookError) -> Self {
-        match &e {
-            HookError::Aws(aws) if aws.kind == AwsErrorKind::Conflict => {
-                Attempt::Conflict(aws.to_string())
-            }
+        match e.failure() {
+            Failure::Conflict => Attempt::Conflict(e.to_string()),
             _ => Attempt::Failed(e),
         }
     }
@@ -251,11 +253,6 @@ impl From<crate::aws::ledger_store::LedgerError> for Attempt {
     fn from(e: crate::aws::ledger_store::LedgerError) -> Self {
         HookError::from(e).into()
     }
-}
-
-fn backoff(attempt: u32) -> Duration {
-    let jitter = OffsetDateTime::now_utc().nanosecond() as u64 % 50;
-    Duration::from_millis(50 * (1 << (attempt - 1).min(5)) + jitter)
 }
 
 fn versions(entries: &[LedgerEntry]) -> BTreeMap<DeploymentId, u64> {
@@ -354,38 +351,37 @@ async fn attempt_service(
                 "the ledger changed while deciding".to_owned(),
             ));
         }
-        for arn in &review.plan.delete {
-            clients
-                .elb
-                .delete_rule(arn)
-                .await
-                .map_err(HookError::from)?;
-        }
-        let mut listener = rules.clone();
-        listener.retain(|r| !review.plan.delete.contains(&r.arn));
-        for spec in &review.plan.create {
-            let arn = create_pin(
-                clients,
-                &wiring.listener_arn,
-                &review.plan,
-                spec,
+        let create = pins::place(&review.plan, &rules).map_err(HookError::from)?;
+        let applied = apply::apply(
+            &clients.elb,
+            ListenerChanges {
+                listener_arn: &wiring.listener_arn,
                 service_arn,
-                &mut listener,
-            )
-            .await?;
-            let repair = repairs.iter_mut().find(|r| {
-                r.kind == reconcile::RepairKind::PinRestored
-                    && r.rule_arn.is_none()
-                    && r.deployment_id.as_ref() == Some(&spec.deployment_id)
-            });
-            if let Some(repair) = repair {
-                repair.rule_arn = Some(arn.clone());
-            }
-            created
-                .entry(spec.deployment_id.clone())
-                .or_default()
-                .push(arn);
+                delete: &review.plan.delete,
+                create: &create,
+            },
+        )
+        .await
+        .map_err(HookError::from)?;
+        if applied.priority_taken {
+            // Pins created so far are tagged: the next attempt adopts them.
+            return Err(Attempt::Conflict(
+                "a pin's priority was taken meanwhile".to_owned(),
+            ));
         }
+        for (id, arns) in &applied.created {
+            for arn in arns {
+                let repair = repairs.iter_mut().find(|r| {
+                    r.kind == reconcile::RepairKind::PinRestored
+                        && r.rule_arn.is_none()
+                        && r.deployment_id.as_ref() == Some(id)
+                });
+                if let Some(repair) = repair {
+                    repair.rule_arn = Some(arn.clone());
+                }
+            }
+        }
+        created = applied.created;
     }
     reconcile::record_pins(&mut draft, &review, &created);
     let changes = reconcile::history_lines(&draft, &repairs, &actor);
@@ -393,65 +389,6 @@ async fn attempt_service(
     report.repairs = repairs;
     report.notes = notes;
     Ok(report)
-}
-
-/// Creates one pin at the highest free priority of the gap, reading the listener again when a
-/// priority was taken meanwhile.
-async fn create_pin(
-    clients: &Clients,
-    listener_arn: &str,
-    plan: &pins::PinPlan,
-    spec: &pins::PinSpec,
-    service_arn: &str,
-    listener: &mut Vec<crate::listener::ListenerRule>,
-) -> Result<String, Attempt> {
-    for attempt in 1..=MAX_ATTEMPTS {
-        let taken = pins::taken_priorities(listener);
-        let priority = plan
-            .gap
-            .priority_for(spec, &taken)
-            .ok_or_else(|| HookError::Pins(plan.gap.exhausted(&spec.deployment_id)))?;
-        let rule = NewRule {
-            listener_arn: listener_arn.to_owned(),
-            priority,
-            conditions: spec.conditions.clone(),
-            action: spec.action.clone(),
-            tags: PinTags {
-                service_arn: service_arn.to_owned(),
-                deployment_id: spec.deployment_id.to_string(),
-            },
-        };
-        match clients.elb.create_rule(&rule).await {
-            Ok(arn) => {
-                info!(service = %service_arn, deployment_id = %spec.deployment_id, priority, rule_arn = %arn, "pin restored");
-                listener.push(crate::listener::ListenerRule {
-                    arn: arn.clone(),
-                    priority: crate::listener::Priority::Number(priority),
-                    conditions: spec.conditions.clone(),
-                    action: spec.action.clone(),
-                    uncopyable: Vec::new(),
-                });
-                return Ok(arn);
-            }
-            Err(err) if err.is("PriorityInUse") => {
-                warn!(
-                    priority,
-                    attempt, "priority taken meanwhile; reading the listener again"
-                );
-                *listener = clients
-                    .elb
-                    .describe_listener_rules(listener_arn)
-                    .await
-                    .map_err(HookError::from)?;
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            Err(err) if err.kind == AwsErrorKind::Quota => {
-                return Err(Attempt::Failed(HookError::RuleQuota(err)));
-            }
-            Err(err) => return Err(Attempt::Failed(err.into())),
-        }
-    }
-    Err(Attempt::Failed(HookError::Contention(MAX_ATTEMPTS)))
 }
 
 /// What an invocation of the reconciler function covers.

@@ -15,6 +15,11 @@ pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// come up to one interval after the window ends, and the retiring call needs time too.
 pub const HOOK_TIMEOUT_MARGIN_POLLS: u32 = 2;
 
+/// The one key of `hookDetails` that is not a setting: how many times a hook has already asked
+/// ECS to call again during a rollback. skewguard returns it with `IN_PROGRESS`, and ECS passes
+/// it back on the next call of the same hook in the same deployment.
+pub const ROLLBACK_RETRIES_KEY: &str = "skewguardRollbackRetries";
+
 /// Every key a user may set, with the env variable that sets its function-level default.
 pub const SETTING_KEYS: [(&str, &str); 11] = [
     ("headerName", "SKEWGUARD_HEADER_NAME"),
@@ -144,10 +149,9 @@ impl Settings {
         hook_details: &Map<String, Value>,
         defaults: &EnvDefaults,
     ) -> Result<Self, SettingsError> {
-        if let Some(key) = hook_details
-            .keys()
-            .find(|key| !SETTING_KEYS.iter().any(|(known, _)| known == key))
-        {
+        if let Some(key) = hook_details.keys().find(|key| {
+            *key != ROLLBACK_RETRIES_KEY && !SETTING_KEYS.iter().any(|(known, _)| known == key)
+        }) {
             return Err(SettingsError::Unknown {
                 key: key.chars().take(64).collect(),
                 known: SETTING_KEYS

@@ -199,6 +199,11 @@ fn describe_change(before: Option<&LedgerEntry>, after: &LedgerEntry) -> String 
             after.rule_arns.len()
         ));
     }
+    if before.reason != after.reason
+        && let Some(reason) = &after.reason
+    {
+        parts.push(format!("reason: {reason}"));
+    }
     if before.last_error != after.last_error {
         parts.push(match &after.last_error {
             Some(e) => format!("error: {e}"),
@@ -347,6 +352,42 @@ pub fn ended_deployment<'a>(draft: &'a Draft, revision_arn: &str) -> Option<&'a 
     draft
         .by_revision(revision_arn)
         .filter(|e| e.status.is_final() || e.status == Status::Draining)
+}
+
+/// Why a version lost its pins when a newer deployment took its target group.
+pub const SUPERSEDED: &str = "superseded";
+
+/// RECONCILE_SERVICE and PRE_SCALE_UP: ECS is about to scale green up into `incoming` (the
+/// target group that does not serve production), scaling down whatever runs there first. A
+/// deployment started while another is in flight is how a recorded version can still be there
+/// (the previous version held by a superseded deployment's post-shift hook, or a superseded
+/// green): every non-final entry on those target groups is finished, so that its pins go
+/// before green's tasks can register behind them. A `live` entry is production, which ECS
+/// never replaces before its own production shift, and is left alone. Returns the deployment
+/// IDs finished.
+pub fn prepare_scale_up(
+    draft: &mut Draft,
+    incoming: &[String],
+    now: OffsetDateTime,
+) -> Vec<DeploymentId> {
+    let mut finished = Vec::new();
+    for entry in draft.entries_mut() {
+        if entry.status.is_final()
+            || entry.status == Status::Live
+            || !incoming.contains(&entry.target_group_arn)
+        {
+            continue;
+        }
+        let status = if entry.status == Status::Testing {
+            Status::RolledBack
+        } else {
+            Status::Retired
+        };
+        entry.finish(status, now);
+        entry.reason = Some(SUPERSEDED.to_owned());
+        finished.push(entry.deployment_id.clone());
+    }
+    finished
 }
 
 /// What POST_PRODUCTION_TRAFFIC_SHIFT answers.

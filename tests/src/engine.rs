@@ -190,6 +190,45 @@ pub enum Intervention {
     StopAt(LifecycleStage),
     /// Stop during bake time.
     StopDuringBake,
+    /// Start a new deployment of `by` while this one is in flight: this one goes STOP_REQUESTED
+    /// then STOPPED (no rollback, no further hook invocations) and the new one runs, from every
+    /// revision that still has tasks, through RECONCILE_SERVICE.
+    Supersede {
+        when: SupersedeWhen,
+        by: String,
+        scale_down: ScaleDownAt,
+    },
+}
+
+/// When a superseding deployment starts, relative to the deployment it supersedes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SupersedeWhen {
+    /// At this stage, before its hooks run (before the production shift: green has test
+    /// traffic only).
+    Before(LifecycleStage),
+    /// While the post-shift hook holds the deployment (after its first IN_PROGRESS answer).
+    WhileHolding,
+    /// During bake time.
+    DuringBake,
+}
+
+/// When ECS scales down the revision occupying the target group that the superseding
+/// deployment's green takes. AWS does not say; both plausible points are modelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleDownAt {
+    /// At the end of RECONCILE_SERVICE, once its hooks answered.
+    ReconcileService,
+    /// At SCALE_UP, right before green's tasks start (after PRE_SCALE_UP's hooks).
+    ScaleUp,
+}
+
+/// Why the engine stopped running a deployment's stages forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stop {
+    /// Roll back, for this reason.
+    Rollback(String),
+    /// A new deployment superseded this one.
+    Superseded,
 }
 
 /// The engine's view of one ECS service.
@@ -520,7 +559,9 @@ impl Engine {
             .ok_or_else(|| format!("unknown service {service_arn}"))
     }
 
-    /// Deploys `deployment_id` to the service and runs the whole blue/green deployment.
+    /// Deploys `deployment_id` to the service and runs the whole blue/green deployment (and,
+    /// with [`Intervention::Supersede`], the deployment that supersedes it: the outcome is then
+    /// that one's).
     pub async fn deploy(
         &self,
         service_arn: &str,
@@ -530,78 +571,144 @@ impl Engine {
     ) -> Result<Outcome, String> {
         let service = self.service(service_arn)?;
         let mut state = service.lock().await;
-        state.stop_requested.store(false, Ordering::SeqCst);
-        let blue_revision = state.current_revision.clone();
-        let blue_tg = state.production_tg.clone();
-        let green_tg = if blue_tg == state.setup.alb.blue_tg {
-            state.setup.alb.green_tg.clone()
-        } else {
-            state.setup.alb.blue_tg.clone()
-        };
-        let green_revision = self.new_revision(&mut state, deployment_id, environment, &green_tg);
-        let deployment = ServiceDeployment::new(
-            &state.setup.cluster,
-            &state.setup.name,
-            &[&blue_revision],
-            &green_revision,
-        );
-        let deployment_arn = deployment.service_deployment_arn.clone();
-        let mut deployment = deployment;
-        deployment.deployment_configuration = Some(deployment_configuration(&state.setup));
-        self.ecs.put_service_deployment(deployment);
-        let hooks_registered = !state.setup.hooks.is_empty();
-        if !hooks_registered {
-            // Nothing promises pins for a deployment skewguard does not take part in.
-            state.truth.must_be_pinned.clear();
-        }
-        let blue_id = state.truth.running.get(&blue_tg).cloned();
-        let green_id = DeploymentId::parse(deployment_id).ok();
+        self.deploy_locked(
+            &mut state,
+            deployment_id,
+            environment,
+            intervention,
+            Vec::new(),
+            None,
+        )
+        .await
+    }
 
-        let ctx = DeploymentContext {
-            deployment_arn: deployment_arn.clone(),
-            green_revision: green_revision.clone(),
-            blue_revision: blue_revision.clone(),
-        };
-        let result = self
-            .forward(
-                &mut state,
-                &ctx,
-                &blue_tg,
-                &green_tg,
-                deployment_id,
-                environment,
-                &intervention,
-                blue_id.as_ref(),
-                green_id.as_ref(),
+    /// One deployment; `older_sources` are revisions besides production that still have tasks
+    /// (a superseded deployment's), which make ECS pass through RECONCILE_SERVICE.
+    fn deploy_locked<'a>(
+        &'a self,
+        state: &'a mut ServiceState,
+        deployment_id: &'a str,
+        environment: &'a [(String, String)],
+        intervention: Intervention,
+        older_sources: Vec<String>,
+        reconcile: Option<ScaleDownAt>,
+    ) -> BoxFuture<'a, Result<Outcome, String>> {
+        Box::pin(async move {
+            state.stop_requested.store(false, Ordering::SeqCst);
+            let blue_revision = state.current_revision.clone();
+            let blue_tg = state.production_tg.clone();
+            let green_tg = if blue_tg == state.setup.alb.blue_tg {
+                state.setup.alb.green_tg.clone()
+            } else {
+                state.setup.alb.blue_tg.clone()
+            };
+            let green_revision = self.new_revision(state, deployment_id, environment, &green_tg);
+            let mut sources: Vec<&str> = vec![&blue_revision];
+            sources.extend(older_sources.iter().map(String::as_str));
+            let mut deployment = ServiceDeployment::new(
+                &state.setup.cluster,
+                &state.setup.name,
+                &sources,
+                &green_revision,
+            );
+            let deployment_arn = deployment.service_deployment_arn.clone();
+            deployment.deployment_configuration = Some(deployment_configuration(&state.setup));
+            self.ecs.put_service_deployment(deployment);
+            let hooks_registered = !state.setup.hooks.is_empty();
+            if !hooks_registered {
+                // Nothing promises pins for a deployment skewguard does not take part in.
+                state.truth.must_be_pinned.clear();
+            }
+            let blue_id = state.truth.running.get(&blue_tg).cloned();
+            let green_id = DeploymentId::parse(deployment_id).ok();
+
+            let ctx = DeploymentContext {
+                deployment_arn: deployment_arn.clone(),
+                green_revision: green_revision.clone(),
+                blue_revision: blue_revision.clone(),
+                older_revisions: older_sources.clone(),
+                blue_tg: blue_tg.clone(),
+                green_tg: green_tg.clone(),
+                deployment_id: deployment_id.to_owned(),
+                environment: environment.to_vec(),
+                intervention: intervention.clone(),
+                blue_id: blue_id.clone(),
+                green_id: green_id.clone(),
                 hooks_registered,
-            )
-            .await?;
-        match result {
-            None => {
-                state.current_revision = green_revision;
-                state.production_tg = green_tg;
-                self.set_deployment(
-                    &deployment_arn,
-                    None,
-                    Some(ServiceDeploymentStatus::Successful),
-                );
-                self.step(&state, "deployment succeeded").await;
-                Ok(Outcome::Succeeded)
+                reconcile,
+            };
+            let result = self.forward(state, &ctx).await?;
+            match result {
+                None => {
+                    state.current_revision = green_revision;
+                    state.production_tg = green_tg;
+                    self.set_deployment(
+                        &deployment_arn,
+                        None,
+                        Some(ServiceDeploymentStatus::Successful),
+                    );
+                    self.step(state, "deployment succeeded").await;
+                    Ok(Outcome::Succeeded)
+                }
+                Some(Stop::Rollback(reason)) => {
+                    self.rollback(
+                        state,
+                        &ctx,
+                        &blue_tg,
+                        &green_tg,
+                        &reason,
+                        blue_id.as_ref(),
+                        hooks_registered,
+                    )
+                    .await?;
+                    Ok(Outcome::RolledBack { reason })
+                }
+                Some(Stop::Superseded) => {
+                    let Intervention::Supersede {
+                        when,
+                        by,
+                        scale_down,
+                    } = intervention
+                    else {
+                        return Err("superseded without a superseding deployment".to_owned());
+                    };
+                    self.ecs.update_service_deployment(&deployment_arn, |d| {
+                        d.status = ServiceDeploymentStatus::StopRequested;
+                        d.status_reason = Some(format!("a new deployment of {by} started"));
+                    });
+                    self.ecs.update_service_deployment(&deployment_arn, |d| {
+                        d.status = ServiceDeploymentStatus::Stopped;
+                        d.finished_at = Some(crate::ecs_emulator::now());
+                        d.stopped_at = Some(crate::ecs_emulator::now());
+                    });
+                    let shifted = !matches!(when, SupersedeWhen::Before(_));
+                    let older = if shifted {
+                        state.current_revision = green_revision;
+                        state.production_tg = green_tg.clone();
+                        blue_revision
+                    } else {
+                        green_revision
+                    };
+                    let production = state.truth.running.get(&state.production_tg).cloned();
+                    if hooks_registered && self.is_engaged(&state.service_arn) {
+                        // Until the next deployment's hooks speak, production's pin is what
+                        // remains promised; the superseded deployment's other version is
+                        // about to be scaled down.
+                        state.truth.must_be_pinned = production.into_iter().collect();
+                    }
+                    self.step(state, "superseded: deployment stopped").await;
+                    self.deploy_locked(
+                        state,
+                        &by,
+                        environment,
+                        Intervention::None,
+                        vec![older],
+                        Some(scale_down),
+                    )
+                    .await
+                }
             }
-            Some(reason) => {
-                self.rollback(
-                    &mut state,
-                    &ctx,
-                    &blue_tg,
-                    &green_tg,
-                    &reason,
-                    blue_id.as_ref(),
-                    hooks_registered,
-                )
-                .await?;
-                Ok(Outcome::RolledBack { reason })
-            }
-        }
+        })
     }
 
     fn set_deployment(
@@ -622,49 +729,92 @@ impl Engine {
         });
     }
 
-    /// Runs the stages forward; `Some(reason)` means the deployment must roll back.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the stages forward; `Some(stop)` means the deployment must roll back or was
+    /// superseded.
     async fn forward(
         &self,
         state: &mut ServiceState,
         ctx: &DeploymentContext,
-        blue_tg: &str,
-        green_tg: &str,
-        deployment_id: &str,
-        environment: &[(String, String)],
-        intervention: &Intervention,
-        blue_id: Option<&DeploymentId>,
-        green_id: Option<&DeploymentId>,
-        hooks_registered: bool,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<Stop>, String> {
+        let (blue_tg, green_tg) = (ctx.blue_tg.as_str(), ctx.green_tg.as_str());
+        let (deployment_id, environment) = (ctx.deployment_id.as_str(), &ctx.environment[..]);
+        let intervention = &ctx.intervention;
+        let (blue_id, green_id) = (ctx.blue_id.as_ref(), ctx.green_id.as_ref());
+        let hooks_registered = ctx.hooks_registered;
         let alb = state.setup.alb.clone();
         let no_weights = json!({});
-        for stage in [
-            LifecycleStage::PreScaleUp,
-            LifecycleStage::PostScaleUp,
-            LifecycleStage::TestTrafficShift,
-            LifecycleStage::PostTestTrafficShift,
-            LifecycleStage::PreProductionTrafficShift,
-            LifecycleStage::ProductionTrafficShift,
-            LifecycleStage::PostProductionTrafficShift,
-        ] {
+        let stages = ctx
+            .reconcile
+            .map(|_| LifecycleStage::ReconcileService)
+            .into_iter()
+            .chain([
+                LifecycleStage::PreScaleUp,
+                LifecycleStage::PostScaleUp,
+                LifecycleStage::TestTrafficShift,
+                LifecycleStage::PostTestTrafficShift,
+                LifecycleStage::PreProductionTrafficShift,
+                LifecycleStage::ProductionTrafficShift,
+                LifecycleStage::PostProductionTrafficShift,
+            ]);
+        for stage in stages {
             if *intervention == Intervention::StopAt(stage)
                 || state.stop_requested.load(Ordering::SeqCst)
             {
-                return Ok(Some(format!("deployment stopped with ROLLBACK at {stage}")));
+                return Ok(Some(Stop::Rollback(format!(
+                    "deployment stopped with ROLLBACK at {stage}"
+                ))));
+            }
+            if matches!(intervention, Intervention::Supersede { when: SupersedeWhen::Before(at), .. } if *at == stage)
+            {
+                return Ok(Some(Stop::Superseded));
             }
             self.set_deployment(&ctx.deployment_arn, Some(stage), None);
             match stage {
+                LifecycleStage::ReconcileService => {
+                    // Every revision that still has tasks is named, as in ECS's example payload.
+                    let mut production = serde_json::Map::new();
+                    production.insert(ctx.blue_revision.clone(), json!(100.0));
+                    for older in &ctx.older_revisions {
+                        production.insert(older.clone(), json!(0.0));
+                    }
+                    production.insert(ctx.green_revision.clone(), json!(0.0));
+                    let production = Value::Object(production);
+                    if let Some(stop) = self
+                        .run_hooks(state, ctx, stage, &no_weights, &production)
+                        .await
+                    {
+                        return Ok(Some(stop));
+                    }
+                    if ctx.reconcile == Some(ScaleDownAt::ReconcileService)
+                        && state.tasks.contains_key(green_tg)
+                    {
+                        self.stop_tasks(state, green_tg).await?;
+                        self.step(
+                            state,
+                            "RECONCILE_SERVICE: the revision in green's target group scaled down",
+                        )
+                        .await;
+                    }
+                }
                 LifecycleStage::PostScaleUp => {
-                    // SCALE_UP (not hookable) comes first: green's tasks start, serving nothing yet.
+                    // SCALE_UP (not hookable) comes first: whatever still runs in green's target
+                    // group is scaled down, then green's tasks start, serving nothing yet.
+                    if state.tasks.contains_key(green_tg) {
+                        self.stop_tasks(state, green_tg).await?;
+                        self.step(
+                            state,
+                            "SCALE_UP: the revision in green's target group scaled down",
+                        )
+                        .await;
+                    }
                     self.start_tasks(state, deployment_id, environment, green_tg)
                         .await?;
                     self.step(state, "SCALE_UP").await;
-                    if let Some(reason) = self
+                    if let Some(stop) = self
                         .run_hooks(state, ctx, stage, &no_weights, &no_weights)
                         .await
                     {
-                        return Ok(Some(reason));
+                        return Ok(Some(stop));
                     }
                 }
                 LifecycleStage::TestTrafficShift => {
@@ -674,18 +824,17 @@ impl Engine {
                             .map_err(|e| e.to_string())?;
                     }
                     let test = weights(&ctx.green_revision, 100.0, &ctx.blue_revision);
-                    if let Some(reason) =
-                        self.run_hooks(state, ctx, stage, &test, &no_weights).await
+                    if let Some(stop) = self.run_hooks(state, ctx, stage, &test, &no_weights).await
                     {
-                        return Ok(Some(reason));
+                        return Ok(Some(stop));
                     }
                 }
                 LifecycleStage::PostTestTrafficShift => {
-                    if let Some(reason) = self
+                    if let Some(stop) = self
                         .run_hooks(state, ctx, stage, &no_weights, &no_weights)
                         .await
                     {
-                        return Ok(Some(reason));
+                        return Ok(Some(stop));
                     }
                     if hooks_registered && self.is_engaged(&state.service_arn) {
                         state.truth.must_be_pinned = blue_id.cloned().into_iter().collect();
@@ -695,14 +844,14 @@ impl Engine {
                 LifecycleStage::ProductionTrafficShift => {
                     for green_weight in state.setup.strategy.production_steps() {
                         if state.stop_requested.load(Ordering::SeqCst) {
-                            return Ok(Some(
+                            return Ok(Some(Stop::Rollback(
                                 "deployment stopped with ROLLBACK during the production shift"
                                     .to_owned(),
-                            ));
+                            )));
                         }
                         let pre_step = state.setup.strategy != Strategy::BlueGreen;
                         if pre_step
-                            && let Some(reason) = self
+                            && let Some(stop) = self
                                 .run_hooks(
                                     state,
                                     ctx,
@@ -712,7 +861,7 @@ impl Engine {
                                 )
                                 .await
                         {
-                            return Ok(Some(reason));
+                            return Ok(Some(stop));
                         }
                         let (green_alb, blue_alb) = alb_weights(green_weight);
                         set_forward_weights(
@@ -724,11 +873,11 @@ impl Engine {
                         .map_err(|e| e.to_string())?;
                         let production =
                             weights(&ctx.green_revision, green_weight, &ctx.blue_revision);
-                        if let Some(reason) = self
+                        if let Some(stop) = self
                             .run_hooks(state, ctx, stage, &no_weights, &production)
                             .await
                         {
-                            return Ok(Some(reason));
+                            return Ok(Some(stop));
                         }
                         if hooks_registered && self.is_engaged(&state.service_arn) {
                             state.truth.must_be_pinned =
@@ -745,11 +894,11 @@ impl Engine {
                     // Invoked before each production step instead.
                 }
                 _ => {
-                    if let Some(reason) = self
+                    if let Some(stop) = self
                         .run_hooks(state, ctx, stage, &no_weights, &no_weights)
                         .await
                     {
-                        return Ok(Some(reason));
+                        return Ok(Some(stop));
                     }
                 }
             }
@@ -760,20 +909,29 @@ impl Engine {
         self.set_deployment(&ctx.deployment_arn, None, None);
         self.step(state, "BAKE_TIME").await;
         let bake_until = Instant::now() + state.setup.bake.mul_f64(self.time_scale);
+        if matches!(
+            intervention,
+            Intervention::Supersede {
+                when: SupersedeWhen::DuringBake,
+                ..
+            }
+        ) {
+            return Ok(Some(Stop::Superseded));
+        }
         while Instant::now() < bake_until {
             if *intervention == Intervention::StopDuringBake
                 || state.stop_requested.load(Ordering::SeqCst)
             {
-                return Ok(Some(
+                return Ok(Some(Stop::Rollback(
                     "deployment stopped with ROLLBACK during bake time".to_owned(),
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if *intervention == Intervention::StopDuringBake {
-            return Ok(Some(
+            return Ok(Some(Stop::Rollback(
                 "deployment stopped with ROLLBACK during bake time".to_owned(),
-            ));
+            )));
         }
         // CLEAN_UP: blue is scaled down; its test-rule weight is already 0.
         self.stop_tasks(state, blue_tg).await?;
@@ -822,7 +980,7 @@ impl Engine {
             (LifecycleStage::ProductionTrafficShift, &none, &reversed),
         ] {
             if let Some(problem) = self.run_hooks(state, ctx, stage, test, production).await {
-                tracing::warn!(%problem, "a hook failed during rollback");
+                tracing::warn!(?problem, "a hook failed during rollback");
             }
         }
         if hooks_registered && self.is_engaged(&state.service_arn) {
@@ -839,7 +997,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Invokes every hook registered for `stage`; `Some(reason)` if one failed.
+    /// Invokes every hook registered for `stage`; `Some(stop)` if one failed (or the
+    /// deployment was superseded while a hook held it).
     async fn run_hooks(
         &self,
         state: &ServiceState,
@@ -847,7 +1006,7 @@ impl Engine {
         stage: LifecycleStage,
         test: &Value,
         production: &Value,
-    ) -> Option<String> {
+    ) -> Option<Stop> {
         let registrations: Vec<HookRegistration> = state
             .setup
             .hooks
@@ -856,11 +1015,11 @@ impl Engine {
             .cloned()
             .collect();
         for registration in registrations {
-            if let Err(reason) = self
+            if let Err(stop) = self
                 .run_hook(state, ctx, stage, &registration, test, production)
                 .await
             {
-                return Some(reason);
+                return Some(stop);
             }
         }
         None
@@ -874,7 +1033,7 @@ impl Engine {
         registration: &HookRegistration,
         test: &Value,
         production: &Value,
-    ) -> Result<(), String> {
+    ) -> Result<(), Stop> {
         let execution_id = format!(
             "{:08x}-engine-{}",
             self.executions.fetch_add(1, Ordering::Relaxed),
@@ -902,10 +1061,10 @@ impl Engine {
             let answer = match invocation {
                 Invocation::Answered(answer) => answer,
                 Invocation::Failed(reason) => {
-                    return Err(format!(
+                    return Err(Stop::Rollback(format!(
                         "{} failed at {stage}: {reason}",
                         registration.function.name()
-                    ));
+                    )));
                 }
             };
             match answer.get("hookStatus").and_then(Value::as_str) {
@@ -921,10 +1080,10 @@ impl Engine {
                     return Ok(());
                 }
                 Some("FAILED") => {
-                    return Err(format!(
+                    return Err(Stop::Rollback(format!(
                         "{} answered FAILED at {stage}",
                         registration.function.name()
-                    ));
+                    )));
                 }
                 Some("IN_PROGRESS") => {
                     let delay = answer
@@ -937,29 +1096,40 @@ impl Engine {
                         }
                     }
                     self.step(state, &format!("{stage} holding")).await;
+                    if stage == LifecycleStage::PostProductionTrafficShift
+                        && matches!(
+                            ctx.intervention,
+                            Intervention::Supersede {
+                                when: SupersedeWhen::WhileHolding,
+                                ..
+                            }
+                        )
+                    {
+                        return Err(Stop::Superseded);
+                    }
                     let wait = Duration::from_secs(delay).mul_f64(self.time_scale);
                     if started.elapsed() + wait > registration.timeout {
-                        return Err(format!(
+                        return Err(Stop::Rollback(format!(
                             "{} timed out at {stage} (action ROLLBACK)",
                             registration.function.name()
-                        ));
+                        )));
                     }
                     let until = Instant::now() + wait;
                     while Instant::now() < until {
                         if state.stop_requested.load(Ordering::SeqCst) {
-                            return Err(format!(
+                            return Err(Stop::Rollback(format!(
                                 "deployment stopped with ROLLBACK while {} held {stage}",
                                 registration.function.name()
-                            ));
+                            )));
                         }
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
                 other => {
-                    return Err(format!(
+                    return Err(Stop::Rollback(format!(
                         "{} gave an invalid answer at {stage}: hookStatus {other:?}",
                         registration.function.name()
-                    ));
+                    )));
                 }
             }
         }
@@ -1004,10 +1174,25 @@ fn deployment_configuration(setup: &ServiceSetup) -> Value {
     configuration
 }
 
+/// One deployment as the engine runs it.
 struct DeploymentContext {
     deployment_arn: String,
     green_revision: String,
     blue_revision: String,
+    /// Revisions besides blue that still had tasks when the deployment started.
+    older_revisions: Vec<String>,
+    blue_tg: String,
+    green_tg: String,
+    /// Green's deployment ID as written into its task definition (possibly invalid).
+    deployment_id: String,
+    environment: Vec<(String, String)>,
+    intervention: Intervention,
+    blue_id: Option<DeploymentId>,
+    green_id: Option<DeploymentId>,
+    hooks_registered: bool,
+    /// Set when the deployment passes through RECONCILE_SERVICE: when ECS scales down what
+    /// occupies green's target group.
+    reconcile: Option<ScaleDownAt>,
 }
 
 fn dedup(ids: &mut Vec<DeploymentId>) {

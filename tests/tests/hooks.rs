@@ -1084,13 +1084,32 @@ async fn an_error_during_a_rollback_asks_ecs_to_call_again_instead_of_failing() 
         json!({ &green: 0, &unknown_blue: 100 }),
         quick(),
     );
+    let mut event = event;
+    for retry in 1..=skewguard_core::hook::MAX_ROLLBACK_RETRIES {
+        let answer = answered(
+            invoker
+                .invoke(HookFunction::ProductionShift, event.clone())
+                .await,
+        );
+        assert_eq!(answer["hookStatus"], "IN_PROGRESS", "{answer}");
+        assert_eq!(
+            answer["callBackDelay"], 1,
+            "pollInterval, being shorter than 10 s"
+        );
+        assert_eq!(
+            answer["hookDetails"]["skewWindow"], "2s",
+            "the settings are echoed"
+        );
+        assert_eq!(answer["hookDetails"]["skewguardRollbackRetries"], retry);
+        // ECS passes the returned hookDetails back on the next call.
+        event["hookDetails"] = answer["hookDetails"].clone();
+    }
     let answer = answered(invoker.invoke(HookFunction::ProductionShift, event).await);
-    assert_eq!(answer["hookStatus"], "IN_PROGRESS", "{answer}");
     assert_eq!(
-        answer["callBackDelay"],
-        skewguard_core::hook::ROLLBACK_RETRY_DELAY.as_secs()
+        answer,
+        json!({"hookStatus": "SUCCEEDED"}),
+        "bounded: then the reconciler takes over, never FAILED"
     );
-    assert_eq!(answer["hookDetails"], quick(), "the settings are echoed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1139,4 +1158,90 @@ async fn on_error_continue_records_an_error_that_came_before_green_had_an_entry(
         !recorded.wants_pin(),
         "nothing is pinned for an unreadable ID"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_superseding_another_unpins_what_runs_in_the_target_group_it_takes() {
+    use skewguard_world::engine::{ScaleDownAt, SupersedeWhen};
+    // (when the third deployment starts, when ECS scales down the revision in its target
+    // group, the version that loses its pins for it, that version's status afterwards)
+    let cases = [
+        (
+            SupersedeWhen::WhileHolding,
+            ScaleDownAt::ReconcileService,
+            "v1",
+            Status::Retired,
+        ),
+        (
+            SupersedeWhen::WhileHolding,
+            ScaleDownAt::ScaleUp,
+            "v1",
+            Status::Retired,
+        ),
+        (
+            SupersedeWhen::DuringBake,
+            ScaleDownAt::ReconcileService,
+            "v1",
+            Status::Retired,
+        ),
+        (
+            SupersedeWhen::Before(LifecycleStage::PreProductionTrafficShift),
+            ScaleDownAt::ScaleUp,
+            "v2",
+            Status::RolledBack,
+        ),
+    ];
+    for (when, scale_down, displaced, displaced_status) in cases {
+        let label = format!("{when:?}, scaled down at {scale_down:?}");
+        let world = World::start().await;
+        let (service, _) = world.service("web", "v1", quick()).await;
+        let outcome = world
+            .engine
+            .deploy(
+                &service,
+                "v2",
+                &[],
+                Intervention::Supersede {
+                    when,
+                    by: "v3".to_owned(),
+                    scale_down,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Succeeded, "{label}: v3 deploys");
+        // The invariants held after every step, SCALE_UP into the taken target group included:
+        // no pin ever led a client to another version than its own.
+        world.assert_no_violations();
+        let steps = world.checker.steps.lock().unwrap().clone();
+        assert!(
+            steps.iter().any(|s| s.contains("superseded")),
+            "{label}: {steps:?}"
+        );
+        let ledger = entries(&world, &service).await;
+        assert_eq!(status(&ledger, "v3"), Some(Status::Live), "{label}");
+        assert_eq!(
+            status(&ledger, displaced),
+            Some(displaced_status),
+            "{label}: {ledger:?}"
+        );
+        for gone in ["v1", "v2"] {
+            assert_eq!(pins(&world, &service, gone).await, 0, "{label}: {gone}");
+        }
+        assert_eq!(pins(&world, &service, "v3").await, 1, "{label}");
+        // The superseded deployment was stopped, not rolled back.
+        let ecs = &world.hook_clients.ecs;
+        let arns = ecs.list_service_deployments(&service, 5).await.unwrap();
+        let deployments = ecs.describe_service_deployments(&arns).await.unwrap();
+        assert_eq!(
+            deployments.iter().map(|d| d.status.as_str()).collect::<Vec<_>>(),
+            ["SUCCESSFUL", "STOPPED"],
+            "{label}"
+        );
+        assert_eq!(
+            deployments[0].source_revisions.len(),
+            2,
+            "{label}: both older revisions still had tasks"
+        );
+    }
 }

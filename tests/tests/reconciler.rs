@@ -247,7 +247,7 @@ impl Invoker for NoRollbackHooks {
             let rollback = function == HookFunction::ProductionShift
                 && weights
                     .iter()
-                    .any(|w| green.as_str().is_some_and(|g| w[g] == json!(0)));
+                    .any(|w| green.as_str().is_some_and(|g| w[g].as_f64() == Some(0.0)));
             if rollback {
                 return Invocation::Answered(json!({"hookStatus": "SUCCEEDED"}));
             }

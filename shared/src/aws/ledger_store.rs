@@ -33,12 +33,13 @@ pub mod attr {
     pub const RETIRED_AT: &str = "retiredAt";
     pub const EXPIRES_AT: &str = "expiresAt";
     pub const LAST_ERROR: &str = "lastError";
+    pub const REASON: &str = "reason";
     pub const VERSION: &str = "version";
     pub const HISTORY: &str = "history";
 }
 
 /// Every attribute except `history`, which can grow long and is never needed to decide.
-const ENTRY_ATTRIBUTES: [&str; 19] = [
+const ENTRY_ATTRIBUTES: [&str; 20] = [
     attr::SERVICE_ARN,
     attr::DEPLOYMENT_ID,
     attr::STATUS,
@@ -57,6 +58,7 @@ const ENTRY_ATTRIBUTES: [&str; 19] = [
     attr::RETIRED_AT,
     attr::EXPIRES_AT,
     attr::LAST_ERROR,
+    attr::REASON,
     attr::VERSION,
 ];
 
@@ -361,6 +363,7 @@ fn update_of(table: &str, change: &Change) -> Result<Update, LedgerError> {
         e.expires_at.map(|n| AttributeValue::N(n.to_string())),
     );
     optional(attr::LAST_ERROR, e.last_error.as_ref().map(|m| s(m)));
+    optional(attr::REASON, e.reason.as_ref().map(|m| s(m)));
 
     let mut names = HashMap::new();
     let mut values = HashMap::new();
@@ -464,6 +467,7 @@ fn entry_from_item(item: &HashMap<String, AttributeValue>) -> Result<LedgerEntry
         retired_at: time(attr::RETIRED_AT)?,
         expires_at: number(attr::EXPIRES_AT)?,
         last_error: text(attr::LAST_ERROR),
+        reason: text(attr::REASON),
         version: number(attr::VERSION)?.unwrap_or(0).max(0) as u64,
         service_arn,
     })

@@ -35,6 +35,16 @@ pub struct AwsError {
 }
 
 impl AwsError {
+    /// `PriorityInUse`, as ELBv2 answers when a rule priority was taken meanwhile: a conflict.
+    pub fn priority_taken() -> Self {
+        Self {
+            operation: "CreateRule",
+            code: "PriorityInUse".to_owned(),
+            message: "a pin's priority was taken meanwhile".to_owned(),
+            kind: AwsErrorKind::Conflict,
+        }
+    }
+
     pub fn is(&self, code: &str) -> bool {
         self.code == code
     }

@@ -214,13 +214,13 @@ impl Metered {
             details
                 .and_then(|d| d.get(key))
                 .and_then(|w| w.get(green))
-                .and_then(Value::as_u64)
+                .and_then(Value::as_f64)
         };
         match stage.as_str() {
-            "TEST_TRAFFIC_SHIFT" if weight_of("testTrafficWeights") == Some(0) => {
+            "TEST_TRAFFIC_SHIFT" if weight_of("testTrafficWeights") == Some(0.0) => {
                 format!("rollback at {stage}")
             }
-            "PRODUCTION_TRAFFIC_SHIFT" if weight_of("productionTrafficWeights") == Some(0) => {
+            "PRODUCTION_TRAFFIC_SHIFT" if weight_of("productionTrafficWeights") == Some(0.0) => {
                 format!("rollback at {stage}")
             }
             "POST_PRODUCTION_TRAFFIC_SHIFT" if function == HookFunction::PostShift => {
