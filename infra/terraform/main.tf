@@ -9,13 +9,13 @@ data "aws_caller_identity" "current" {}
 locals {
   # crate => what differs between the functions
   functions = {
-    "post-test-traffic" = { timeout = 120, description = "skewguard hook at POST_TEST_TRAFFIC_SHIFT - records green, pins the production version" }
+    "post-test-traffic" = { timeout = 120, description = "skewguard hook at RECONCILE_SERVICE, PRE_SCALE_UP and POST_TEST_TRAFFIC_SHIFT - unpins what a new green replaces, records green, pins the production version" }
     "production-shift"  = { timeout = 120, description = "skewguard hook at TEST_TRAFFIC_SHIFT and PRODUCTION_TRAFFIC_SHIFT - pins green, unpins it on rollback" }
     "post-shift"        = { timeout = 120, description = "skewguard hook at POST_PRODUCTION_TRAFFIC_SHIFT - holds the previous version pinned for the skew window" }
     "reconciler"        = { timeout = 300, description = "skewguard reconciler - repairs pins and the ledger after deployments end, and periodically" }
   }
   hooks = {
-    "post-test-traffic" = ["POST_TEST_TRAFFIC_SHIFT"]
+    "post-test-traffic" = ["RECONCILE_SERVICE", "PRE_SCALE_UP", "POST_TEST_TRAFFIC_SHIFT"]
     "production-shift"  = ["TEST_TRAFFIC_SHIFT", "PRODUCTION_TRAFFIC_SHIFT"]
     "post-shift"        = ["POST_PRODUCTION_TRAFFIC_SHIFT"]
   }

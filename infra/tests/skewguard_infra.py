@@ -29,7 +29,9 @@ EXAMPLE = INFRA / "example-service.yaml"
 
 # Which stages each hook function handles: shared/src/hook.rs, HookFunction::stages.
 HOOK_STAGES: dict[str, frozenset[str]] = {
-    "post-test-traffic": frozenset({"POST_TEST_TRAFFIC_SHIFT"}),
+    "post-test-traffic": frozenset(
+        {"RECONCILE_SERVICE", "PRE_SCALE_UP", "POST_TEST_TRAFFIC_SHIFT"}
+    ),
     "production-shift": frozenset({"TEST_TRAFFIC_SHIFT", "PRODUCTION_TRAFFIC_SHIFT"}),
     "post-shift": frozenset({"POST_PRODUCTION_TRAFFIC_SHIFT"}),
 }

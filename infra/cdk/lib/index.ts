@@ -17,14 +17,18 @@ export type SkewWindow = keyof typeof SKEW_WINDOWS;
 
 /** The function crates, and the stages each hook is registered at. */
 export const HOOKS = {
-  'post-test-traffic': [ecs.DeploymentLifecycleStage.POST_TEST_TRAFFIC_SHIFT],
+  'post-test-traffic': [
+    ecs.DeploymentLifecycleStage.RECONCILE_SERVICE,
+    ecs.DeploymentLifecycleStage.PRE_SCALE_UP,
+    ecs.DeploymentLifecycleStage.POST_TEST_TRAFFIC_SHIFT,
+  ],
   'production-shift': [ecs.DeploymentLifecycleStage.TEST_TRAFFIC_SHIFT, ecs.DeploymentLifecycleStage.PRODUCTION_TRAFFIC_SHIFT],
   'post-shift': [ecs.DeploymentLifecycleStage.POST_PRODUCTION_TRAFFIC_SHIFT],
 } as const;
 export type Hook = keyof typeof HOOKS;
 export type FunctionCrate = Hook | 'reconciler';
 const FUNCTIONS: Record<FunctionCrate, { timeout: number; description: string }> = {
-  'post-test-traffic': { timeout: 120, description: 'skewguard hook at POST_TEST_TRAFFIC_SHIFT - records green, pins the production version' },
+  'post-test-traffic': { timeout: 120, description: 'skewguard hook at RECONCILE_SERVICE, PRE_SCALE_UP and POST_TEST_TRAFFIC_SHIFT - unpins what a new green replaces, records green, pins the production version' },
   'production-shift': { timeout: 120, description: 'skewguard hook at TEST_TRAFFIC_SHIFT and PRODUCTION_TRAFFIC_SHIFT - pins green, unpins it on rollback' },
   'post-shift': { timeout: 120, description: 'skewguard hook at POST_PRODUCTION_TRAFFIC_SHIFT - holds the previous version pinned for the skew window' },
   reconciler: { timeout: 300, description: 'skewguard reconciler - repairs pins and the ledger after deployments end, and periodically' },
