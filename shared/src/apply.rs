@@ -80,6 +80,7 @@ pub async fn apply(
     let mut applied = Applied::default();
     for arn in changes.delete {
         listener.delete_rule(arn).await.map_err(ApplyError::Aws)?;
+        crate::metrics::record(|c| c.pins_removed += 1);
         tracing::info!(rule_arn = %arn, "pin removed");
     }
     for pin in changes.create {
@@ -95,6 +96,7 @@ pub async fn apply(
         };
         match listener.create_rule(&rule).await {
             Ok(arn) => {
+                crate::metrics::record(|c| c.pins_created += 1);
                 tracing::info!(deployment_id = %pin.spec.deployment_id, priority = pin.priority, rule_arn = %arn, "pin created");
                 applied
                     .created

@@ -11,6 +11,7 @@ use crate::aws::ecs::Ecs;
 use crate::aws::elb::Elb;
 use crate::aws::ledger_store::LedgerStore;
 use crate::hook::{Clients, HookConfig, HookFunction};
+use crate::metrics::CountAwsCalls;
 use crate::settings::{EnvDefaults, Settings};
 
 /// The environment variable naming the ledger table.
@@ -43,12 +44,18 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
-/// The ECS, ELBv2 and ledger clients, built once per cold start from `sdk`.
+/// The ECS, ELBv2 and ledger clients, built once per cold start from `sdk`, each counting its
+/// calls into the invocation's metrics ([`CountAwsCalls`]).
 pub fn clients(sdk: &aws_config::SdkConfig, table: &str) -> Clients {
+    let ecs = aws_sdk_ecs::config::Builder::from(sdk).interceptor(CountAwsCalls);
+    let elb = aws_sdk_elasticloadbalancingv2::config::Builder::from(sdk).interceptor(CountAwsCalls);
+    let ddb = aws_sdk_dynamodb::config::Builder::from(sdk).interceptor(CountAwsCalls);
     Clients {
-        ecs: Ecs::new(aws_sdk_ecs::Client::new(sdk)),
-        elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::new(sdk)),
-        ledger: LedgerStore::new(aws_sdk_dynamodb::Client::new(sdk), table),
+        ecs: Ecs::new(aws_sdk_ecs::Client::from_conf(ecs.build())),
+        elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::from_conf(
+            elb.build(),
+        )),
+        ledger: LedgerStore::new(aws_sdk_dynamodb::Client::from_conf(ddb.build()), table),
     }
 }
 

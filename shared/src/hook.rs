@@ -181,6 +181,9 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
             let raw_details = hook_details_of(raw.get("hookDetails")).unwrap_or_default();
             let on_error = Settings::on_error_only(&raw_details, &config.defaults);
             error!(function, error_kind = "MalformedEvent", error = %err, on_error = ?on_error, "rejected hook event");
+            crate::metrics::record(|c| {
+                *c.errors.entry("MalformedEvent".to_owned()).or_default() += 1
+            });
             return answer_for_error(on_error);
         }
     };
@@ -332,6 +335,7 @@ async fn report_error(
         on_error = ?on_error,
         "hook failed"
     );
+    crate::metrics::record(|c| *c.errors.entry(err.kind().to_owned()).or_default() += 1);
     if on_error != OnError::Continue {
         return;
     }
@@ -609,6 +613,8 @@ async fn attempt_stage(
                     now,
                 );
                 before_scale_down = hold == Hold::Done;
+                let live_at = draft.get(&green.deployment_id).and_then(|g| g.live_at);
+                crate::metrics::record(|c| c.held = live_at.map(|at| (now - at).unsigned_abs()));
                 (hold, Some(wiring))
             }
             other => {

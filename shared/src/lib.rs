@@ -34,6 +34,7 @@ pub mod event;
 pub mod hook;
 pub mod ledger;
 pub mod listener;
+pub mod metrics;
 pub mod pins;
 #[cfg(test)]
 mod proptests;

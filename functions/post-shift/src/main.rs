@@ -3,7 +3,8 @@
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use skewguard_core::cold_start;
-use skewguard_core::hook::{self, HookFunction};
+use skewguard_core::hook::HookFunction;
+use skewguard_core::metrics::{self, Invocation};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -12,7 +13,11 @@ async fn main() -> Result<(), Error> {
     let clients = cold_start::clients(&cold_start::sdk_config().await, &table);
     let (config, clients) = (&config, &clients);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        Ok::<_, Error>(hook::handle(config, clients, event.payload).await)
+        let invocation = Invocation {
+            request_id: event.context.request_id,
+            xray_trace_id: event.context.xray_trace_id,
+        };
+        Ok::<_, Error>(metrics::run_hook(config, clients, event.payload, &invocation).await)
     }))
     .await
 }

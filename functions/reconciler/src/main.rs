@@ -3,7 +3,8 @@
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::Value;
-use skewguard_core::{cold_start, reconciler};
+use skewguard_core::cold_start;
+use skewguard_core::metrics::{self, Invocation};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -12,7 +13,11 @@ async fn main() -> Result<(), Error> {
     let clients = cold_start::clients(&cold_start::sdk_config().await, &table);
     let (defaults, clients) = (&defaults, &clients);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        reconciler::handle(clients, defaults, event.payload, &event.context.request_id)
+        let invocation = Invocation {
+            request_id: event.context.request_id,
+            xray_trace_id: event.context.xray_trace_id,
+        };
+        metrics::run_reconciler(clients, defaults, event.payload, &invocation)
             .await
             .map_err(|e| Diagnostic {
                 error_type: e.kind().to_owned(),
