@@ -14,7 +14,8 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::config::ProvideCredentials;
 use clap::{Parser, Subcommand, ValueEnum};
 use skewguard_core::aws::ledger_store::LedgerError;
-use skewguard_core::hook::{Clients, HookError};
+use skewguard_core::hook::Clients;
+use skewguard_core::reconciler::ReconcileError;
 
 pub use commands::Rendered;
 
@@ -151,10 +152,11 @@ impl Context {
         }
     }
 
-    pub fn hook_error(&self, e: HookError) -> CliError {
+    /// A reconciler error, said plainly.
+    pub fn reconcile_error(&self, e: ReconcileError) -> CliError {
         match e {
-            HookError::Ledger(l) => self.ledger_error(l),
-            HookError::Aws(aws) if aws.code == "ResourceNotFoundException" => {
+            ReconcileError::Ledger(l) => self.ledger_error(l),
+            ReconcileError::Aws(aws) if aws.code == "ResourceNotFoundException" => {
                 CliError::TableMissing {
                     table: self.table.clone(),
                     region: self.region.clone(),

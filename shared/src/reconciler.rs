@@ -16,21 +16,112 @@ use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
 use crate::DeploymentId;
-use crate::apply::{self, ListenerChanges};
-use crate::aws::ecs::{DeploymentFacts, Ecs, EcsError, running_version};
+use crate::apply::{self, ApplyError, ListenerChanges};
+use crate::aws::ecs::{DeploymentFacts, DiscoveryError, Ecs, EcsError, running_version};
+use crate::aws::ledger_store::LedgerError;
+use crate::aws::{AwsError, AwsErrorKind};
 use crate::event::MalformedEvent;
-use crate::hook::{Clients, HookError};
+use crate::hook::Clients;
 use crate::ledger::LedgerEntry;
 use crate::pins::{self, PinError, PinTags};
 use crate::reconcile::{
-    self, DEPLOYMENTS_READ, DeploymentSummary, EcsView, Repair, SettingsSource,
+    self, DEPLOYMENTS_READ, DeploymentSummary, EcsView, Repair, ServiceSettingsError,
+    SettingsSource,
 };
 use crate::retry::{Failure, Retries};
 use crate::settings::{EnvDefaults, Settings};
 use crate::stages::{Actor, Draft};
 
-/// The reconciler fails the way a hook does.
-pub type ReconcileError = HookError;
+/// Why reconciling a service (or reading the reconciler's event) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The event names no service to reconcile and is not a scheduled event.
+    #[error(transparent)]
+    Malformed(#[from] MalformedEvent),
+    /// The hooks of the service's latest deployment carry conflicting or invalid `hookDetails`.
+    #[error(transparent)]
+    Settings(#[from] ServiceSettingsError),
+    /// ECS's answer does not say what runs where (a task definition missing, say).
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// The production rule is gone, cannot be copied, or leaves no room for a pin.
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    /// An AWS call failed (after the SDK's own retries).
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The ledger could not be read or written for a reason other than AWS's answer.
+    #[error(transparent)]
+    Ledger(LedgerError),
+    /// The listener is at its rule quota.
+    #[error(
+        "the listener has no room for another rule (ALB rule quota): {0}; remove unused rules or raise the quota"
+    )]
+    RuleQuota(AwsError),
+    /// Every attempt found the ledger or the listener changed underneath.
+    #[error("gave up after {0} attempts: the ledger or the listener kept changing underneath")]
+    Contention(u32),
+}
+
+impl From<EcsError> for ReconcileError {
+    fn from(e: EcsError) -> Self {
+        match e {
+            EcsError::Aws(e) => ReconcileError::Aws(e),
+            EcsError::Discovery(e) => ReconcileError::Discovery(e),
+        }
+    }
+}
+
+impl From<LedgerError> for ReconcileError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Aws(e) => ReconcileError::Aws(e),
+            other => ReconcileError::Ledger(other),
+        }
+    }
+}
+
+impl From<ApplyError> for ReconcileError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::RuleQuota(e) => ReconcileError::RuleQuota(e),
+            ApplyError::Aws(e) => ReconcileError::Aws(e),
+        }
+    }
+}
+
+impl ReconcileError {
+    /// A short machine-readable kind for logs and metrics (the hooks' names for the same
+    /// failures).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::Malformed(_) => "MalformedEvent",
+            ReconcileError::Settings(_) => "InvalidSetting",
+            ReconcileError::Discovery(_) => "Discovery",
+            ReconcileError::Pins(PinError::NoFreePriority { .. }) => "NoFreePriority",
+            ReconcileError::Pins(_) => "PinRule",
+            ReconcileError::Aws(e) => e.kind.error_kind(),
+            ReconcileError::Ledger(_) => "Ledger",
+            ReconcileError::RuleQuota(_) => "RuleQuota",
+            ReconcileError::Contention(_) => "Contention",
+        }
+    }
+
+    /// How the retry treats this error: a lost race is decided again from a fresh read;
+    /// throttling or a transient failure that outlasted the SDK's retries is tried again a
+    /// little later; anything else ends the run.
+    pub fn failure(&self) -> Failure {
+        match self {
+            ReconcileError::Aws(e) if e.kind == AwsErrorKind::Conflict => Failure::Conflict,
+            ReconcileError::Aws(e)
+                if matches!(e.kind, AwsErrorKind::Throttling | AwsErrorKind::Transient) =>
+            {
+                Failure::Transient
+            }
+            _ => Failure::Final,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ReconcileOptions {
@@ -86,8 +177,7 @@ pub async fn observe_ecs(
     } else {
         ecs.describe_service_deployments(&arns).await?
     };
-    let (settings, source) = reconcile::service_settings(&deployments, defaults)
-        .map_err(|e| HookError::Inconsistent(e.to_string()))?;
+    let (settings, source) = reconcile::service_settings(&deployments, defaults)?;
     let running = reconcile::running_revisions(&deployments);
     let mut view = EcsView {
         settled: running.settled,
@@ -212,7 +302,7 @@ pub async fn reconcile_service(
                 tokio::time::sleep(wait).await;
             }
             None => {
-                return Err(err.unwrap_or(HookError::Contention(retries.conflicts())));
+                return Err(err.unwrap_or(ReconcileError::Contention(retries.conflicts())));
             }
         }
     }
@@ -240,18 +330,13 @@ enum Attempt {
     Failed(ReconcileError),
 }
 
-impl From<HookError> for Attempt {
-    fn from(e: HookError) -> Self {
+impl<E: Into<ReconcileError>> From<E> for Attempt {
+    fn from(e: E) -> Self {
+        let e = e.into();
         match e.failure() {
             Failure::Conflict => Attempt::Conflict(e.to_string()),
             _ => Attempt::Failed(e),
         }
-    }
-}
-
-impl From<crate::aws::ledger_store::LedgerError> for Attempt {
-    fn from(e: crate::aws::ledger_store::LedgerError) -> Self {
-        HookError::from(e).into()
     }
 }
 
@@ -298,14 +383,13 @@ async fn attempt_service(
     let rules = clients
         .elb
         .describe_listener_rules(&wiring.listener_arn)
-        .await
-        .map_err(HookError::from)?;
+        .await?;
     let production_rule = rules
         .iter()
         .find(|r| r.arn == wiring.production_rule_arn)
         .cloned()
         .ok_or_else(|| {
-            HookError::Pins(PinError::ProductionRuleMissing {
+            ReconcileError::Pins(PinError::ProductionRuleMissing {
                 rule: wiring.production_rule_arn.clone(),
                 listener: wiring.listener_arn.clone(),
             })
@@ -319,15 +403,10 @@ async fn attempt_service(
     let tags: BTreeMap<String, PinTags> = if candidates.is_empty() {
         BTreeMap::new()
     } else {
-        clients
-            .elb
-            .describe_pin_tags(&candidates)
-            .await
-            .map_err(HookError::from)?
+        clients.elb.describe_pin_tags(&candidates).await?
     };
     let mut review =
-        reconcile::review_pins(&draft, &view, &rules, &tags, &production_rule, &settings)
-            .map_err(HookError::from)?;
+        reconcile::review_pins(&draft, &view, &rules, &tags, &production_rule, &settings)?;
     reconcile::leave_unpinning_to_the_hooks(&mut review, &draft, &view, now);
     repairs.extend(review.repairs.iter().cloned());
     notes.extend(review.notes.iter().cloned());
@@ -351,7 +430,7 @@ async fn attempt_service(
                 "the ledger changed while deciding".to_owned(),
             ));
         }
-        let create = pins::place(&review.plan, &rules).map_err(HookError::from)?;
+        let create = pins::place(&review.plan, &rules)?;
         let applied = apply::apply(
             &clients.elb,
             ListenerChanges {
@@ -361,8 +440,7 @@ async fn attempt_service(
                 create: &create,
             },
         )
-        .await
-        .map_err(HookError::from)?;
+        .await?;
         if applied.priority_taken {
             // Pins created so far are tagged: the next attempt adopts them.
             return Err(Attempt::Conflict(

@@ -38,7 +38,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<Vec<ReconcileResult>, CliE
             Err(e) => ReconcileResult {
                 service_arn: service,
                 report: None,
-                error: Some(ctx.hook_error(e).to_string()),
+                error: Some(ctx.reconcile_error(e).to_string()),
             },
         });
     }

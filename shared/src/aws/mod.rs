@@ -25,6 +25,21 @@ pub enum AwsErrorKind {
     Invalid,
 }
 
+impl AwsErrorKind {
+    /// The `error_kind` logs and metrics give an AWS failure of this kind.
+    pub fn error_kind(self) -> &'static str {
+        match self {
+            AwsErrorKind::Throttling => "AwsThrottling",
+            AwsErrorKind::AccessDenied => "AwsAccessDenied",
+            AwsErrorKind::NotFound => "AwsNotFound",
+            AwsErrorKind::Conflict => "AwsConflict",
+            AwsErrorKind::Quota => "AwsQuota",
+            AwsErrorKind::Transient => "AwsUnavailable",
+            AwsErrorKind::Invalid => "AwsRejected",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("AWS {operation} failed: {code}: {message}")]
 pub struct AwsError {
