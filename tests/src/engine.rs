@@ -112,16 +112,58 @@ impl TaskRunner for PlaceholderTasks {
 }
 
 /// A hook as registered on the service (`deploymentConfiguration.lifecycleHooks[]`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HookRegistration {
     pub function: HookFunction,
     pub stages: Vec<LifecycleStage>,
     pub hook_details: Map<String, Value>,
-    /// `timeoutConfiguration.timeoutInMinutes`, already time-scaled; action ROLLBACK.
+    /// `timeoutConfiguration.timeoutInMinutes`, already time-scaled.
     pub timeout: Duration,
+    /// `timeoutConfiguration.action`.
+    pub timeout_action: TimeoutAction,
+    /// A hook of the user's own, registered beside skewguard's: answers instead of `function`.
+    pub user: Option<UserHook>,
+}
+
+impl std::fmt::Debug for HookRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookRegistration")
+            .field("function", &self.function)
+            .field("stages", &self.stages)
+            .field("timeout", &self.timeout)
+            .field("timeout_action", &self.timeout_action)
+            .field("user", &self.user.as_ref().map(|_| "user hook"))
+            .finish()
+    }
+}
+
+/// A user's own hook: the answer it gives to an event.
+pub type UserHook = Arc<dyn Fn(Value) -> BoxFuture<'static, Value> + Send + Sync>;
+
+/// What ECS does when a hook outlives `timeoutInMinutes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutAction {
+    Rollback,
+    Continue,
 }
 
 impl HookRegistration {
+    /// A user's own hook at `stages`, answering with `answer`.
+    pub fn user(
+        stages: &[LifecycleStage],
+        answer: impl Fn(Value) -> BoxFuture<'static, Value> + Send + Sync + 'static,
+    ) -> HookRegistration {
+        HookRegistration {
+            // Never invoked: `user` answers instead.
+            function: HookFunction::PostShift,
+            stages: stages.to_vec(),
+            hook_details: Map::new(),
+            timeout: Duration::from_secs(600),
+            timeout_action: TimeoutAction::Rollback,
+            user: Some(Arc::new(answer)),
+        }
+    }
+
     /// The three skewguard hooks, registered as the README says, with the same settings.
     pub fn skewguard(hook_details: Value) -> Vec<HookRegistration> {
         let details = hook_details.as_object().cloned().unwrap_or_default();
@@ -136,6 +178,8 @@ impl HookRegistration {
             stages: function.stages().to_vec(),
             hook_details: details.clone(),
             timeout: Duration::from_secs(600),
+            timeout_action: TimeoutAction::Rollback,
+            user: None,
         })
         .collect()
     }
@@ -288,7 +332,7 @@ pub struct Engine {
     executions: AtomicU64,
     /// Hook invocations hold it shared; an observation holds it exclusively, so it sees the
     /// world between invocations, never halfway through one (deployments still overlap).
-    quiesce: tokio::sync::RwLock<()>,
+    quiesce: Arc<tokio::sync::RwLock<()>>,
     /// Services on which skewguard has recorded a deployment (post-test-traffic succeeded):
     /// from then on their production version must stay pinned.
     engaged: Mutex<BTreeSet<String>>,
@@ -305,7 +349,8 @@ impl StopHandle {
 }
 
 fn weights(green: &str, green_weight: f64, blue: &str) -> Value {
-    if green == blue {
+    // A service's first deployment has no blue: single-key maps.
+    if green == blue || blue.is_empty() {
         json!({ green: green_weight })
     } else {
         json!({ green: green_weight, blue: tenth(100.0 - green_weight) })
@@ -336,7 +381,7 @@ impl Engine {
             truths: Mutex::new(BTreeMap::new()),
             time_scale: 1.0,
             executions: AtomicU64::new(1),
-            quiesce: tokio::sync::RwLock::new(()),
+            quiesce: Arc::new(tokio::sync::RwLock::new(())),
             engaged: Mutex::new(BTreeSet::new()),
         }
     }
@@ -384,7 +429,8 @@ impl Engine {
             setup,
         };
         let tg = state.production_tg.clone();
-        let revision = self.new_revision(&mut state, deployment_id, environment, &tg);
+        let revision = self.new_revision(&mut state, deployment_id, environment);
+        self.activate_revision(&revision, &tg, &state.setup.alb.production_rule_arn);
         self.start_tasks(&mut state, deployment_id, environment, &tg)
             .await?;
         state.current_revision = revision;
@@ -397,12 +443,60 @@ impl Engine {
         Ok(stop)
     }
 
+    /// A new service whose first deployment runs its lifecycle hooks, as ECS does at
+    /// CreateService: nothing runs before it (no blue), the weight maps have one key, and the
+    /// revision goes to the production rule's primary target group.
+    pub async fn create_service_deployed(
+        &self,
+        setup: ServiceSetup,
+        deployment_id: &str,
+        environment: &[(String, String)],
+        intervention: Intervention,
+    ) -> Result<(StopHandle, Outcome), String> {
+        let service_arn = crate::ecs_emulator::service_arn(&setup.cluster, &setup.name);
+        let state = ServiceState {
+            service_arn: service_arn.clone(),
+            current_revision: String::new(),
+            // So that green (the first revision) takes the primary target group.
+            production_tg: setup.alb.green_tg.clone(),
+            tasks: BTreeMap::new(),
+            truth: ServiceTruth {
+                service_arn: service_arn.clone(),
+                production_rule_arn: setup.alb.production_rule_arn.clone(),
+                probe: setup.probe.clone(),
+                running: BTreeMap::new(),
+                must_be_pinned: Vec::new(),
+            },
+            stop_requested: Arc::new(AtomicBool::new(false)),
+            task_family_revision: 0,
+            setup,
+        };
+        let stop = StopHandle(state.stop_requested.clone());
+        self.set_truth(&state.truth);
+        let service = Arc::new(tokio::sync::Mutex::new(state));
+        self.services
+            .lock()
+            .expect("services")
+            .insert(service_arn, service.clone());
+        let mut state = service.lock().await;
+        let outcome = self
+            .deploy_locked(
+                &mut state,
+                deployment_id,
+                environment,
+                intervention,
+                Vec::new(),
+                None,
+            )
+            .await?;
+        Ok((stop, outcome))
+    }
+
     fn new_revision(
         &self,
         state: &mut ServiceState,
         deployment_id: &str,
         environment: &[(String, String)],
-        tg: &str,
     ) -> String {
         let setup = &state.setup;
         let mut container = ContainerDefinition::new(
@@ -425,11 +519,21 @@ impl Engine {
                 &setup.alb.green_tg,
                 &setup.alb.production_rule_arn,
                 setup.alb.test_rule_arn.as_deref(),
-            ))
-            .with_resolved(tg, Some(&setup.alb.production_rule_arn));
+            ));
         let arn = revision.service_revision_arn.clone();
         self.ecs.put_service_revision(revision);
         arn
+    }
+
+    /// ECS resolves a revision's configuration (`resolvedConfiguration.loadBalancers`: the
+    /// target group it serves from) only once it is active, i.e. once its tasks start.
+    fn activate_revision(&self, arn: &str, tg: &str, production_rule_arn: &str) {
+        if let Some(revision) = self.ecs.service_revision(arn)
+            && revision.resolved_configuration.is_none()
+        {
+            self.ecs
+                .put_service_revision(revision.with_resolved(tg, Some(production_rule_arn)));
+        }
     }
 
     async fn start_tasks(
@@ -602,8 +706,11 @@ impl Engine {
             } else {
                 state.setup.alb.blue_tg.clone()
             };
-            let green_revision = self.new_revision(state, deployment_id, environment, &green_tg);
-            let mut sources: Vec<&str> = vec![&blue_revision];
+            let green_revision = self.new_revision(state, deployment_id, environment);
+            let mut sources: Vec<&str> = Vec::new();
+            if !blue_revision.is_empty() {
+                sources.push(&blue_revision);
+            }
             sources.extend(older_sources.iter().map(String::as_str));
             let mut deployment = ServiceDeployment::new(
                 &state.setup.cluster,
@@ -809,6 +916,11 @@ impl Engine {
                     }
                     self.start_tasks(state, deployment_id, environment, green_tg)
                         .await?;
+                    self.activate_revision(
+                        &ctx.green_revision,
+                        green_tg,
+                        &state.setup.alb.production_rule_arn,
+                    );
                     self.step(state, "SCALE_UP").await;
                     if let Some(stop) = self
                         .run_hooks(state, ctx, stage, &no_weights, &no_weights)
@@ -975,12 +1087,16 @@ impl Engine {
         let reversed = weights(&ctx.green_revision, 0.0, &ctx.blue_revision);
         let none = json!({});
         // Rollback has no stage of its own: the traffic-shift hooks are invoked again.
+        let mut rollback_failed = false;
         for (stage, test, production) in [
             (LifecycleStage::TestTrafficShift, &reversed, &none),
             (LifecycleStage::ProductionTrafficShift, &none, &reversed),
         ] {
             if let Some(problem) = self.run_hooks(state, ctx, stage, test, production).await {
+                // A hook answering FAILED (or timing out) during a rollback: ECS ends in
+                // ROLLBACK_FAILED.
                 tracing::warn!(?problem, "a hook failed during rollback");
+                rollback_failed = true;
             }
         }
         if hooks_registered && self.is_engaged(&state.service_arn) {
@@ -990,7 +1106,11 @@ impl Engine {
         self.stop_tasks(state, green_tg).await?;
         self.ecs
             .update_service_deployment(&ctx.deployment_arn, |d| {
-                d.status = ServiceDeploymentStatus::RollbackSuccessful;
+                d.status = if rollback_failed {
+                    ServiceDeploymentStatus::RollbackFailed
+                } else {
+                    ServiceDeploymentStatus::RollbackSuccessful
+                };
                 d.finished_at = Some(crate::ecs_emulator::now());
             });
         self.step(state, "rollback: green stopped").await;
@@ -1014,15 +1134,17 @@ impl Engine {
             .filter(|h| h.stages.contains(&stage))
             .cloned()
             .collect();
-        for registration in registrations {
-            if let Err(stop) = self
-                .run_hook(state, ctx, stage, &registration, test, production)
-                .await
-            {
-                return Some(stop);
-            }
-        }
-        None
+        // Every hook registered at a stage runs at the same time; the first to fail ends the
+        // stage at once (a rollback may then start while the others' invocations still run:
+        // each invocation is its own task and goes on).
+        let hooks: Vec<BoxFuture<'_, Result<(), Stop>>> = registrations
+            .iter()
+            .map(|registration| {
+                Box::pin(self.run_hook(state, ctx, stage, registration, test, production))
+                    as BoxFuture<'_, Result<(), Stop>>
+            })
+            .collect();
+        first_stop(hooks).await
     }
 
     async fn run_hook(
@@ -1054,9 +1176,22 @@ impl Engine {
                 },
                 "hookDetails": details,
             });
+            // Its own task, holding the world shared: a stage that ends early (another hook
+            // failed) leaves it running, as ECS would.
             let invocation = {
-                let _shared = self.quiesce.read().await;
-                self.invoker.invoke(registration.function, event).await
+                let quiesce = self.quiesce.clone();
+                let invoker = self.invoker.clone();
+                let user = registration.user.clone();
+                let function = registration.function;
+                tokio::spawn(async move {
+                    let _shared = quiesce.read_owned().await;
+                    match user {
+                        Some(user) => Invocation::Answered(user(event).await),
+                        None => invoker.invoke(function, event).await,
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Invocation::Failed(format!("invocation task: {e}")))
             };
             let answer = match invocation {
                 Invocation::Answered(answer) => answer,
@@ -1109,6 +1244,10 @@ impl Engine {
                     }
                     let wait = Duration::from_secs(delay).mul_f64(self.time_scale);
                     if started.elapsed() + wait > registration.timeout {
+                        if registration.timeout_action == TimeoutAction::Continue {
+                            tracing::warn!(%stage, "hook timed out; action CONTINUE");
+                            return Ok(());
+                        }
                         return Err(Stop::Rollback(format!(
                             "{} timed out at {stage} (action ROLLBACK)",
                             registration.function.name()
@@ -1154,7 +1293,10 @@ fn deployment_configuration(setup: &ServiceSetup) -> Value {
         .iter()
         .map(|h| {
             json!({
-                "hookTargetArn": format!("arn:aws:lambda:us-east-1:123456789012:function:skewguard-{}", h.function.name()),
+                "hookTargetArn": match &h.user {
+                    Some(_) => "arn:aws:lambda:us-east-1:123456789012:function:user-hook".to_owned(),
+                    None => format!("arn:aws:lambda:us-east-1:123456789012:function:skewguard-{}", h.function.name()),
+                },
                 "roleArn": "arn:aws:iam::123456789012:role/skewguard-ecs-hooks",
                 "lifecycleStages": h.stages.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
                 "hookDetails": h.hook_details,
@@ -1172,6 +1314,29 @@ fn deployment_configuration(setup: &ServiceSetup) -> Value {
         map.extend(extra.clone());
     }
     configuration
+}
+
+/// Runs the hooks of one stage together: `Some(stop)` as soon as one stops the stage, `None`
+/// once all succeeded. Dropping the others leaves their invocations running.
+async fn first_stop(mut hooks: Vec<BoxFuture<'_, Result<(), Stop>>>) -> Option<Stop> {
+    std::future::poll_fn(|cx| {
+        let mut i = 0;
+        while i < hooks.len() {
+            match hooks[i].as_mut().poll(cx) {
+                std::task::Poll::Ready(Ok(())) => {
+                    drop(hooks.swap_remove(i));
+                }
+                std::task::Poll::Ready(Err(stop)) => return std::task::Poll::Ready(Some(stop)),
+                std::task::Poll::Pending => i += 1,
+            }
+        }
+        if hooks.is_empty() {
+            std::task::Poll::Ready(None)
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// One deployment as the engine runs it.

@@ -357,6 +357,7 @@ async fn a_release_ends_the_hold_on_the_next_poll() {
                     let actor = Actor {
                         stage: "release".into(),
                         execution_id: "test".into(),
+                        identity: "test".into(),
                         now,
                     };
                     ledger.commit(&draft.changes(&actor)).await.unwrap();
@@ -1234,7 +1235,10 @@ async fn a_deployment_superseding_another_unpins_what_runs_in_the_target_group_i
         let arns = ecs.list_service_deployments(&service, 5).await.unwrap();
         let deployments = ecs.describe_service_deployments(&arns).await.unwrap();
         assert_eq!(
-            deployments.iter().map(|d| d.status.as_str()).collect::<Vec<_>>(),
+            deployments
+                .iter()
+                .map(|d| d.status.as_str())
+                .collect::<Vec<_>>(),
             ["SUCCESSFUL", "STOPPED"],
             "{label}"
         );
@@ -1244,4 +1248,261 @@ async fn a_deployment_superseding_another_unpins_what_runs_in_the_target_group_i
             "{label}: both older revisions still had tasks"
         );
     }
+}
+
+/// A service whose first deployment runs skewguard's hooks, as ECS does at CreateService.
+fn first_deployment_setup(
+    world: &World,
+    hooks: Vec<HookRegistration>,
+) -> skewguard_world::engine::ServiceSetup {
+    skewguard_world::engine::ServiceSetup {
+        cluster: skewguard_world::world::CLUSTER.to_owned(),
+        name: "web".to_owned(),
+        alb: world.alb.clone(),
+        container: "web".to_owned(),
+        hooks,
+        strategy: Strategy::BlueGreen,
+        bake: Duration::from_millis(200),
+        probe: Request::get("/api/cart"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hooks_on_a_services_first_deployment_pin_it_and_a_rollback_of_it_never_fails() {
+    let world = World::start().await;
+    let service =
+        skewguard_world::ecs_emulator::service_arn(skewguard_world::world::CLUSTER, "web");
+    let (_, outcome) = world
+        .engine
+        .create_service_deployed(
+            first_deployment_setup(&world, HookRegistration::skewguard(quick())),
+            "v1",
+            &[],
+            Intervention::None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    world.assert_no_violations();
+    let ledger = entries(&world, &service).await;
+    assert_eq!(status(&ledger, "v1"), Some(Status::Live));
+    assert_eq!(pins(&world, &service, "v1").await, 1);
+    let first = latest_deployment(&world, &service).await;
+    assert!(first.source_revisions.is_empty(), "{first:?}");
+
+    // Another service's first deployment is rolled back: single-key maps, green at 0.
+    let admin_alb = AlbFixture::with_path_rule_as_production(
+        &world.clients.elbv2,
+        &world.vpc,
+        "admin",
+        Some(&world.alb.listener_arn),
+        200,
+        "/admin/*",
+    )
+    .await
+    .unwrap();
+    let mut setup = first_deployment_setup(&world, HookRegistration::skewguard(quick()));
+    setup.name = "admin".to_owned();
+    setup.alb = admin_alb;
+    setup.probe = Request::get("/admin/x");
+    let admin =
+        skewguard_world::ecs_emulator::service_arn(skewguard_world::world::CLUSTER, "admin");
+    let (_, outcome) = world
+        .engine
+        .create_service_deployed(
+            setup,
+            "a1",
+            &[],
+            Intervention::StopAt(LifecycleStage::PostProductionTrafficShift),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    world.assert_no_violations();
+    assert_eq!(
+        status(&entries(&world, &admin).await, "a1"),
+        Some(Status::RolledBack)
+    );
+    assert_eq!(pins(&world, &admin, "a1").await, 0);
+    assert_eq!(
+        latest_deployment(&world, &admin).await.status,
+        "ROLLBACK_SUCCESSFUL",
+        "no hook answered FAILED during the rollback"
+    );
+}
+
+/// Delays every forward PRODUCTION_TRAFFIC_SHIFT call of skewguard's hook, so that a rollback
+/// started meanwhile runs first.
+struct SlowForwardShift(InProcess);
+
+impl Invoker for SlowForwardShift {
+    fn invoke<'a>(&'a self, function: HookFunction, event: Value) -> BoxFuture<'a, Invocation> {
+        Box::pin(async move {
+            let green = event["executionDetails"]["targetServiceRevisionArn"].clone();
+            let forward = event["lifecycleStage"] == "PRODUCTION_TRAFFIC_SHIFT"
+                && green.as_str().is_some_and(|g| {
+                    event["executionDetails"]["productionTrafficWeights"][g]
+                        .as_f64()
+                        .is_some_and(|w| w > 0.0)
+                });
+            if forward {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+            }
+            self.0.invoke(function, event).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_hook_failing_beside_skewguards_rolls_back_while_the_forward_call_still_runs() {
+    let world = World::start_with(
+        |clients| {
+            Arc::new(SlowForwardShift(InProcess {
+                clients,
+                defaults: EnvDefaults::default(),
+            }))
+        },
+        Arc::new(PlaceholderTasks),
+    )
+    .await;
+    let mut hooks = HookRegistration::skewguard(quick());
+    hooks.push(HookRegistration::user(
+        &[LifecycleStage::ProductionTrafficShift],
+        |event| {
+            Box::pin(async move {
+                let green = event["executionDetails"]["targetServiceRevisionArn"].clone();
+                let weight = green.as_str().and_then(|g| {
+                    event["executionDetails"]["productionTrafficWeights"][g].as_f64()
+                });
+                // The user's smoke test fails the shift; it lets the rollback through.
+                if weight.is_some_and(|w| w > 0.0) {
+                    json!({"hookStatus": "FAILED"})
+                } else {
+                    json!({"hookStatus": "SUCCEEDED"})
+                }
+            })
+        },
+    ));
+    let (service, _) = world
+        .service_on(
+            "web",
+            world.alb.clone(),
+            Request::get("/api/cart"),
+            "v1",
+            hooks,
+            Strategy::BlueGreen,
+        )
+        .await;
+    let outcome = world
+        .engine
+        .deploy(&service, "v2", &[], Intervention::None)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    // The forward call started before the rollback is still running: let it finish.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    world.check("after the late forward call").await;
+    world.assert_no_violations();
+    let ledger = entries(&world, &service).await;
+    assert_eq!(
+        status(&ledger, "v2"),
+        Some(Status::RolledBack),
+        "{ledger:?}"
+    );
+    assert_eq!(status(&ledger, "v1"), Some(Status::Live));
+    assert_eq!(
+        pins(&world, &service, "v2").await,
+        0,
+        "the late call left no pin"
+    );
+    assert_eq!(pins(&world, &service, "v1").await, 1);
+    let history = world
+        .ledger()
+        .history(&service, &DeploymentId::parse("v2").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        history.last().unwrap().change.contains("-> rolled_back"),
+        "nothing after the rollback: {history:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hook_timeouts_follow_their_action_and_a_failed_rollback_is_rollback_failed() {
+    use skewguard_world::engine::TimeoutAction;
+    let world = World::start().await;
+    // A user hook that never finishes at POST_SCALE_UP, with action CONTINUE: the deployment
+    // goes on when it times out.
+    let never_done = |_: Value| -> BoxFuture<'static, Value> {
+        Box::pin(async { json!({"hookStatus": "IN_PROGRESS", "callBackDelay": 1}) })
+    };
+    let mut hooks = HookRegistration::skewguard(quick());
+    let mut waiting = HookRegistration::user(&[LifecycleStage::PostScaleUp], never_done);
+    waiting.timeout = Duration::from_secs(2);
+    waiting.timeout_action = TimeoutAction::Continue;
+    hooks.push(waiting);
+    let (service, _) = world
+        .service_on(
+            "web",
+            world.alb.clone(),
+            Request::get("/api/cart"),
+            "v1",
+            hooks,
+            Strategy::BlueGreen,
+        )
+        .await;
+    assert_eq!(
+        world
+            .engine
+            .deploy(&service, "v2", &[], Intervention::None)
+            .await
+            .unwrap(),
+        Outcome::Succeeded,
+        "CONTINUE: the deployment goes on"
+    );
+
+    // The same with ROLLBACK, plus a user hook that answers FAILED during the rollback.
+    let mut hooks = HookRegistration::skewguard(quick());
+    let mut waiting = HookRegistration::user(&[LifecycleStage::PostScaleUp], never_done);
+    waiting.timeout = Duration::from_secs(2);
+    hooks.push(waiting);
+    hooks.push(HookRegistration::user(
+        &[LifecycleStage::TestTrafficShift],
+        |_| Box::pin(async { json!({"hookStatus": "FAILED"}) }),
+    ));
+    let admin_alb = AlbFixture::with_path_rule_as_production(
+        &world.clients.elbv2,
+        &world.vpc,
+        "admin",
+        Some(&world.alb.listener_arn),
+        200,
+        "/admin/*",
+    )
+    .await
+    .unwrap();
+    let (admin, _) = world
+        .service_on(
+            "admin",
+            admin_alb,
+            Request::get("/admin/x"),
+            "a1",
+            hooks,
+            Strategy::BlueGreen,
+        )
+        .await;
+    let outcome = world
+        .engine
+        .deploy(&admin, "a2", &[], Intervention::None)
+        .await
+        .unwrap();
+    match outcome {
+        Outcome::RolledBack { reason } => assert!(reason.contains("timed out"), "{reason}"),
+        other => panic!("expected a rollback, got {other:?}"),
+    }
+    assert_eq!(
+        latest_deployment(&world, &admin).await.status,
+        "ROLLBACK_FAILED",
+        "a hook answered FAILED during the rollback"
+    );
+    world.assert_no_violations();
 }
