@@ -99,6 +99,8 @@ pub struct Context {
     pub clients: Clients,
     /// ECS itself, for what the shared clients do not read (a deployment's lifecycle stage).
     pub ecs: aws_sdk_ecs::Client,
+    /// STS, to tell who is acting ([`Context::caller_arn`]).
+    pub sts: aws_sdk_sts::Client,
     pub table: String,
     pub region: String,
 }
@@ -134,9 +136,25 @@ impl Context {
         Ok(Context {
             clients: skewguard_core::cold_start::clients(&config, &cli.table),
             ecs: aws_sdk_ecs::Client::new(&config),
+            sts: aws_sdk_sts::Client::new(&config),
             table: cli.table.clone(),
             region,
         })
+    }
+
+    /// Who is acting, for the ledger history of a command that writes: the caller's IAM ARN
+    /// (`sts:GetCallerIdentity`, which needs no permission).
+    pub async fn caller_arn(&self) -> Result<String, CliError> {
+        let identity = self.sts.get_caller_identity().send().await.map_err(|e| {
+            CliError::Failed(format!(
+                "could not tell who is calling (sts:GetCallerIdentity): {}",
+                aws_sdk_sts::error::DisplayErrorContext(&e)
+            ))
+        })?;
+        identity
+            .arn()
+            .map(str::to_owned)
+            .ok_or_else(|| CliError::Failed("sts:GetCallerIdentity named no ARN".to_owned()))
     }
 
     /// A ledger error, said plainly.

@@ -15,6 +15,9 @@ use skewguard_world::engine::{Intervention, Outcome};
 use skewguard_world::world::{TABLE, World};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
+/// Who moto says calls (`sts:GetCallerIdentity`): the CLI records it as the actor.
+const MOTO_CALLER: &str = "arn:aws:sts::123456789012:user/moto";
+
 struct Run {
     code: i32,
     stdout: String,
@@ -54,6 +57,11 @@ fn world_env(world: &World) -> Vec<(String, String)> {
     let mut env = skewguard_world::aws::function_env(&world.endpoints);
     env.push(("SKEWGUARD_TABLE".into(), TABLE.into()));
     env.push(("HOME".into(), "/nonexistent".into()));
+    // moto answers STS too (who is calling, for the history of release and reconcile).
+    env.push((
+        "AWS_ENDPOINT_URL_STS".into(),
+        world.endpoints.dynamodb.clone(),
+    ));
     env
 }
 
@@ -467,6 +475,7 @@ async fn status_explain_release_and_reconcile_against_the_world() {
     assert!(
         lines.iter().any(|h| h["stage"] == json!("release")
             && h["executionId"] == json!("cli")
+            && h["actor"] == json!(MOTO_CALLER)
             && h["change"].as_str().unwrap().contains("ended early")),
         "{history}"
     );
@@ -518,6 +527,17 @@ async fn status_explain_release_and_reconcile_against_the_world() {
     );
     world.check("after skewguard reconcile").await;
     world.assert_no_violations();
+    let history = skewguard(&world, &["history", "shop/web", "v2", "-o", "json"])
+        .await
+        .json();
+    assert!(
+        history["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["stage"] == json!("reconciler") && h["actor"] == json!(MOTO_CALLER)),
+        "the repair names who ran it: {history}"
+    );
     let run = skewguard(&world, &["reconcile", "-o", "json"]).await.json();
     assert_eq!(run["services"][0]["report"]["repairs"], json!([]));
 }

@@ -343,6 +343,7 @@ async fn report_error(
         at: OffsetDateTime::now_utc(),
         stage: event.stage.to_string(),
         execution_id: event.execution_id.clone(),
+        actor: crate::metrics::request_id().unwrap_or_default(),
         change: format!(
             "{function} failed and continued (onError: continue): {}: {err}",
             err.kind()
@@ -634,6 +635,7 @@ async fn attempt_stage(
     let actor = Actor {
         stage: event.stage.to_string(),
         execution_id: event.execution_id.clone(),
+        identity: crate::metrics::request_id().unwrap_or_default(),
         now,
     };
     let changes = draft.changes(&actor);

@@ -125,6 +125,10 @@ pub struct HistoryRecord {
     pub stage: String,
     /// The hook's ECS execution ID, or the invocation or run that made the change.
     pub execution_id: String,
+    /// Who acted: the Lambda request ID of the hook or reconciler invocation, or the IAM ARN
+    /// of the caller of a CLI command (`release`, `reconcile`). Empty in records written
+    /// before it was recorded.
+    pub actor: String,
     /// What changed, for people (`status live -> draining; ...`).
     pub change: String,
 }

@@ -556,6 +556,7 @@ impl Model {
         Actor {
             stage: stage.to_owned(),
             execution_id: format!("step-{}", self.steps),
+            identity: format!("request-{}", self.steps),
             now: self.now,
         }
     }

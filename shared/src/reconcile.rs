@@ -1211,6 +1211,7 @@ mod tests {
         let actor = Actor {
             stage: STAGE.into(),
             execution_id: "cli".into(),
+            identity: "arn:aws:iam::123456789012:user/ops".into(),
             now: T0,
         };
         let changes = history_lines(&draft, &repairs, &actor);

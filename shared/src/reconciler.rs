@@ -131,6 +131,8 @@ pub struct ReconcileOptions {
     pub dry_run: bool,
     /// For the history: the Lambda request ID, or `cli`.
     pub execution_id: String,
+    /// Who acts, for the history's `actor`: the Lambda request ID, or the CLI caller's ARN.
+    pub identity: String,
 }
 
 /// What one run did (or, in a dry run, would do) to one service.
@@ -413,6 +415,7 @@ async fn attempt_service(
     let actor = Actor {
         stage: reconcile::STAGE.to_owned(),
         execution_id: options.execution_id.clone(),
+        identity: options.identity.clone(),
         now,
     };
     if options.dry_run {
@@ -541,6 +544,7 @@ pub async fn handle(
         defaults: defaults.clone(),
         dry_run: false,
         execution_id: execution_id.to_owned(),
+        identity: execution_id.to_owned(),
     };
     match trigger {
         Trigger::Service(service) => {

@@ -34,6 +34,9 @@ pub struct Change {
 pub struct Actor {
     pub stage: String,
     pub execution_id: String,
+    /// Who acted, recorded as the history's `actor`: the Lambda request ID of a hook or
+    /// reconciler invocation, the caller's IAM ARN for a CLI command.
+    pub identity: String,
     pub now: OffsetDateTime,
 }
 
@@ -119,6 +122,7 @@ impl Draft {
                         at: actor.now,
                         stage: actor.stage.clone(),
                         execution_id: actor.execution_id.clone(),
+                        actor: actor.identity.clone(),
                         change,
                     },
                 })
@@ -501,6 +505,7 @@ mod tests {
         Actor {
             stage: "TEST".into(),
             execution_id: "x".into(),
+            identity: "req-x".into(),
             now,
         }
     }

@@ -398,6 +398,7 @@ impl ChaosInvoker {
             let actor = Actor {
                 stage: "release".into(),
                 execution_id: "cli".into(),
+                identity: "chaos".into(),
                 now,
             };
             if self
@@ -577,6 +578,7 @@ impl FaultWorld {
             defaults: EnvDefaults::default(),
             dry_run: false,
             execution_id: "reconciler".to_owned(),
+            identity: "reconciler".to_owned(),
         };
         reconciler::reconcile_service(&self.world.hook_clients, service, &options)
             .await

@@ -632,6 +632,7 @@ async fn reconciler_and_release_during_the_hold_never_fail_the_hook() {
                     defaults: EnvDefaults::default(),
                     dry_run: false,
                     execution_id: "reconciler".into(),
+                    identity: "reconciler".into(),
                 };
                 let (mut runs, mut errors) = (0, Vec::new());
                 // Through the proxy, which makes moto's DynamoDB atomic as DynamoDB is.

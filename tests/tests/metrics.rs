@@ -175,6 +175,35 @@ async fn every_invocation_writes_valid_metrics_that_say_what_it_did() {
         assert!(line["requestId"].is_string(), "{line}");
     }
 
+    // Who acted: every history line the hooks wrote names the Lambda request of its invocation.
+    let requests: Vec<String> = [
+        HookFunction::PostTestTraffic,
+        HookFunction::ProductionShift,
+        HookFunction::PostShift,
+    ]
+    .iter()
+    .flat_map(|f| live.invoker.function(*f).logs())
+    .filter_map(|l| {
+        l.strip_prefix("START RequestId: ")
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+    })
+    .collect();
+    let id = skewguard_core::DeploymentId::parse(B).unwrap();
+    let history = live.world.ledger().history(&service, &id).await.unwrap();
+    let by_hooks: Vec<_> = history.iter().filter(|h| h.stage != "reconciler").collect();
+    assert!(!by_hooks.is_empty());
+    for record in by_hooks {
+        assert!(
+            requests.contains(&record.actor),
+            "{record:?} not in {requests:?}"
+        );
+        assert_ne!(
+            record.actor, record.execution_id,
+            "ECS's execution ID stays apart"
+        );
+    }
+
     let [post_test, shift, post_shift] = &all[..] else {
         unreachable!()
     };

@@ -36,6 +36,7 @@ fn options(dry_run: bool) -> ReconcileOptions {
         defaults: EnvDefaults::default(),
         dry_run,
         execution_id: "test-run".to_owned(),
+        identity: "test-run".to_owned(),
     }
 }
 
@@ -96,6 +97,7 @@ async fn tamper(world: &World, service: &str, id: &str, edit: impl FnOnce(&mut L
     let actor = Actor {
         stage: "test-drift".into(),
         execution_id: "test".into(),
+        identity: "test".into(),
         now: time::OffsetDateTime::now_utc(),
     };
     world.ledger().commit(&draft.changes(&actor)).await.unwrap();

@@ -31,6 +31,9 @@ pub struct ChangeRef {
     pub at: OffsetDateTime,
     pub stage: String,
     pub execution_id: String,
+    /// Who acted: a Lambda request ID, or the IAM ARN of a CLI caller (absent on older records).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub actor: String,
     pub change: String,
 }
 
@@ -40,6 +43,7 @@ impl From<&HistoryRecord> for ChangeRef {
             at: h.at,
             stage: h.stage.clone(),
             execution_id: h.execution_id.clone(),
+            actor: h.actor.clone(),
             change: h.change.clone(),
         }
     }

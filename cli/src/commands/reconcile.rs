@@ -21,10 +21,17 @@ pub struct Args {
 
 pub async fn run(ctx: &Context, args: Args) -> Result<Vec<ReconcileResult>, CliError> {
     let services = resolve_all(ctx, &args.services, false).await?;
+    // A dry run writes nothing, so it has no one to record.
+    let identity = if args.dry_run {
+        String::new()
+    } else {
+        ctx.caller_arn().await?
+    };
     let options = ReconcileOptions {
         defaults: EnvDefaults::from_env(),
         dry_run: args.dry_run,
         execution_id: "cli".to_owned(),
+        identity,
     };
     let mut out = Vec::new();
     for (service, result) in reconciler::reconcile_services(&ctx.clients, &services, &options).await

@@ -39,6 +39,7 @@ pub struct Released {
 }
 
 async fn release(ctx: &Context, service: &str) -> Result<ReleaseView, CliError> {
+    let mut caller = None;
     for _attempt in 0..6 {
         let now = OffsetDateTime::now_utc();
         let entries = ctx
@@ -66,9 +67,14 @@ async fn release(ctx: &Context, service: &str) -> Result<ReleaseView, CliError> 
                 at: now,
             });
         }
+        let identity = match &caller {
+            Some(arn) => arn,
+            None => caller.insert(ctx.caller_arn().await?),
+        };
         let actor = Actor {
             stage: "release".to_owned(),
             execution_id: "cli".to_owned(),
+            identity: identity.clone(),
             now,
         };
         let changes: Vec<_> = draft

@@ -56,6 +56,7 @@ fn history(minutes_ago: i64, stage: &str, change: &str) -> HistoryRecord {
         at: NOW - time::Duration::minutes(minutes_ago),
         stage: stage.into(),
         execution_id: "0000000a-exec".into(),
+        actor: "0000000b-request".into(),
         change: change.into(),
     }
 }
@@ -115,12 +116,43 @@ fn status_table() {
 }
 
 #[test]
+fn status_shows_a_swallowed_error_and_why_a_version_was_unpinned() {
+    let mut status = the_status();
+    let mut failed = entry("v3", TG1, Status::Testing);
+    failed.last_error = Some(
+        "post-test-traffic failed and continued (onError: continue): NoFreePriority: no free priority"
+            .into(),
+    );
+    let mut superseded = entry("v0", TG1, Status::Retired);
+    superseded.reason = Some("superseded".into());
+    let none = BTreeMap::new();
+    status.deployments.push(row_of(&failed, &none, None, NOW));
+    status
+        .deployments
+        .push(row_of(&superseded, &none, None, NOW));
+    let out = plain(&Rendered::Status(vec![status.clone()]).table());
+    assert!(out.contains("retired (superseded)"), "{out}");
+    assert!(
+        out.contains(
+            "error: v3: post-test-traffic failed and continued (onError: continue): NoFreePriority"
+        ),
+        "{out}"
+    );
+    let json = Rendered::Status(vec![status]).json();
+    assert!(
+        json.contains("\"lastError\": \"post-test-traffic failed"),
+        "{json}"
+    );
+    assert!(json.contains("\"reason\": \"superseded\""), "{json}");
+}
+
+#[test]
 fn status_json() {
     let out = Rendered::Status(vec![the_status()]).json();
     println!("{out}");
     assert_eq!(
         out,
-        "{\n  \"services\": [\n    {\n      \"deployments\": [\n        {\n          \"deploymentId\": \"v2\",\n          \"drainUntil\": null,\n          \"lastChange\": {\n            \"at\": \"2026-03-01T11:55:00Z\",\n            \"change\": \"status testing -> live\",\n            \"executionId\": \"0000000a-exec\",\n            \"stage\": \"POST_PRODUCTION_TRAFFIC_SHIFT\"\n          },\n          \"liveAt\": \"2026-03-01T11:55:00Z\",\n          \"pins\": [\n            {\n              \"priority\": \"98\",\n              \"ruleArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/web/1/2/pin-v2\"\n            }\n          ],\n          \"secondsLeft\": null,\n          \"serviceRevisionArn\": \"arn:aws:ecs:us-east-1:123456789012:service-revision/shop/web/v2\",\n          \"status\": \"live\",\n          \"targetGroupArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-tg2/0b2\",\n          \"updatedAt\": \"2026-03-01T11:55:00Z\"\n        },\n        {\n          \"deploymentId\": \"v1\",\n          \"drainUntil\": \"2026-03-01T12:55:00Z\",\n          \"lastChange\": {\n            \"at\": \"2026-03-01T11:55:00Z\",\n            \"change\": \"status live -> draining; drainUntil 2026-03-01T12:55:00Z\",\n            \"executionId\": \"0000000a-exec\",\n            \"stage\": \"POST_PRODUCTION_TRAFFIC_SHIFT\"\n          },\n          \"liveAt\": \"2026-03-01T10:00:00Z\",\n          \"pins\": [\n            {\n              \"priority\": \"99\",\n              \"ruleArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/web/1/2/pin-v1\"\n            },\n            {\n              \"priority\": null,\n              \"ruleArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/web/1/2/gone\"\n            }\n          ],\n          \"secondsLeft\": 3300,\n          \"serviceRevisionArn\": \"arn:aws:ecs:us-east-1:123456789012:service-revision/shop/web/v1\",\n          \"status\": \"draining\",\n          \"targetGroupArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-tg1/0a1\",\n          \"updatedAt\": \"2026-03-01T10:00:00Z\"\n        }\n      ],\n      \"hidden\": 2,\n      \"listenerArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/web/1/2\",\n      \"notes\": [],\n      \"serviceArn\": \"arn:aws:ecs:us-east-1:123456789012:service/shop/web\"\n    }\n  ]\n}\n"
+        "{\n  \"services\": [\n    {\n      \"deployments\": [\n        {\n          \"deploymentId\": \"v2\",\n          \"drainUntil\": null,\n          \"lastChange\": {\n            \"actor\": \"0000000b-request\",\n            \"at\": \"2026-03-01T11:55:00Z\",\n            \"change\": \"status testing -> live\",\n            \"executionId\": \"0000000a-exec\",\n            \"stage\": \"POST_PRODUCTION_TRAFFIC_SHIFT\"\n          },\n          \"liveAt\": \"2026-03-01T11:55:00Z\",\n          \"pins\": [\n            {\n              \"priority\": \"98\",\n              \"ruleArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/web/1/2/pin-v2\"\n            }\n          ],\n          \"secondsLeft\": null,\n          \"serviceRevisionArn\": \"arn:aws:ecs:us-east-1:123456789012:service-revision/shop/web/v2\",\n          \"status\": \"live\",\n          \"targetGroupArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-tg2/0b2\",\n          \"updatedAt\": \"2026-03-01T11:55:00Z\"\n        },\n        {\n          \"deploymentId\": \"v1\",\n          \"drainUntil\": \"2026-03-01T12:55:00Z\",\n          \"lastChange\": {\n            \"actor\": \"0000000b-request\",\n            \"at\": \"2026-03-01T11:55:00Z\",\n            \"change\": \"status live -> draining; drainUntil 2026-03-01T12:55:00Z\",\n            \"executionId\": \"0000000a-exec\",\n            \"stage\": \"POST_PRODUCTION_TRAFFIC_SHIFT\"\n          },\n          \"liveAt\": \"2026-03-01T10:00:00Z\",\n          \"pins\": [\n            {\n              \"priority\": \"99\",\n              \"ruleArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/web/1/2/pin-v1\"\n            },\n            {\n              \"priority\": null,\n              \"ruleArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/web/1/2/gone\"\n            }\n          ],\n          \"secondsLeft\": 3300,\n          \"serviceRevisionArn\": \"arn:aws:ecs:us-east-1:123456789012:service-revision/shop/web/v1\",\n          \"status\": \"draining\",\n          \"targetGroupArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-tg1/0a1\",\n          \"updatedAt\": \"2026-03-01T10:00:00Z\"\n        }\n      ],\n      \"hidden\": 2,\n      \"listenerArn\": \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/web/1/2\",\n      \"notes\": [],\n      \"serviceArn\": \"arn:aws:ecs:us-east-1:123456789012:service/shop/web\"\n    }\n  ]\n}\n"
     );
 }
 

@@ -299,12 +299,16 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 fn history_value(h: &HistoryRecord) -> AttributeValue {
-    AttributeValue::M(HashMap::from([
+    let mut record = HashMap::from([
         ("at".to_owned(), s(&rfc3339(h.at))),
         ("stage".to_owned(), s(&h.stage)),
         ("executionId".to_owned(), s(&h.execution_id)),
         ("change".to_owned(), s(&h.change)),
-    ]))
+    ]);
+    if !h.actor.is_empty() {
+        record.insert("actor".to_owned(), s(&h.actor));
+    }
+    AttributeValue::M(record)
 }
 
 fn history_from_value(v: &AttributeValue) -> Option<HistoryRecord> {
@@ -319,6 +323,7 @@ fn history_from_value(v: &AttributeValue) -> Option<HistoryRecord> {
         at: OffsetDateTime::parse(&get("at"), &Rfc3339).ok()?,
         stage: get("stage"),
         execution_id: get("executionId"),
+        actor: get("actor"),
         change: get("change"),
     })
 }
@@ -501,6 +506,7 @@ mod tests {
                 at: now,
                 stage: "S".into(),
                 execution_id: "x".into(),
+                actor: "req-1".into(),
                 change: "c".into(),
             },
         };
@@ -537,6 +543,30 @@ mod tests {
     }
 
     #[test]
+    fn history_records_keep_who_acted_and_older_records_read_without_it() {
+        let record = HistoryRecord {
+            at: datetime!(2026-01-01 0:00 UTC),
+            stage: "POST_PRODUCTION_TRAFFIC_SHIFT".into(),
+            execution_id: "ecs-exec-1".into(),
+            actor: "8f5c0c1e-request".into(),
+            change: "status live -> draining".into(),
+        };
+        let stored = history_value(&record);
+        assert_eq!(stored.as_m().unwrap()["actor"], s("8f5c0c1e-request"));
+        assert_eq!(
+            stored.as_m().unwrap()["executionId"],
+            s("ecs-exec-1"),
+            "the execution ID keeps its attribute"
+        );
+        assert_eq!(history_from_value(&stored), Some(record.clone()));
+        let mut older = stored.as_m().unwrap().clone();
+        older.remove("actor");
+        let read = history_from_value(&AttributeValue::M(older)).unwrap();
+        assert_eq!(read.actor, "");
+        assert_eq!(read.execution_id, "ecs-exec-1");
+    }
+
+    #[test]
     fn items_round_trip() {
         let running = RunningVersion {
             deployment_id: DeploymentId::parse("abc").unwrap(),
@@ -561,6 +591,7 @@ mod tests {
                 at: now,
                 stage: "S".into(),
                 execution_id: "x".into(),
+                actor: "req-1".into(),
                 change: "c".into(),
             },
         };

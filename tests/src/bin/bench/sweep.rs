@@ -410,6 +410,7 @@ pub fn item(entry: &LedgerEntry, history: usize) -> HashMap<String, AttributeVal
                 at: entry.created_at + time::Duration::minutes(n as i64),
                 stage: stage.to_owned(),
                 execution_id: format!("{:08x}-5c1e-4b7a-9d3f-{:012x}", n, n * 7919),
+                actor: String::new(),
                 change: change.to_owned(),
             };
             AttributeValue::M(HashMap::from([
