@@ -71,6 +71,12 @@ pub struct DeploymentRow {
     #[serde(serialize_with = "rfc3339")]
     pub updated_at: OffsetDateTime,
     pub last_change: Option<ChangeRef>,
+    /// The error a hook recorded and continued past (`onError: continue`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Why it stopped being pinned, when not at the end of its skew window (`superseded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +168,8 @@ pub fn row_of(
         seconds_left: entry.drain_until.map(|t| (t - now).whole_seconds()),
         updated_at: entry.updated_at,
         last_change: last.map(ChangeRef::from),
+        last_error: entry.last_error.clone(),
+        reason: entry.reason.clone(),
     }
 }
 
@@ -228,9 +236,13 @@ impl ServiceStatus {
                     )
                 })
                 .unwrap_or_else(|| relative(row.updated_at, self.now));
+            let status = match &row.reason {
+                Some(reason) => format!("{} ({reason})", row.status),
+                None => row.status.clone(),
+            };
             t.row(vec![
                 (row.deployment_id.clone(), PLAIN),
-                (row.status.clone(), of_status(&row.status)),
+                (status, of_status(&row.status)),
                 (short_arn(&row.target_group_arn).to_owned(), PLAIN),
                 pins,
                 (row.live_at.map_or("-".to_owned(), stamp), PLAIN),
@@ -242,6 +254,16 @@ impl ServiceStatus {
             out.push_str("  no deployments recorded\n");
         } else {
             out.push_str(&t.render());
+        }
+        for row in &self.deployments {
+            if let Some(error) = &row.last_error {
+                out.push_str(&format!(
+                    "{} {}: {}\n",
+                    paint("error:", FAILURE),
+                    row.deployment_id,
+                    clip(error, 200)
+                ));
+            }
         }
         if self.hidden > 0 {
             out.push_str(&format!(
