@@ -13,6 +13,7 @@ use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::config::ProvideCredentials;
 use clap::{Parser, Subcommand, ValueEnum};
+use skewguard_core::aws::DisplayErrorContext;
 use skewguard_core::aws::ledger_store::LedgerError;
 use skewguard_core::hook::Clients;
 use skewguard_core::reconciler::ReconcileError;
@@ -94,6 +95,14 @@ pub enum CliError {
     Failed(String),
 }
 
+impl CliError {
+    /// An error the command cannot say more plainly: its whole chain, down to what AWS
+    /// answered.
+    pub fn failed(e: &(dyn std::error::Error + 'static)) -> CliError {
+        CliError::Failed(DisplayErrorContext(e).to_string())
+    }
+}
+
 /// What the commands need: the SDK clients and where they point.
 pub struct Context {
     pub clients: Clients,
@@ -166,7 +175,7 @@ impl Context {
                     region: self.region.clone(),
                 }
             }
-            _ => CliError::Failed(e.to_string()),
+            _ => CliError::failed(&e),
         }
     }
 
@@ -180,7 +189,7 @@ impl Context {
                     region: self.region.clone(),
                 }
             }
-            other => CliError::Failed(format!("{} ({})", other, other.kind())),
+            other => CliError::Failed(format!("{}: {}", other.kind(), DisplayErrorContext(&other))),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::apply::{self, ApplyError, ListenerChanges};
 use crate::aws::ecs::{DiscoveryError, Ecs, EcsError, running_version};
 use crate::aws::elb::Elb;
 use crate::aws::ledger_store::{LedgerError, LedgerStore};
-use crate::aws::{AwsError, AwsErrorKind};
+use crate::aws::{AwsError, AwsErrorKind, DisplayErrorContext};
 use crate::event::{HookAnswer, HookEvent, LifecycleStage, MalformedEvent, hook_details_of};
 use crate::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
 use crate::pins::{self, PinError};
@@ -331,7 +331,7 @@ async fn report_error(
         execution_id = %event.execution_id,
         service = %event.service_arn,
         error_kind = err.kind(),
-        error = %err,
+        error = %DisplayErrorContext(err),
         on_error = ?on_error,
         "hook failed"
     );
@@ -350,7 +350,7 @@ async fn report_error(
         ),
     };
     if let Err(e) = record_continued_error(event, &record, settings, clients).await {
-        warn!(function, error_kind = e.kind(), error = %e, "could not record the error in the ledger");
+        warn!(function, error_kind = e.kind(), error = %DisplayErrorContext(&e), "could not record the error in the ledger");
     }
 }
 
@@ -465,7 +465,7 @@ pub async fn run(
         let failure = err.failure();
         match retries.next_wait(failure) {
             Some(wait) => {
-                warn!(stage = %event.stage, failure = ?failure, error = %err, "starting the stage over from a fresh read");
+                warn!(stage = %event.stage, failure = ?failure, error = %DisplayErrorContext(&err), "starting the stage over from a fresh read");
                 tokio::time::sleep(wait).await;
             }
             None if failure == Failure::Conflict => {
@@ -563,7 +563,7 @@ async fn attempt_stage(
                         Ok(green) => Some(green),
                         // A rollback must still restore blue even if green cannot be described.
                         Err(err) => {
-                            warn!(stage = %event.stage, error = %err, "green unknown during rollback; unpinning by revision");
+                            warn!(stage = %event.stage, error = %DisplayErrorContext(&err), "green unknown during rollback; unpinning by revision");
                             None
                         }
                     };
@@ -729,7 +729,9 @@ async fn blue_before_shift(
         match revision.placement() {
             Ok((tg, _)) if tg != green.target_group_arn => candidates.push(revision),
             Ok(_) => {}
-            Err(err) => warn!(revision = %revision.arn, error = %err, "source revision skipped"),
+            Err(err) => {
+                warn!(revision = %revision.arn, error = %DisplayErrorContext(&err), "source revision skipped")
+            }
         }
     }
     let Some(revision) = candidates.into_iter().next() else {

@@ -19,7 +19,7 @@ use crate::DeploymentId;
 use crate::apply::{self, ApplyError, ListenerChanges};
 use crate::aws::ecs::{DeploymentFacts, DiscoveryError, Ecs, EcsError, running_version};
 use crate::aws::ledger_store::LedgerError;
-use crate::aws::{AwsError, AwsErrorKind};
+use crate::aws::{AwsError, AwsErrorKind, DisplayErrorContext};
 use crate::event::MalformedEvent;
 use crate::hook::Clients;
 use crate::ledger::LedgerEntry;
@@ -320,7 +320,7 @@ pub async fn reconcile_services(
     for service in services {
         let result = reconcile_service(clients, service, options).await;
         if let Err(e) = &result {
-            error!(service = %service, error_kind = e.kind(), error = %e, "reconciling failed");
+            error!(service = %service, error_kind = e.kind(), error = %DisplayErrorContext(e), "reconciling failed");
         }
         results.push((service.clone(), result));
     }
@@ -551,7 +551,7 @@ pub async fn handle(
             let report = reconcile_service(clients, &service, &options)
                 .await
                 .inspect_err(|e| {
-                    error!(service = %service, error_kind = e.kind(), error = %e, "reconciling failed");
+                    error!(service = %service, error_kind = e.kind(), error = %DisplayErrorContext(e), "reconciling failed");
                 })?;
             info!(service = %service, repairs = report.repairs.len(), "reconciled");
             Ok(json!({"services": [report], "errors": []}))

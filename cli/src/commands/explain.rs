@@ -139,7 +139,7 @@ async fn explain(
             if e.code == "ListenerNotFound" {
                 CliError::Failed(format!("listener {listener} not found in {}", ctx.region))
             } else {
-                CliError::Failed(e.to_string())
+                CliError::failed(&e)
             }
         })?;
     let entries = entries_on(ctx, listener).await?;
@@ -150,7 +150,7 @@ async fn explain(
             .elb
             .describe_pin_tags(std::slice::from_ref(&rule.arn))
             .await
-            .map_err(|e| CliError::Failed(e.to_string()))?,
+            .map_err(|e| CliError::failed(&e))?,
         None => BTreeMap::new(),
     };
     Ok(explanation(

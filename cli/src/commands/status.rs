@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
+use skewguard_core::aws::DisplayErrorContext;
 use skewguard_core::ledger::{HistoryRecord, LedgerEntry};
 use skewguard_core::listener::Priority;
 use skewguard_core::stages::short_arn;
@@ -121,7 +122,10 @@ async fn status(
     for listener in &listeners {
         match ctx.clients.elb.describe_listener_rules(listener).await {
             Ok(rules) => priorities.extend(rules.into_iter().map(|r| (r.arn, r.priority))),
-            Err(e) => notes.push(format!("could not read listener {listener}: {e}")),
+            Err(e) => notes.push(format!(
+                "could not read listener {listener}: {}",
+                DisplayErrorContext(&e)
+            )),
         }
     }
     let mut rows = Vec::new();

@@ -514,7 +514,7 @@ async fn green_seen(ctx: &Context, entry: &LedgerEntry) -> Result<GreenSeen, Cli
                 .elb
                 .describe_listener_rules(&entry.listener_arn)
                 .await
-                .map_err(|e| CliError::Failed(e.to_string()))?
+                .map_err(|e| CliError::failed(&e))?
                 .into_iter()
                 .map(|r| (r.arn, r.priority))
                 .collect()

@@ -139,11 +139,13 @@ impl Elb {
             .first()
             .and_then(Rule::rule_arn)
             .map(str::to_owned)
-            .ok_or_else(|| AwsError {
-                operation: "CreateRule",
-                code: "EmptyAnswer".to_owned(),
-                message: "CreateRule answered without a rule ARN".to_owned(),
-                kind: super::AwsErrorKind::Transient,
+            .ok_or_else(|| {
+                AwsError::concluded(
+                    "CreateRule",
+                    "EmptyAnswer",
+                    super::AwsErrorKind::Transient,
+                    "CreateRule answered without a rule ARN",
+                )
             })
     }
 

@@ -5,8 +5,12 @@ pub mod ecs;
 pub mod elb;
 pub mod ledger_store;
 
+use std::error::Error;
+use std::sync::Arc;
+
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_smithy_runtime_api::client::result::SdkError;
+pub use aws_smithy_types::error::display::DisplayErrorContext;
 
 /// What kind of failure an AWS call had, by AWS error code (never by message text).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,24 +44,39 @@ impl AwsErrorKind {
     }
 }
 
+/// An AWS call that failed: the operation, AWS's error code and its kind. The error behind it
+/// (the SDK's, with AWS's message and request ID) is its [`Error::source`]; print the whole
+/// chain with [`DisplayErrorContext`].
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("AWS {operation} failed: {code}: {message}")]
+#[error("AWS {operation} failed ({code})")]
 pub struct AwsError {
     pub operation: &'static str,
     pub code: String,
-    pub message: String,
     pub kind: AwsErrorKind,
+    /// Shared, so that the error stays `Clone` as the retry passes it on.
+    source: Arc<dyn Error + Send + Sync>,
 }
 
 impl AwsError {
+    /// A failure skewguard concludes from an answer AWS gave without an error (no SDK error
+    /// behind it): `why` is its source.
+    pub fn concluded(operation: &'static str, code: &str, kind: AwsErrorKind, why: &str) -> Self {
+        Self {
+            operation,
+            code: code.to_owned(),
+            kind,
+            source: Arc::from(Box::<dyn Error + Send + Sync>::from(why)),
+        }
+    }
+
     /// `PriorityInUse`, as ELBv2 answers when a rule priority was taken meanwhile: a conflict.
     pub fn priority_taken() -> Self {
-        Self {
-            operation: "CreateRule",
-            code: "PriorityInUse".to_owned(),
-            message: "a pin's priority was taken meanwhile".to_owned(),
-            kind: AwsErrorKind::Conflict,
-        }
+        Self::concluded(
+            "CreateRule",
+            "PriorityInUse",
+            AwsErrorKind::Conflict,
+            "a pin's priority was taken meanwhile",
+        )
     }
 
     pub fn is(&self, code: &str) -> bool {
@@ -65,51 +84,28 @@ impl AwsError {
     }
 }
 
+/// Classifies what the SDK answered by AWS's error code, keeping the SDK error as the source.
 pub(crate) fn classify<E, R>(operation: &'static str, err: SdkError<E, R>) -> AwsError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: ProvideErrorMetadata + Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    match &err {
+    let (code, kind) = match &err {
         SdkError::ServiceError(service) => {
-            let inner = service.err();
-            let code = inner.code().unwrap_or("Unknown").to_owned();
-            let message = inner
-                .message()
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
+            let code = service.err().code().unwrap_or("Unknown").to_owned();
             let kind = kind_of_code(&code);
-            AwsError {
-                operation,
-                code,
-                message,
-                kind,
-            }
+            (code, kind)
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            AwsError {
-                operation,
-                code: "Unreachable".to_owned(),
-                message: aws_smithy_types::error::display::DisplayErrorContext(&err)
-                    .to_string()
-                    .chars()
-                    .take(300)
-                    .collect(),
-                kind: AwsErrorKind::Transient,
-            }
+            ("Unreachable".to_owned(), AwsErrorKind::Transient)
         }
-        _ => AwsError {
-            operation,
-            code: "ClientError".to_owned(),
-            message: aws_smithy_types::error::display::DisplayErrorContext(&err)
-                .to_string()
-                .chars()
-                .take(300)
-                .collect(),
-            kind: AwsErrorKind::Invalid,
-        },
+        _ => ("ClientError".to_owned(), AwsErrorKind::Invalid),
+    };
+    AwsError {
+        operation,
+        code,
+        kind,
+        source: Arc::new(err),
     }
 }
 
