@@ -1,4 +1,4 @@
-"""The three ways to deploy skewguard grant the same IAM permissions.
+"""The three ways to deploy skewguard grant the same IAM permissions and create the same alarms.
 
 infra/template.yaml (read here, so it cannot drift), the Terraform module (infra/terraform, as
 parsed by infra/terraform/check) and the CDK construct (infra/cdk, synthesized alone) are each
@@ -295,3 +295,74 @@ def test_same_grants_as_the_sam_template(name, other):
         f"{name} and infra/template.yaml grant different permissions\n"
         f"only in the SAM template:\n{_show(sam - theirs)}\nonly in {name}:\n{_show(theirs - sam)}"
     )
+
+
+# ------------------------------------------------------------------------------ alarms
+
+# An alarm, normalised: (name suffix, namespace, metric, dimensions, statistic, period, threshold,
+# comparison, missing data, the expression that sums them or None).
+Alarm = tuple
+
+
+def _alarm_of_metrics(suffix, metrics, stat, period, threshold, comparison, missing, expression):
+    return (suffix, frozenset(metrics), stat, int(period), float(threshold), comparison, missing, expression)
+
+
+def _cfn_alarms(template: dict, ev) -> set[Alarm]:
+    found = set()
+    for res in template["Resources"].values():
+        if res["Type"] != "AWS::CloudWatch::Alarm" or "Namespace" in res["Properties"] and res["Properties"]["Namespace"] == "AWS/SQS":
+            continue
+        p = res["Properties"]
+        name = json.dumps(p["AlarmName"])
+        suffix = next(s for s in ("hook-failed", "drift-repaired", "pin-removed-by-reconciler") if s in name)
+        if "Metrics" in p:
+            stats = [m["MetricStat"] for m in p["Metrics"] if "MetricStat" in m]
+            metrics = {(s["Metric"]["Namespace"], s["Metric"]["MetricName"], frozenset((d["Name"], d["Value"]) for d in s["Metric"]["Dimensions"])) for s in stats}
+            expression = next(m["Expression"] for m in p["Metrics"] if "Expression" in m)
+            found.add(_alarm_of_metrics(suffix, metrics, stats[0]["Stat"], stats[0]["Period"], p["Threshold"], p["ComparisonOperator"], p["TreatMissingData"], expression))
+        else:
+            metric = (p["Namespace"], p["MetricName"], frozenset((d["Name"], d["Value"]) for d in p["Dimensions"]))
+            found.add(_alarm_of_metrics(suffix, {metric}, p["Statistic"], p["Period"], p["Threshold"], p["ComparisonOperator"], p["TreatMissingData"], None))
+    return found
+
+
+def sam_alarms() -> set[Alarm]:
+    return _cfn_alarms(infra.load(infra.TEMPLATE), None)
+
+
+def cdk_alarms() -> set[Alarm]:
+    return _cfn_alarms(json.loads((out_dir() / "cdk-parity.template.json").read_text()), None)
+
+
+def terraform_alarms() -> set[Alarm]:
+    module = json.loads((out_dir() / "terraform" / "module.json").read_text())
+    found = set()
+    for key, blocks in module["resource"]["aws_cloudwatch_metric_alarm"].items():
+        a = blocks[0]
+        if a.get("namespace") == "AWS/SQS":
+            continue
+        suffix = a["alarm_name"].removeprefix("${var.name}-")
+        if "metric_query" in a:
+            queries = a["metric_query"]
+            expression = next(q["expression"] for q in queries if "expression" in q)
+            dynamic = a["dynamic"][0] if isinstance(a["dynamic"], list) else a["dynamic"]
+            dynamic = dynamic["metric_query"][0]
+            metric = dynamic["content"][0]["metric"][0]
+            assert metric["dimensions"] == {"Function": "${metric_query.value}"}, metric
+            functions = list(dynamic["for_each"].values())
+            metrics = {(metric["namespace"], metric["metric_name"], frozenset({("Function", f)})) for f in functions}
+            found.add(_alarm_of_metrics(suffix, metrics, metric["stat"], metric["period"], a["threshold"], a["comparison_operator"], a["treat_missing_data"], expression))
+        else:
+            m = (a["namespace"], a["metric_name"], frozenset(a["dimensions"].items()))
+            found.add(_alarm_of_metrics(suffix, {m}, a["statistic"], a["period"], a["threshold"], a["comparison_operator"], a["treat_missing_data"], None))
+    return found
+
+
+def test_the_three_alarms_are_read_from_the_template():
+    assert {a[0] for a in sam_alarms()} == {"hook-failed", "drift-repaired", "pin-removed-by-reconciler"}
+
+
+@pytest.mark.parametrize("name,other", [("terraform", terraform_alarms), ("cdk", cdk_alarms)])
+def test_same_alarms_as_the_sam_template(name, other):
+    assert other() == sam_alarms(), name

@@ -34,3 +34,8 @@ output "lifecycle_hooks" {
     }
   ]
 }
+
+output "dashboard_name" {
+  description = "The CloudWatch dashboard of skewguard's metrics."
+  value       = aws_cloudwatch_dashboard.skewguard.dashboard_name
+}

@@ -105,3 +105,27 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "alarm_on_hook_failed" {
+  description = "Alarm when a hook answers FAILED (ECS rolls the deployment back)."
+  type        = bool
+  default     = true
+}
+
+variable "alarm_on_drift_repaired" {
+  description = "Alarm when the reconciler repairs anything (the listener or the ledger had drifted)."
+  type        = bool
+  default     = true
+}
+
+variable "alarm_on_pin_removed_by_reconciler" {
+  description = "Alarm when the reconciler removes a pin (one the hooks left behind)."
+  type        = bool
+  default     = true
+}
+
+variable "alarm_topic_arn" {
+  description = "SNS topic that the alarms notify when they fire and when they recover (empty: the alarms only change state)."
+  type        = string
+  default     = ""
+}

@@ -67,6 +67,48 @@ export interface SkewguardProps {
   readonly reconcileSchedule?: events.Schedule;
   /** Prefix of the function names and log groups. @default the stack name */
   readonly name?: string;
+  /** The alarms on skewguard's metrics (README "Metrics, dashboard and alarms"). @default all three, no topic */
+  readonly alarms?: SkewguardAlarms;
+}
+
+/** Which alarms to create, and the SNS topic they notify when they fire and recover. */
+export interface SkewguardAlarms {
+  /** A hook answered FAILED. @default true */
+  readonly hookFailed?: boolean;
+  /** The reconciler repaired drift. @default true */
+  readonly driftRepaired?: boolean;
+  /** The reconciler removed a pin. @default true */
+  readonly pinRemovedByReconciler?: boolean;
+  /** SNS topic ARN. @default none: the alarms only change state */
+  readonly topicArn?: string;
+}
+
+/** The dashboard's widgets: title, position, statistic, stacking, and SEARCH expressions. */
+function dashboardBody(region: string, loadBalancerName: string): unknown {
+  const widgets: [string, number, number, string, boolean, string[]][] = [
+    ['Hook invocations by stage', 0, 0, 'Sum', true, ["SEARCH('{skewguard,Function,Stage} MetricName=\"Invocations\"', 'Sum', 300)"]],
+    ['Hook answers', 12, 0, 'Sum', true, ["SEARCH('{skewguard,Function} MetricName=(\"Succeeded\" OR \"InProgress\" OR \"Failed\")', 'Sum', 300)"]],
+    ['Hold time by service (seconds)', 0, 6, 'Maximum', false, ["SEARCH('{skewguard,Service} MetricName=\"HoldTime\"', 'Maximum', 300)"]],
+    ['Errors by kind', 12, 6, 'Sum', true, ["SEARCH('{skewguard,Function,ErrorKind} MetricName=\"Errors\"', 'Sum', 300)"]],
+    ['Reconciler repairs by kind', 0, 12, 'Sum', true, ["SEARCH('{skewguard,Function,RepairKind} MetricName=\"Repairs\"', 'Sum', 300)"]],
+    ['Pins created and removed', 12, 12, 'Sum', false, ["SEARCH('{skewguard,Function} MetricName=(\"PinsCreated\" OR \"PinsRemoved\")', 'Sum', 300)"]],
+    ['Duration (ms, maximum) and AWS calls per invocation (average)', 0, 18, 'Maximum', false, [
+      "SEARCH('{skewguard,Function} MetricName=\"Duration\"', 'Maximum', 300)",
+      "SEARCH('{skewguard,Function} MetricName=\"AwsCalls\"', 'Average', 300)",
+    ]],
+    [`Requests per target group (load balancer ${loadBalancerName})`, 12, 18, 'Sum', false, [
+      `SEARCH('{AWS/ApplicationELB,LoadBalancer,TargetGroup} MetricName=\"RequestCount\" ${loadBalancerName}', 'Sum', 60)`,
+    ]],
+  ];
+  return {
+    widgets: widgets.map(([title, x, y, stat, stacked, searches]) => ({
+      type: 'metric', x, y, width: 12, height: 6,
+      properties: {
+        title, region, view: 'timeSeries', stacked, stat, period: 300,
+        metrics: searches.map((expression, i) => [{ expression, id: `e${i}`, yAxis: i === 0 ? 'left' : 'right' }]),
+      },
+    })),
+  };
 }
 
 export interface ProtectOptions {
@@ -198,6 +240,65 @@ export class Skewguard extends Construct {
       evaluationPeriods: 1,
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
+
+    // -------------------------------------------------------------------------- dashboard, alarms
+    // The functions write their metrics as CloudWatch embedded metric format lines in their logs
+    // (namespace skewguard): nothing to create for the metrics themselves. The request rates come
+    // from the load balancer of the first listener, one line per target group.
+    const loadBalancerName = Fn.select(1, Fn.split('/', Fn.select(1, Fn.split(':listener/', Fn.select(0, props.listenerArns)))));
+    new cloudwatch.CfnDashboard(this, 'Dashboard', {
+      dashboardName: `${name}-skewguard`,
+      dashboardBody: stack.toJsonString(dashboardBody(stack.region, loadBalancerName)),
+    });
+    const alarms = props.alarms ?? {};
+    const notify = (alarm: cloudwatch.Alarm) => {
+      if (alarms.topicArn) {
+        const action = { bind: () => ({ alarmActionArn: alarms.topicArn as string }) };
+        alarm.addAlarmAction(action);
+        alarm.addOkAction(action);
+      }
+    };
+    const skewguardMetric = (metricName: string, dimensionsMap: Record<string, string>, period: Duration) =>
+      new cloudwatch.Metric({ namespace: 'skewguard', metricName, dimensionsMap, statistic: 'Sum', period });
+    const onceOrMore = {
+      threshold: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      evaluationPeriods: 1,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    };
+    if (alarms.hookFailed ?? true) {
+      notify(new cloudwatch.Alarm(this, 'HookFailedAlarm', {
+        alarmName: `${name}-hook-failed`,
+        alarmDescription: 'A skewguard hook answered FAILED: ECS rolls that deployment back. The hook\'s log line "hook failed" names the service, the stage and the error_kind.',
+        metric: new cloudwatch.MathExpression({
+          expression: 'SUM([posttest, shift, postshift])',
+          label: 'FAILED answers',
+          period: Duration.minutes(1),
+          usingMetrics: {
+            posttest: skewguardMetric('Failed', { Function: 'post-test-traffic' }, Duration.minutes(1)),
+            shift: skewguardMetric('Failed', { Function: 'production-shift' }, Duration.minutes(1)),
+            postshift: skewguardMetric('Failed', { Function: 'post-shift' }, Duration.minutes(1)),
+          },
+        }),
+        ...onceOrMore,
+      }));
+    }
+    if (alarms.driftRepaired ?? true) {
+      notify(new cloudwatch.Alarm(this, 'DriftRepairedAlarm', {
+        alarmName: `${name}-drift-repaired`,
+        alarmDescription: 'The skewguard reconciler repaired drift between the ledger, the listener and ECS. Its "repaired" log lines say what and why (kind, deployment_id, rule_arn, detail).',
+        metric: skewguardMetric('Repairs', { Function: 'reconciler' }, Duration.minutes(5)),
+        ...onceOrMore,
+      }));
+    }
+    if (alarms.pinRemovedByReconciler ?? true) {
+      notify(new cloudwatch.Alarm(this, 'PinRemovedByReconcilerAlarm', {
+        alarmName: `${name}-pin-removed-by-reconciler`,
+        alarmDescription: 'The skewguard reconciler removed a pin rule the hooks had left on the listener (its version no longer runs, or it pointed elsewhere). Its "repaired" log line with kind pin-removed names the rule and why.',
+        metric: skewguardMetric('Repairs', { Function: 'reconciler', RepairKind: 'pin-removed' }, Duration.minutes(5)),
+        ...onceOrMore,
+      }));
+    }
 
     const functions = {} as Record<FunctionCrate, lambda.Function>;
     const roles = {} as Record<FunctionCrate, iam.Role>;
