@@ -240,6 +240,8 @@ pub enum Intervention {
     Supersede {
         when: SupersedeWhen,
         by: String,
+        /// The superseding revision's extra container environment.
+        environment: Vec<(String, String)>,
         scale_down: ScaleDownAt,
     },
 }
@@ -774,6 +776,7 @@ impl Engine {
                     let Intervention::Supersede {
                         when,
                         by,
+                        environment: by_environment,
                         scale_down,
                     } = intervention
                     else {
@@ -807,7 +810,7 @@ impl Engine {
                     self.deploy_locked(
                         state,
                         &by,
-                        environment,
+                        &by_environment,
                         Intervention::None,
                         vec![older],
                         Some(scale_down),

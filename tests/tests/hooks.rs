@@ -1205,6 +1205,7 @@ async fn a_deployment_superseding_another_unpins_what_runs_in_the_target_group_i
                 Intervention::Supersede {
                     when,
                     by: "v3".to_owned(),
+                    environment: Vec::new(),
                     scale_down,
                 },
             )

@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde_json::json;
 use skewguard_core::hook::HookFunction;
 use skewguard_core::ledger::Status;
-use skewguard_world::engine::{Intervention, Outcome, Strategy};
+use skewguard_world::engine::{Intervention, Outcome, ScaleDownAt, Strategy, SupersedeWhen};
 use skewguard_world::lambda::{LocalFunction, check_request_ids, workspace_binary};
-use skewguard_world::live::{LiveWorld, TabCounters};
+use skewguard_world::live::{LiveWorld, TabCounters, schema_env};
 
 const A: &str = "a1b2c3d";
 const B: &str = "b2c3d4e";
@@ -424,4 +424,51 @@ async fn every_log_line_of_an_invocation_carries_its_request_id() {
             function.name()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_started_during_a_hold_never_sends_an_old_tab_to_the_new_version() {
+    let live = live().await;
+    let service = live
+        .service(
+            "checkout",
+            A,
+            "v1",
+            json!({"skewWindow": "3s", "pollInterval": "1s"}),
+        )
+        .await;
+    live.open_tab("A", &service, Some(A), Some("v1"));
+    live.open_tab("visitor", &service, None, None);
+    // B's post-shift hook holds A pinned; C starts meanwhile and takes A's target group.
+    let outcome = live
+        .deploy(
+            &service,
+            B,
+            "v2",
+            Intervention::Supersede {
+                when: SupersedeWhen::WhileHolding,
+                by: C.to_owned(),
+                environment: schema_env("v3"),
+                scale_down: ScaleDownAt::ReconcileService,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded, "C deploys");
+    live.open_tab("C", &service, Some(C), Some("v3"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_clean(&live).await;
+    let a = counters_of(&live, "A");
+    assert!(a.own > 0, "A's tab was served by A while A ran: {a:?}");
+    assert!(
+        a.fell_back > 0,
+        "once A's pin was gone, A's tab reached production: {a:?}"
+    );
+    let ledger = live.world.ledger().load(&service).await.unwrap();
+    let a_entry = ledger
+        .iter()
+        .find(|e| e.deployment_id.as_str() == A)
+        .unwrap();
+    assert_eq!(a_entry.status, Status::Retired);
+    assert_eq!(a_entry.reason.as_deref(), Some("superseded"));
 }
