@@ -427,8 +427,7 @@ pub fn review_pins(
     settings: &Settings,
 ) -> Result<PinReview, PinError> {
     let entries: Vec<LedgerEntry> = draft.entries().cloned().collect();
-    let entry_of = |id: &DeploymentId| entries.iter().find(|e| &e.deployment_id == id);
-    let mut plan = pins::plan(
+    let plan = pins::plan(
         draft.service_arn(),
         &entries,
         rules,
@@ -436,158 +435,265 @@ pub fn review_pins(
         production_rule,
         settings,
     )?;
-    let mut repairs = Vec::new();
-    let mut notes = Vec::new();
-    let mut kept_valid: BTreeMap<DeploymentId, Vec<String>> = BTreeMap::new();
-    let mut kept_in_flight: BTreeMap<DeploymentId, Vec<String>> = BTreeMap::new();
-    let mut deleted_wrong_tg: BTreeSet<DeploymentId> = BTreeSet::new();
-    let mut delete = Vec::new();
-    for arn in std::mem::take(&mut plan.delete) {
+    let mut review = PinReview {
+        plan,
+        kept_valid: BTreeMap::new(),
+        kept_in_flight: BTreeMap::new(),
+        repairs: Vec::new(),
+        notes: Vec::new(),
+    };
+    let repointed = review_deletions(&mut review, view, rules, tags, &entries);
+    describe_restorations(&mut review, rules, &entries, &repointed);
+    adopt_tagged_pins(&mut review, &entries);
+    forget_missing_pins(&mut review, rules, &entries);
+    Ok(review)
+}
+
+/// A rule the plan would delete, with what the review needs to judge it.
+struct Deletion<'a> {
+    arn: String,
+    /// The rule on the listener (absent if the plan names one that is gone).
+    rule: Option<&'a ListenerRule>,
+    /// Its deployment: the tag, else the entry that lists it.
+    owner: Option<DeploymentId>,
+    entry: Option<&'a LedgerEntry>,
+    /// The one target group it forwards all its traffic to, if it does.
+    target: Option<String>,
+}
+
+impl<'a> Deletion<'a> {
+    fn of(
+        arn: String,
+        rules: &'a [ListenerRule],
+        tags: &BTreeMap<String, PinTags>,
+        entries: &'a [LedgerEntry],
+    ) -> Self {
         let rule = rules.iter().find(|r| r.arn == arn);
-        let owner = owner_of(&arn, &entries, tags);
-        let entry = owner.as_ref().and_then(&entry_of);
+        let owner = owner_of(&arn, entries, tags);
+        let entry = owner
+            .as_ref()
+            .and_then(|id| entries.iter().find(|e| &e.deployment_id == id));
         let target = rule.and_then(|r| match r.live_targets().as_slice() {
             [one] if r.forward_targets().len() == 1 => Some((*one).to_owned()),
             _ => None,
         });
-        let runs_there = |id: &DeploymentId, tg: &str| {
-            if view.known {
-                view.runs(id, tg)
-            } else {
-                entry.is_some_and(|e| !e.status.is_final() && e.target_group_arn == tg)
-            }
-        };
-        if let (Some(id), Some(tg), Some(rule)) = (&owner, &target, rule) {
-            // A true duplicate of a pin the plan keeps may go: the version stays pinned.
-            let conditions = canonical_conditions(&rule.conditions);
-            let duplicate = plan
-                .keep
-                .get(id)
-                .into_iter()
-                .flatten()
-                .filter_map(|k| rules.iter().find(|r| &r.arn == k))
-                .any(|k| canonical_conditions(&k.conditions) == conditions);
-            let valid =
-                !duplicate && entry.is_some_and(LedgerEntry::wants_pin) && runs_there(id, tg);
-            let in_flight = !view.settled
-                && view.known
-                && view.runs(id, tg)
-                && entry.is_none_or(|e| !e.status.is_final());
-            if valid || in_flight {
-                let kept = if valid {
-                    &mut kept_valid
-                } else {
-                    &mut kept_in_flight
-                };
-                kept.entry(id.clone()).or_default().push(arn.clone());
-                if valid && !entry.is_some_and(|e| e.rule_arns.contains(&arn)) {
-                    repairs.push(Repair {
-                        kind: RepairKind::PinAdopted,
-                        deployment_id: Some(id.clone()),
-                        rule_arn: Some(arn.clone()),
-                        detail: format!("a valid pin of {id} the ledger did not list: recorded"),
-                    });
-                }
-                notes.push(if valid {
-                    format!(
-                        "left rule {} alone: it is a valid pin of {id}, which runs on {} (it differs from the pin the settings want)",
-                        short_arn(&arn),
-                        short_arn(tg)
-                    )
-                } else {
-                    format!(
-                        "left rule {} alone while {}: {id} runs on {} and a hook may be about to record it",
-                        short_arn(&arn),
-                        view.latest_text(),
-                        short_arn(tg)
-                    )
-                });
-                continue;
-            }
+        Deletion {
+            arn,
+            rule,
+            owner,
+            entry,
+            target,
         }
-        let detail = match (&owner, entry) {
-            (None, _) => "a rule of this service that no ledger entry names".to_owned(),
-            (Some(id), None) => format!(
-                "tagged for {id}, which the ledger does not know (an orphan, e.g. left by a crash)"
-            ),
-            (Some(id), Some(e)) if e.status.is_final() => format!("{id} is {}", e.status),
-            (Some(id), Some(e)) if !e.wants_pin() => {
-                format!(
-                    "{id} is {} and not yet shifted: it must not be pinned",
-                    e.status
-                )
-            }
-            (Some(id), Some(e)) if target.as_deref() != Some(e.target_group_arn.as_str()) => {
-                deleted_wrong_tg.insert(id.clone());
-                if rule.is_some_and(|r| matches!(r.action, RuleAction::FixedResponse { .. })) {
-                    format!("a retired catch-all naming {id} that is out of date or not wanted")
-                } else {
-                    format!(
-                        "forwards to {}, but {id} runs on {}",
-                        target
-                            .as_deref()
-                            .map_or("something else".to_owned(), |t| { short_arn(t).to_owned() }),
-                        short_arn(&e.target_group_arn)
-                    )
-                }
-            }
-            (Some(id), Some(_)) => format!(
-                "a pin of {id} that differs from the one the settings want (a duplicate, moved out of place, or changed by hand)"
-            ),
-        };
-        repairs.push(Repair {
-            kind: RepairKind::PinRemoved,
-            deployment_id: owner.clone(),
-            rule_arn: Some(arn.clone()),
-            detail,
-        });
-        delete.push(arn);
     }
-    plan.delete = delete;
+}
 
-    let existing: BTreeSet<&str> = rules.iter().map(|r| r.arn.as_str()).collect();
-    for spec in &plan.create {
-        let id = &spec.deployment_id;
-        if spec.is_catch_all() {
-            repairs.push(Repair {
-                kind: RepairKind::PinRestored,
-                deployment_id: Some(id.clone()),
-                rule_arn: None,
-                detail: format!(
-                    "the retired catch-all (afterWindow: retired) naming production {id} is missing or out of date"
-                ),
-            });
+/// Why a rule the plan would delete stays on the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// A valid pin of a version that runs where it leads.
+    Valid,
+    /// A deployment is in flight and the rule's version runs: a hook may be about to record it.
+    InFlight,
+}
+
+/// Goes through the rules the plan would delete: keeps those [`reason_to_keep`] refuses to
+/// delete ([`keep_rule`]) and says why each other one goes ([`why_removed`]). Returns the
+/// deployments whose pin is removed because it forwarded elsewhere (their new pin replaces it).
+fn review_deletions(
+    review: &mut PinReview,
+    view: &EcsView,
+    rules: &[ListenerRule],
+    tags: &BTreeMap<String, PinTags>,
+    entries: &[LedgerEntry],
+) -> BTreeSet<DeploymentId> {
+    let mut repointed = BTreeSet::new();
+    let mut delete = Vec::new();
+    for arn in std::mem::take(&mut review.plan.delete) {
+        let deletion = Deletion::of(arn, rules, tags, entries);
+        if let Some(kept) = reason_to_keep(&deletion, &review.plan, rules, view) {
+            keep_rule(review, &deletion, kept, view);
             continue;
         }
-        let detail = match entry_of(id) {
-            Some(e) if deleted_wrong_tg.contains(id) => format!(
-                "{id} is {} on {}: replacing the pin that pointed elsewhere",
-                e.status,
-                spec.target_group_arn().map_or("-", short_arn)
-            ),
-            Some(e) if e.rule_arns.iter().any(|a| !existing.contains(a.as_str())) => format!(
-                "{id} is {} but its pin is gone from the listener (deleted by hand?)",
-                e.status
-            ),
-            Some(e) => format!(
-                "{id} is {} and must be pinned, but has no pin (lost in a crash?)",
-                e.status
-            ),
-            None => format!("{id} must be pinned"),
+        let (detail, elsewhere) = why_removed(&deletion);
+        if elsewhere && let Some(id) = &deletion.owner {
+            repointed.insert(id.clone());
+        }
+        review.repairs.push(Repair {
+            kind: RepairKind::PinRemoved,
+            deployment_id: deletion.owner.clone(),
+            rule_arn: Some(deletion.arn.clone()),
+            detail,
+        });
+        delete.push(deletion.arn);
+    }
+    review.plan.delete = delete;
+    repointed
+}
+
+/// Refuses to delete a valid pin: a rule of a version that wants a pin and runs on the target
+/// group the rule leads to (made under other settings, say), unless it duplicates a pin the
+/// plan keeps. While a deployment is in flight, also refuses to delete any rule of a version
+/// ECS runs where the rule leads whose entry is not final: its hook may be about to record it.
+fn reason_to_keep(
+    deletion: &Deletion<'_>,
+    plan: &PinPlan,
+    rules: &[ListenerRule],
+    view: &EcsView,
+) -> Option<Kept> {
+    let (Some(id), Some(tg), Some(rule)) = (&deletion.owner, &deletion.target, deletion.rule)
+    else {
+        return None;
+    };
+    let entry = deletion.entry;
+    let runs_there = if view.known {
+        view.runs(id, tg)
+    } else {
+        entry.is_some_and(|e| !e.status.is_final() && &e.target_group_arn == tg)
+    };
+    // A true duplicate of a pin the plan keeps may go: the version stays pinned.
+    let conditions = canonical_conditions(&rule.conditions);
+    let duplicate = plan
+        .keep
+        .get(id)
+        .into_iter()
+        .flatten()
+        .filter_map(|k| rules.iter().find(|r| &r.arn == k))
+        .any(|k| canonical_conditions(&k.conditions) == conditions);
+    if !duplicate && entry.is_some_and(LedgerEntry::wants_pin) && runs_there {
+        return Some(Kept::Valid);
+    }
+    let in_flight = !view.settled
+        && view.known
+        && view.runs(id, tg)
+        && entry.is_none_or(|e| !e.status.is_final());
+    in_flight.then_some(Kept::InFlight)
+}
+
+/// Leaves a rule on the listener with a note saying why; a valid pin the entry does not list
+/// is adopted (recorded on the entry).
+fn keep_rule(review: &mut PinReview, deletion: &Deletion<'_>, kept: Kept, view: &EcsView) {
+    let (Some(id), Some(tg)) = (&deletion.owner, &deletion.target) else {
+        return;
+    };
+    let arn = &deletion.arn;
+    let kept_rules = match kept {
+        Kept::Valid => &mut review.kept_valid,
+        Kept::InFlight => &mut review.kept_in_flight,
+    };
+    kept_rules.entry(id.clone()).or_default().push(arn.clone());
+    let listed = deletion.entry.is_some_and(|e| e.rule_arns.contains(arn));
+    if kept == Kept::Valid && !listed {
+        review.repairs.push(Repair {
+            kind: RepairKind::PinAdopted,
+            deployment_id: Some(id.clone()),
+            rule_arn: Some(arn.clone()),
+            detail: format!("a valid pin of {id} the ledger did not list: recorded"),
+        });
+    }
+    review.notes.push(match kept {
+        Kept::Valid => format!(
+            "left rule {} alone: it is a valid pin of {id}, which runs on {} (it differs from the pin the settings want)",
+            short_arn(arn),
+            short_arn(tg)
+        ),
+        Kept::InFlight => format!(
+            "left rule {} alone while {}: {id} runs on {} and a hook may be about to record it",
+            short_arn(arn),
+            view.latest_text(),
+            short_arn(tg)
+        ),
+    });
+}
+
+/// Why a rule is removed, and whether because it forwards somewhere its version does not run.
+fn why_removed(deletion: &Deletion<'_>) -> (String, bool) {
+    let target = deletion.target.as_deref();
+    let detail = match (&deletion.owner, deletion.entry) {
+        (None, _) => "a rule of this service that no ledger entry names".to_owned(),
+        (Some(id), None) => format!(
+            "tagged for {id}, which the ledger does not know (an orphan, e.g. left by a crash)"
+        ),
+        (Some(id), Some(e)) if e.status.is_final() => format!("{id} is {}", e.status),
+        (Some(id), Some(e)) if !e.wants_pin() => format!(
+            "{id} is {} and not yet shifted: it must not be pinned",
+            e.status
+        ),
+        (Some(id), Some(e)) if target != Some(e.target_group_arn.as_str()) => {
+            let catch_all = deletion
+                .rule
+                .is_some_and(|r| matches!(r.action, RuleAction::FixedResponse { .. }));
+            let detail = if catch_all {
+                format!("a retired catch-all naming {id} that is out of date or not wanted")
+            } else {
+                format!(
+                    "forwards to {}, but {id} runs on {}",
+                    target.map_or("something else", short_arn),
+                    short_arn(&e.target_group_arn)
+                )
+            };
+            return (detail, true);
+        }
+        (Some(id), Some(_)) => format!(
+            "a pin of {id} that differs from the one the settings want (a duplicate, moved out of place, or changed by hand)"
+        ),
+    };
+    (detail, false)
+}
+
+/// Says why each pin the plan creates is needed: a retired catch-all, a pin replacing one that
+/// forwarded elsewhere (`repointed`), one deleted from the listener, or one never created.
+fn describe_restorations(
+    review: &mut PinReview,
+    rules: &[ListenerRule],
+    entries: &[LedgerEntry],
+    repointed: &BTreeSet<DeploymentId>,
+) {
+    let existing: BTreeSet<&str> = rules.iter().map(|r| r.arn.as_str()).collect();
+    for spec in &review.plan.create {
+        let id = &spec.deployment_id;
+        let detail = if spec.is_catch_all() {
+            format!(
+                "the retired catch-all (afterWindow: retired) naming production {id} is missing or out of date"
+            )
+        } else {
+            let why = match entries.iter().find(|e| &e.deployment_id == id) {
+                Some(e) if repointed.contains(id) => format!(
+                    "{id} is {} on {}: replacing the pin that pointed elsewhere",
+                    e.status,
+                    spec.target_group_arn().map_or("-", short_arn)
+                ),
+                Some(e) if e.rule_arns.iter().any(|a| !existing.contains(a.as_str())) => format!(
+                    "{id} is {} but its pin is gone from the listener (deleted by hand?)",
+                    e.status
+                ),
+                Some(e) => format!(
+                    "{id} is {} and must be pinned, but has no pin (lost in a crash?)",
+                    e.status
+                ),
+                None => format!("{id} must be pinned"),
+            };
+            format!("{why}; pin to {}", describe_spec(spec))
         };
-        repairs.push(Repair {
+        review.repairs.push(Repair {
             kind: RepairKind::PinRestored,
             deployment_id: Some(id.clone()),
             rule_arn: None,
-            detail: format!("{detail}; pin to {}", describe_spec(spec)),
+            detail,
         });
     }
-    for (id, arns) in &plan.keep {
-        let recorded = entry_of(id)
+}
+
+/// Adopts the tagged pins the plan keeps but their entry does not list (a crash between "rule
+/// created" and "ledger written"): they are recorded on the entry.
+fn adopt_tagged_pins(review: &mut PinReview, entries: &[LedgerEntry]) {
+    for (id, arns) in &review.plan.keep {
+        let recorded = entries
+            .iter()
+            .find(|e| &e.deployment_id == id)
             .map(|e| e.rule_arns.clone())
             .unwrap_or_default();
         for arn in arns.iter().filter(|a| !recorded.contains(a)) {
-            repairs.push(Repair {
+            review.repairs.push(Repair {
                 kind: RepairKind::PinAdopted,
                 deployment_id: Some(id.clone()),
                 rule_arn: Some(arn.clone()),
@@ -597,13 +703,18 @@ pub fn review_pins(
             });
         }
     }
-    for entry in &entries {
+}
+
+/// Forgets the pins the ledger lists but the listener no longer has.
+fn forget_missing_pins(review: &mut PinReview, rules: &[ListenerRule], entries: &[LedgerEntry]) {
+    let existing: BTreeSet<&str> = rules.iter().map(|r| r.arn.as_str()).collect();
+    for entry in entries {
         for arn in entry
             .rule_arns
             .iter()
             .filter(|a| !existing.contains(a.as_str()))
         {
-            repairs.push(Repair {
+            review.repairs.push(Repair {
                 kind: RepairKind::PinForgotten,
                 deployment_id: Some(entry.deployment_id.clone()),
                 rule_arn: Some(arn.clone()),
@@ -611,13 +722,6 @@ pub fn review_pins(
             });
         }
     }
-    Ok(PinReview {
-        plan,
-        kept_valid,
-        kept_in_flight,
-        repairs,
-        notes,
-    })
 }
 
 /// Pins a hook is about to remove are never restored behind its back. While a deployment is in
