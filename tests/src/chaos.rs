@@ -22,7 +22,7 @@ use skewguard_core::aws::elb::Elb;
 use skewguard_core::aws::ledger_store::LedgerStore;
 use skewguard_core::hook::{self, Clients as HookClients, HookConfig, HookFunction};
 use skewguard_core::listener::RuleAction;
-use skewguard_core::reconciler::{self, ReconcileOptions};
+use skewguard_core::reconciler::{self, ReconcileError, ReconcileOptions};
 use skewguard_core::settings::EnvDefaults;
 use skewguard_core::stages::{self, Actor, Draft};
 
@@ -573,7 +573,7 @@ impl FaultWorld {
     }
 
     /// One reconciler run for the service, as the `SERVICE_DEPLOYMENT_*` event triggers it.
-    pub async fn reconcile(&self, service: &str) -> Result<usize, String> {
+    pub async fn reconcile(&self, service: &str) -> Result<usize, ReconcileError> {
         let options = ReconcileOptions {
             defaults: EnvDefaults::default(),
             dry_run: false,
@@ -583,7 +583,6 @@ impl FaultWorld {
         reconciler::reconcile_service(&self.world.hook_clients, service, &options)
             .await
             .map(|r| r.repairs.len())
-            .map_err(|e| e.to_string())
     }
 
     pub async fn end_state(&self, service: &str) -> EndState {

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
 
 use crate::aws::{ACCOUNT_ID, REGION};
+use crate::moto::WorldError;
 
 /// The `X-Amz-Target` prefix of every ECS operation.
 pub const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
@@ -606,9 +607,15 @@ pub struct EcsEmulator {
 
 impl EcsEmulator {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
-    pub async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let addr = listener.local_addr()?;
+    pub async fn start() -> Result<Self, WorldError> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(WorldError::io(
+                "binding the ECS emulator to a loopback port",
+            ))?;
+        let addr = listener
+            .local_addr()
+            .map_err(WorldError::io("reading the ECS emulator's address"))?;
         let state = Arc::new(Mutex::new(EcsState::default()));
         let server = tokio::spawn(serve(listener, Arc::clone(&state)));
         Ok(Self {

@@ -21,6 +21,7 @@ use crate::engine::{BoxFuture, Invocation, Invoker, Observer, RunningTask, TaskR
 use crate::iam::{AuthorisingProxy, Denial, Roles};
 use crate::invariants::ServiceTruth;
 use crate::lambda::{LocalFunction, workspace_binary};
+use crate::moto::WorldError;
 use crate::world::InvariantChecker;
 
 /// Invokes the compiled hook functions, each a warm process behind a local Runtime API, each
@@ -33,8 +34,8 @@ pub struct ProcessInvoker {
 
 impl ProcessInvoker {
     /// The hooks with the roles of infra/template.yaml ([`Roles::world`]).
-    pub async fn start(endpoints: &Endpoints, table: &str) -> Result<ProcessInvoker, String> {
-        Self::start_with_roles(endpoints, table, Roles::world().map_err(|e| e.to_string())?).await
+    pub async fn start(endpoints: &Endpoints, table: &str) -> Result<ProcessInvoker, WorldError> {
+        Self::start_with_roles(endpoints, table, Roles::world()?).await
     }
 
     /// The hooks with the given roles, in front of the stand-ins `endpoints` names.
@@ -42,7 +43,7 @@ impl ProcessInvoker {
         endpoints: &Endpoints,
         table: &str,
         roles: &Roles,
-    ) -> Result<ProcessInvoker, String> {
+    ) -> Result<ProcessInvoker, WorldError> {
         let mut functions = BTreeMap::new();
         let mut proxies = BTreeMap::new();
         for function in [
@@ -51,15 +52,16 @@ impl ProcessInvoker {
             HookFunction::PostShift,
         ] {
             let name = function.name();
-            let role = roles.role(name).map_err(|e| e.to_string())?.clone();
+            let role = roles.role(name)?.clone();
             let proxy = AuthorisingProxy::start(name, role, endpoints, endpoints).await;
             let mut env = function_env(&proxy.endpoints());
             env.push(("SKEWGUARD_TABLE".to_owned(), table.to_owned()));
             env.push(("AWS_LAMBDA_LOG_FORMAT".to_owned(), "JSON".to_owned()));
-            let binary = workspace_binary(name, name).map_err(|e| e.to_string())?;
+            let binary = workspace_binary(name, name)
+                .map_err(WorldError::io(format!("finding the {name} binary")))?;
             let local = LocalFunction::start(name, binary, env)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(WorldError::io(format!("starting {name}")))?;
             functions.insert(name, local);
             proxies.insert(name, proxy);
         }
@@ -412,7 +414,7 @@ pub const PRODUCTION_PATH: &str = "/v2/*";
 impl LiveWorld {
     pub async fn start(
         timeline: impl FnOnce(Arc<InvariantChecker>, Arc<Traffic>) -> Option<Timeline>,
-    ) -> Result<LiveWorld, String> {
+    ) -> Result<LiveWorld, WorldError> {
         let stand_ins = crate::world::StandIns::start(PRODUCTION_PATH).await;
         let invoker =
             Arc::new(ProcessInvoker::start(&stand_ins.endpoints, crate::world::TABLE).await?);
@@ -421,7 +423,7 @@ impl LiveWorld {
             stand_ins.alb.listener_arn.clone(),
         )
         .await
-        .map_err(|e| format!("data plane: {e}"))?;
+        .map_err(WorldError::io("starting the ALB data plane"))?;
         let traffic = Arc::new(Traffic::new(&plane.url(), Duration::from_millis(20)));
         let observer = Arc::new(LiveObserver {
             checker: stand_ins.checker.clone(),

@@ -59,8 +59,18 @@ pub enum WorldError {
     },
     #[error("{operation} failed: {message}")]
     Aws { operation: String, message: String },
+    /// The functions' roles could not be read from the template.
+    #[error(transparent)]
+    Roles(#[from] crate::iam::IamError),
     #[error("{0}")]
     Other(String),
+}
+
+/// For the parts of the world whose errors are still plain text (the deployment engine).
+impl From<WorldError> for String {
+    fn from(e: WorldError) -> String {
+        e.to_string()
+    }
 }
 
 impl WorldError {
