@@ -1,0 +1,200 @@
+//! ECS's `awsJson1_1` protocol over HTTP/1.1: the accept loop, the `X-Amz-Target` dispatch to
+//! `operations`, the call log, faults and delays, error answers, and reading members
+//! of a request.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::operations::{
+    describe_service_deployments, describe_service_revisions, describe_task_definition,
+    list_service_deployments, register_task_definition,
+};
+use super::state::EcsState;
+use super::{TARGET_PREFIX, lock};
+
+const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// ECS's limit on ARNs per `DescribeServiceRevisions` / `DescribeServiceDeployments` call.
+const MAX_DESCRIBE_ARNS: usize = 20;
+
+pub(super) async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<EcsState>>) {
+    let mut connections = tokio::task::JoinSet::new();
+    let request_ids = Arc::new(AtomicU64::new(1));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = Arc::clone(&state);
+                let request_ids = Arc::clone(&request_ids);
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        let id = request_ids.fetch_add(1, Ordering::Relaxed);
+                        async move { Ok::<_, Infallible>(handle(&state, request, id).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// An ECS error answer.
+#[derive(Debug)]
+pub(super) struct ApiError {
+    status: u16,
+    error_type: String,
+    message: String,
+}
+
+impl ApiError {
+    pub(super) fn client(error_type: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            error_type: error_type.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn invalid_parameter(message: impl Into<String>) -> Self {
+        Self::client("InvalidParameterException", message)
+    }
+}
+
+async fn handle(
+    state: &Mutex<EcsState>,
+    request: Request<Incoming>,
+    request_id: u64,
+) -> Response<Full<Bytes>> {
+    let target = request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let operation = target
+        .strip_prefix(TARGET_PREFIX)
+        .unwrap_or(&target)
+        .to_owned();
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return respond(
+                request_id,
+                Err(ApiError::client(
+                    "SerializationException",
+                    format!("reading body: {e}"),
+                )),
+            );
+        }
+    };
+    let delay = lock(state)
+        .delays
+        .get_mut(&operation)
+        .and_then(VecDeque::pop_front);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let result = (|| {
+        let mut state = lock(state);
+        state.calls.push(operation.clone());
+        if let Some(fault) = state
+            .faults
+            .get_mut(&operation)
+            .and_then(VecDeque::pop_front)
+        {
+            return Err(ApiError {
+                status: fault.status,
+                error_type: fault.error_type,
+                message: fault.message,
+            });
+        }
+        if !target.starts_with(TARGET_PREFIX) {
+            return Err(ApiError::client(
+                "UnknownOperationException",
+                format!("X-Amz-Target must be {TARGET_PREFIX}<Operation>, got {target:?}"),
+            ));
+        }
+        let input: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                ApiError::client("SerializationException", format!("invalid JSON body: {e}"))
+            })?
+        };
+        match operation.as_str() {
+            "DescribeServiceRevisions" => describe_service_revisions(&state, &input),
+            "DescribeServiceDeployments" => describe_service_deployments(&state, &input),
+            "DescribeTaskDefinition" => describe_task_definition(&state, &input),
+            "ListServiceDeployments" => list_service_deployments(&state, &input),
+            "RegisterTaskDefinition" => register_task_definition(&mut state, &input),
+            other => Err(ApiError::client(
+                "UnknownOperationException",
+                format!("the skewguard ECS emulator does not implement {other}"),
+            )),
+        }
+    })();
+    respond(request_id, result)
+}
+
+pub(super) fn respond(request_id: u64, result: Result<Value, ApiError>) -> Response<Full<Bytes>> {
+    let (status, body) = match result {
+        Ok(body) => (200, body),
+        Err(err) => (
+            err.status,
+            json!({"__type": err.error_type, "message": err.message}),
+        ),
+    };
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST))
+        .header("content-type", CONTENT_TYPE)
+        .header(
+            "x-amzn-requestid",
+            format!("00000000-0000-4000-8000-{request_id:012x}"),
+        )
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
+pub(super) fn to_json(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).expect("emulator state serializes")
+}
+
+pub(super) fn string_list(input: &Value, member: &str) -> Result<Vec<String>, ApiError> {
+    let list = input
+        .get(member)
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::invalid_parameter(format!("{member} is required")))?;
+    if list.is_empty() || list.len() > MAX_DESCRIBE_ARNS {
+        return Err(ApiError::invalid_parameter(format!(
+            "{member} must hold between 1 and {MAX_DESCRIBE_ARNS} ARNs"
+        )));
+    }
+    list.iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::invalid_parameter(format!("{member} must be strings")))
+        })
+        .collect()
+}
+
+pub(super) fn required_str<'a>(input: &'a Value, member: &str) -> Result<&'a str, ApiError> {
+    input
+        .get(member)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::client("ClientException", format!("{member} is required")))
+}
