@@ -476,6 +476,11 @@ pub async fn run(
     }
 }
 
+/// One attempt of a stage, in four steps: **observe** (the ledger, and from ECS what the
+/// ledger does not know), **decide** (pure: the ledger entries the stage wants and whether the
+/// listener must be reviewed), **apply** (observe the listener, plan the pins with their
+/// priorities, execute: [`sync_pins`]), **commit** (one conditional ledger write). A lost race
+/// anywhere fails the attempt, and [`run`] starts it over from a fresh observation.
 async fn attempt_stage(
     event: &HookEvent,
     settings: &Settings,
@@ -499,139 +504,36 @@ async fn attempt_stage(
         // so it is answered without reading anything when the weights say which way it goes.
         return Ok(Hold::Done);
     }
+
+    // 1. Observe.
     let mut draft = Draft::new(
         &event.service_arn,
         clients.ledger.load(&event.service_arn).await?,
     );
-    // ECS scales a version down right after a rollback (green) and after the hold (blue): the
-    // listener is checked then even if the ledger says nothing changed, so that a tagged pin a
-    // crashed or failed invocation created but never recorded cannot outlive its version.
-    let mut before_scale_down = false;
-    let ended = (shift != Some(Shift::Rollback))
-        .then(|| stages::ended_deployment(&draft, &event.target_revision_arn))
-        .flatten();
-    let (hold, wiring) = if let Some(ended) = ended {
-        // A forward call that arrives after ECS rolled this deployment back (or after a newer
-        // deployment superseded it): it changes nothing, but the listener is reviewed so that
-        // a pin an earlier attempt of this call created meanwhile is gone when it answers.
-        info!(stage = %event.stage, deployment_id = %ended.deployment_id, status = %ended.status, "the deployment already ended; changing nothing");
-        before_scale_down = true;
-        (Hold::Done, Some(ended.wiring()))
-    } else {
-        match event.stage {
-            LifecycleStage::ReconcileService | LifecycleStage::PreScaleUp => {
-                let Some(wiring) = draft.wiring() else {
-                    info!(stage = %event.stage, "nothing recorded for this service yet");
-                    return Ok(Hold::Done);
-                };
-                if draft.entries().all(|e| e.status.is_final()) {
-                    return Ok(Hold::Done);
-                }
-                let rules = clients
-                    .elb
-                    .describe_listener_rules(&wiring.listener_arn)
-                    .await?;
-                let incoming = pins::incoming_target_groups(
-                    &rules,
-                    &wiring.production_rule_arn,
-                    &wiring.listener_arn,
-                )?;
-                let superseded = stages::prepare_scale_up(&mut draft, &incoming, now);
-                if !superseded.is_empty() {
-                    warn!(stage = %event.stage, superseded = ?superseded.iter().map(DeploymentId::as_str).collect::<Vec<_>>(), incoming = ?incoming, "a newer deployment takes their target group: unpinning them before it scales up");
-                }
-                // A pin (tracked or not) leading to the incoming group must go now, whatever
-                // the ledger says: green's tasks register there next.
-                before_scale_down = !superseded.is_empty()
-                    || rules.iter().any(|r| {
-                        matches!(r.forward_targets().as_slice(), [one] if incoming.iter().any(|tg| tg == one))
-                    });
-                (Hold::Done, Some(wiring))
-            }
-            LifecycleStage::PostTestTrafficShift => {
-                let (green, wiring) = green_version(event, &draft, settings, clients).await?;
-                let blue = blue_before_shift(event, &draft, &green, settings, clients).await?;
-                info!(stage = %event.stage, green = %green.deployment_id, blue = ?blue.as_ref().map(|b| b.deployment_id.as_str()), "recording the deployment");
-                stages::post_test_traffic(&mut draft, &green, blue.as_ref(), &wiring, now);
-                (Hold::Done, Some(wiring))
-            }
-            LifecycleStage::TestTrafficShift | LifecycleStage::ProductionTrafficShift => {
-                let others = other_revisions(event);
-                if shift == Some(Shift::Rollback) {
-                    let blue = blue_from_weights(&others, &draft, settings, clients).await?;
-                    let green = match green_version(event, &draft, settings, clients).await {
-                        Ok(green) => Some(green),
-                        // A rollback must still restore blue even if green cannot be described.
-                        Err(err) => {
-                            warn!(stage = %event.stage, error = %DisplayErrorContext(&err), "green unknown during rollback; unpinning by revision");
-                            None
-                        }
-                    };
-                    let wiring = blue
-                        .as_ref()
-                        .map(|(_, w)| w.clone())
-                        .or_else(|| green.as_ref().map(|(_, w)| w.clone()))
-                        .or_else(|| draft.wiring());
-                    let green_id = green.as_ref().map(|(g, _)| &g.deployment_id);
-                    match &blue {
-                        Some((blue, _)) => {
-                            warn!(stage = %event.stage, green = ?green_id.map(DeploymentId::as_str), blue = %blue.deployment_id, "rollback: unpinning green, keeping blue pinned")
-                        }
-                        None => {
-                            warn!(stage = %event.stage, green = ?green_id.map(DeploymentId::as_str), "rollback with no previous version (a service's first deployment): unpinning green")
-                        }
-                    }
-                    stages::rollback(
-                        &mut draft,
-                        &event.target_revision_arn,
-                        green_id,
-                        blue.as_ref().zip(wiring.as_ref()).map(|((b, _), w)| (b, w)),
-                        now,
-                    );
-                    before_scale_down = true;
-                    (Hold::Done, wiring)
-                } else if event.stage == LifecycleStage::TestTrafficShift {
-                    // Going forward: green is pinned from the production shift.
-                    return Ok(Hold::Done);
-                } else {
-                    let (green, wiring) = green_version(event, &draft, settings, clients).await?;
-                    let blue = blue_from_weights(&others, &draft, settings, clients)
-                        .await?
-                        .map(|(b, _)| b);
-                    info!(stage = %event.stage, green = %green.deployment_id, green_weight = ?event.green_weight(), "production shift: pinning green");
-                    stages::production_shift(&mut draft, &green, blue.as_ref(), &wiring, now);
-                    (Hold::Done, Some(wiring))
-                }
-            }
-            LifecycleStage::PostProductionTrafficShift => {
-                let (green, wiring) = green_version(event, &draft, settings, clients).await?;
-                let hold = stages::post_shift(
-                    &mut draft,
-                    &green,
-                    &wiring,
-                    settings.skew_window,
-                    settings.poll_interval,
-                    now,
-                );
-                before_scale_down = hold == Hold::Done;
-                let live_at = draft.get(&green.deployment_id).and_then(|g| g.live_at);
-                crate::metrics::record(|c| c.held = live_at.map(|at| (now - at).unsigned_abs()));
-                (hold, Some(wiring))
-            }
-            other => {
-                return Err(HookError::Inconsistent(format!(
-                    "stage {other} has no skewguard behaviour"
-                )));
-            }
-        }
-    };
+    let seen = observe(event, shift, &draft, settings, clients).await?;
+
+    // 2. Decide.
+    let decision = decide(event, settings, &mut draft, seen, now);
+    if event.stage == LifecycleStage::PostProductionTrafficShift {
+        // How long the deployment has been held so far: since green went live.
+        let live_at = decision
+            .green
+            .as_ref()
+            .and_then(|g| draft.get(g))
+            .and_then(|g| g.live_at);
+        crate::metrics::record(|c| c.held = live_at.map(|at| (now - at).unsigned_abs()));
+    }
+
+    // 3. Apply.
     let catch_all_moved =
         settings.after_window == AfterWindow::Retired && draft.production_changed();
-    if let Some(wiring) = &wiring
-        && (draft.pins_need_attention() || catch_all_moved || before_scale_down)
+    if let Some(wiring) = &decision.wiring
+        && (draft.pins_need_attention() || catch_all_moved || decision.review_listener)
     {
         sync_pins(&mut draft, wiring, settings, &clients.elb).await?;
     }
+
+    // 4. Commit.
     let actor = Actor {
         stage: event.stage.to_string(),
         execution_id: event.execution_id.clone(),
@@ -650,7 +552,227 @@ async fn attempt_stage(
             "ledger updated"
         );
     }
-    Ok(hold)
+    Ok(decision.hold)
+}
+
+/// What one attempt observed beyond the ledger, by the case the stage is in.
+#[derive(Debug)]
+enum Seen {
+    /// A forward call for a deployment whose entry already ended (rolled back, superseded).
+    Ended(LedgerEntry),
+    /// RECONCILE_SERVICE / PRE_SCALE_UP: where green will scale up, when the ledger records
+    /// anything that could be there.
+    PrepareScaleUp(Option<Incoming>),
+    PostTestTraffic {
+        green: (RunningVersion, ServiceWiring),
+        blue: Option<RunningVersion>,
+    },
+    Rollback {
+        green: Option<(RunningVersion, ServiceWiring)>,
+        blue: Option<(RunningVersion, ServiceWiring)>,
+    },
+    ProductionShift {
+        green: (RunningVersion, ServiceWiring),
+        blue: Option<RunningVersion>,
+    },
+    PostShift {
+        green: (RunningVersion, ServiceWiring),
+    },
+}
+
+/// The target groups a new green may scale up into, read off the production rule.
+#[derive(Debug)]
+struct Incoming {
+    wiring: ServiceWiring,
+    target_groups: Vec<String>,
+    /// A rule on the listener forwards only to one of them (a pin, tracked or not).
+    pinned_there: bool,
+}
+
+/// The observe step beyond the ledger: green and blue from the ledger where it knows them, from
+/// ECS where it does not; the production rule before a scale-up.
+async fn observe(
+    event: &HookEvent,
+    shift: Option<Shift>,
+    draft: &Draft,
+    settings: &Settings,
+    clients: &Clients,
+) -> Result<Seen, HookError> {
+    if shift != Some(Shift::Rollback)
+        && let Some(ended) = stages::ended_deployment(draft, &event.target_revision_arn)
+    {
+        return Ok(Seen::Ended(ended.clone()));
+    }
+    Ok(match event.stage {
+        LifecycleStage::ReconcileService | LifecycleStage::PreScaleUp => {
+            let wiring = draft.wiring();
+            let Some(wiring) = wiring.filter(|_| draft.entries().any(|e| !e.status.is_final()))
+            else {
+                info!(stage = %event.stage, "nothing in play for this service");
+                return Ok(Seen::PrepareScaleUp(None));
+            };
+            let rules = clients
+                .elb
+                .describe_listener_rules(&wiring.listener_arn)
+                .await?;
+            let target_groups = pins::incoming_target_groups(
+                &rules,
+                &wiring.production_rule_arn,
+                &wiring.listener_arn,
+            )?;
+            let pinned_there = rules.iter().any(|r| {
+                matches!(r.forward_targets().as_slice(), [one] if target_groups.iter().any(|tg| tg == one))
+            });
+            Seen::PrepareScaleUp(Some(Incoming {
+                wiring,
+                target_groups,
+                pinned_there,
+            }))
+        }
+        LifecycleStage::PostTestTrafficShift => {
+            let green = green_version(event, draft, settings, clients).await?;
+            let blue = blue_before_shift(event, draft, &green.0, settings, clients).await?;
+            Seen::PostTestTraffic { green, blue }
+        }
+        LifecycleStage::TestTrafficShift | LifecycleStage::ProductionTrafficShift => {
+            let others = other_revisions(event);
+            if shift == Some(Shift::Rollback) {
+                let blue = blue_from_weights(&others, draft, settings, clients).await?;
+                let green = match green_version(event, draft, settings, clients).await {
+                    Ok(green) => Some(green),
+                    // A rollback must still restore blue even if green cannot be described.
+                    Err(err) => {
+                        warn!(stage = %event.stage, error = %DisplayErrorContext(&err), "green unknown during rollback; unpinning by revision");
+                        None
+                    }
+                };
+                Seen::Rollback { green, blue }
+            } else {
+                let green = green_version(event, draft, settings, clients).await?;
+                let blue = blue_from_weights(&others, draft, settings, clients)
+                    .await?
+                    .map(|(b, _)| b);
+                Seen::ProductionShift { green, blue }
+            }
+        }
+        LifecycleStage::PostProductionTrafficShift => Seen::PostShift {
+            green: green_version(event, draft, settings, clients).await?,
+        },
+        other => {
+            return Err(HookError::Inconsistent(format!(
+                "stage {other} has no skewguard behaviour"
+            )));
+        }
+    })
+}
+
+/// What one attempt decided, besides the ledger changes left in the draft.
+#[derive(Debug)]
+struct Decision {
+    hold: Hold,
+    /// The listener to bring in line, when the stage knows it.
+    wiring: Option<ServiceWiring>,
+    /// Review the listener even if the ledger says its pins are right: ECS scales a version
+    /// down right after a rollback (green), after the hold (blue) and before a scale-up (what
+    /// ran in green's target group), and a tagged pin a crashed or failed invocation created
+    /// but never recorded must not outlive its version.
+    review_listener: bool,
+    /// Green's deployment ID, where the stage knows it.
+    green: Option<DeploymentId>,
+}
+
+/// The decide step: which stage function applies, on plain data ([`stages`]).
+fn decide(
+    event: &HookEvent,
+    settings: &Settings,
+    draft: &mut Draft,
+    seen: Seen,
+    now: OffsetDateTime,
+) -> Decision {
+    let decision = |hold, wiring, review_listener, green| Decision {
+        hold,
+        wiring,
+        review_listener,
+        green,
+    };
+    match seen {
+        Seen::Ended(ended) => {
+            // A forward call that arrives after ECS rolled this deployment back (or after a
+            // newer deployment superseded it): it changes nothing, but the listener is reviewed
+            // so that a pin an earlier attempt of this call created meanwhile is gone.
+            info!(stage = %event.stage, deployment_id = %ended.deployment_id, status = %ended.status, "the deployment already ended; changing nothing");
+            decision(Hold::Done, Some(ended.wiring()), true, None)
+        }
+        Seen::PrepareScaleUp(None) => decision(Hold::Done, None, false, None),
+        Seen::PrepareScaleUp(Some(incoming)) => {
+            let superseded = stages::prepare_scale_up(draft, &incoming.target_groups, now);
+            if !superseded.is_empty() {
+                warn!(stage = %event.stage, superseded = ?superseded.iter().map(DeploymentId::as_str).collect::<Vec<_>>(), incoming = ?incoming.target_groups, "a newer deployment takes their target group: unpinning them before it scales up");
+            }
+            // A pin (tracked or not) leading to the incoming group must go now, whatever the
+            // ledger says: green's tasks register there next.
+            let review = !superseded.is_empty() || incoming.pinned_there;
+            decision(Hold::Done, Some(incoming.wiring), review, None)
+        }
+        Seen::PostTestTraffic {
+            green: (green, wiring),
+            blue,
+        } => {
+            info!(stage = %event.stage, green = %green.deployment_id, blue = ?blue.as_ref().map(|b| b.deployment_id.as_str()), "recording the deployment");
+            stages::post_test_traffic(draft, &green, blue.as_ref(), &wiring, now);
+            decision(Hold::Done, Some(wiring), false, Some(green.deployment_id))
+        }
+        Seen::Rollback { green, blue } => {
+            let wiring = blue
+                .as_ref()
+                .map(|(_, w)| w.clone())
+                .or_else(|| green.as_ref().map(|(_, w)| w.clone()))
+                .or_else(|| draft.wiring());
+            let green_id = green.as_ref().map(|(g, _)| &g.deployment_id);
+            match &blue {
+                Some((blue, _)) => {
+                    warn!(stage = %event.stage, green = ?green_id.map(DeploymentId::as_str), blue = %blue.deployment_id, "rollback: unpinning green, keeping blue pinned")
+                }
+                None => {
+                    warn!(stage = %event.stage, green = ?green_id.map(DeploymentId::as_str), "rollback with no previous version (a service's first deployment): unpinning green")
+                }
+            }
+            stages::rollback(
+                draft,
+                &event.target_revision_arn,
+                green_id,
+                blue.as_ref().zip(wiring.as_ref()).map(|((b, _), w)| (b, w)),
+                now,
+            );
+            decision(Hold::Done, wiring, true, green_id.cloned())
+        }
+        Seen::ProductionShift {
+            green: (green, wiring),
+            blue,
+        } => {
+            info!(stage = %event.stage, green = %green.deployment_id, green_weight = ?event.green_weight(), "production shift: pinning green");
+            stages::production_shift(draft, &green, blue.as_ref(), &wiring, now);
+            decision(Hold::Done, Some(wiring), false, Some(green.deployment_id))
+        }
+        Seen::PostShift {
+            green: (green, wiring),
+        } => {
+            let hold = stages::post_shift(
+                draft,
+                &green,
+                &wiring,
+                settings.skew_window,
+                settings.poll_interval,
+                now,
+            );
+            decision(
+                hold,
+                Some(wiring),
+                hold == Hold::Done,
+                Some(green.deployment_id),
+            )
+        }
+    }
 }
 
 impl LedgerEntry {
