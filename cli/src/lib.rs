@@ -152,18 +152,27 @@ impl Context {
     }
 
     /// Who is acting, for the ledger history of a command that writes: the caller's IAM ARN
-    /// (`sts:GetCallerIdentity`, which needs no permission).
-    pub async fn caller_arn(&self) -> Result<String, CliError> {
-        let identity = self.sts.get_caller_identity().send().await.map_err(|e| {
-            CliError::Failed(format!(
-                "could not tell who is calling (sts:GetCallerIdentity): {}",
-                aws_sdk_sts::error::DisplayErrorContext(&e)
-            ))
-        })?;
-        identity
-            .arn()
-            .map(str::to_owned)
-            .ok_or_else(|| CliError::Failed("sts:GetCallerIdentity named no ARN".to_owned()))
+    /// (`sts:GetCallerIdentity`, which needs no permission). Best effort: a command that ends a
+    /// skew window or repairs drift must not wait on STS, so when STS cannot be reached within
+    /// a few seconds it says so on stderr and the history records no actor.
+    pub async fn caller_arn(&self) -> String {
+        let asked = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.sts.get_caller_identity().send(),
+        )
+        .await;
+        let why = match asked {
+            Ok(Ok(identity)) => match identity.arn() {
+                Some(arn) => return arn.to_owned(),
+                None => "it named no ARN".to_owned(),
+            },
+            Ok(Err(e)) => aws_sdk_sts::error::DisplayErrorContext(&e).to_string(),
+            Err(_) => "no answer within 5 s".to_owned(),
+        };
+        anstream::eprintln!(
+            "skewguard: warning: could not tell who is calling (sts:GetCallerIdentity: {why}); the ledger history records no actor"
+        );
+        String::new()
     }
 
     /// A ledger error, said plainly.

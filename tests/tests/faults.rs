@@ -671,6 +671,11 @@ async fn reconciler_and_release_during_the_hold_never_fail_the_hook() {
                 tokio::time::sleep(Duration::from_millis(150 * (run as u64 % 3))).await;
                 let mut env = skewguard_world::aws::function_env(&world.proxy.endpoints());
                 env.push(("SKEWGUARD_TABLE".into(), TABLE.into()));
+                // moto answers who is calling (the release's history names the caller).
+                env.push((
+                    "AWS_ENDPOINT_URL_STS".into(),
+                    world.world.endpoints.dynamodb.clone(),
+                ));
                 let out = tokio::process::Command::new(&cli)
                     .env_clear()
                     .envs(env)

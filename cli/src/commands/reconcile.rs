@@ -25,7 +25,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<Vec<ReconcileResult>, CliE
     let identity = if args.dry_run {
         String::new()
     } else {
-        ctx.caller_arn().await?
+        ctx.caller_arn().await
     };
     let options = ReconcileOptions {
         defaults: EnvDefaults::from_env(),

@@ -69,7 +69,7 @@ async fn release(ctx: &Context, service: &str) -> Result<ReleaseView, CliError> 
         }
         let identity = match &caller {
             Some(arn) => arn,
-            None => caller.insert(ctx.caller_arn().await?),
+            None => caller.insert(ctx.caller_arn().await),
         };
         let actor = Actor {
             stage: "release".to_owned(),
