@@ -14,7 +14,7 @@ use crate::apply::{self, ApplyError, ListenerChanges};
 use crate::aws::ecs::{DiscoveryError, Ecs, EcsError, running_version};
 use crate::aws::elb::Elb;
 use crate::aws::ledger_store::{LedgerError, LedgerStore};
-use crate::aws::{AwsError, AwsErrorKind, DisplayErrorContext};
+use crate::aws::{AwsError, DisplayErrorContext};
 use crate::event::{HookAnswer, HookEvent, LifecycleStage, MalformedEvent, hook_details_of};
 use crate::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
 use crate::pins::{self, PinError};
@@ -140,15 +140,7 @@ impl HookError {
             HookError::Discovery(_) => "Discovery",
             HookError::Pins(PinError::NoFreePriority { .. }) => "NoFreePriority",
             HookError::Pins(_) => "PinRule",
-            HookError::Aws(e) => match e.kind {
-                AwsErrorKind::Throttling => "AwsThrottling",
-                AwsErrorKind::AccessDenied => "AwsAccessDenied",
-                AwsErrorKind::NotFound => "AwsNotFound",
-                AwsErrorKind::Conflict => "AwsConflict",
-                AwsErrorKind::Quota => "AwsQuota",
-                AwsErrorKind::Transient => "AwsUnavailable",
-                AwsErrorKind::Invalid => "AwsRejected",
-            },
+            HookError::Aws(e) => e.kind.error_kind(),
             HookError::Ledger(_) => "Ledger",
             HookError::RuleQuota(_) => "RuleQuota",
             HookError::Contention(_) => "Contention",
@@ -161,12 +153,7 @@ impl HookError {
     /// the stage over a little later (every stage is idempotent).
     pub fn failure(&self) -> Failure {
         match self {
-            HookError::Aws(e) if e.kind == AwsErrorKind::Conflict => Failure::Conflict,
-            HookError::Aws(e)
-                if matches!(e.kind, AwsErrorKind::Throttling | AwsErrorKind::Transient) =>
-            {
-                Failure::Transient
-            }
+            HookError::Aws(e) => Failure::of_aws(e.kind),
             _ => Failure::Final,
         }
     }

@@ -19,7 +19,7 @@ use crate::DeploymentId;
 use crate::apply::{self, ApplyError, ListenerChanges};
 use crate::aws::ecs::{DeploymentFacts, DiscoveryError, Ecs, EcsError, running_version};
 use crate::aws::ledger_store::LedgerError;
-use crate::aws::{AwsError, AwsErrorKind, DisplayErrorContext};
+use crate::aws::{AwsError, DisplayErrorContext};
 use crate::event::MalformedEvent;
 use crate::hook::Clients;
 use crate::ledger::LedgerEntry;
@@ -112,12 +112,7 @@ impl ReconcileError {
     /// little later; anything else ends the run.
     pub fn failure(&self) -> Failure {
         match self {
-            ReconcileError::Aws(e) if e.kind == AwsErrorKind::Conflict => Failure::Conflict,
-            ReconcileError::Aws(e)
-                if matches!(e.kind, AwsErrorKind::Throttling | AwsErrorKind::Transient) =>
-            {
-                Failure::Transient
-            }
+            ReconcileError::Aws(e) => Failure::of_aws(e.kind),
             _ => Failure::Final,
         }
     }

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
+use crate::aws::AwsErrorKind;
+
 /// Observe, decide, apply and commit again this many times when another writer got there first.
 pub const MAX_ATTEMPTS: u32 = 6;
 
@@ -25,6 +27,22 @@ pub enum Failure {
     Transient,
     /// Anything else: retrying would fail the same way.
     Final,
+}
+
+impl Failure {
+    /// How an AWS failure of this kind is retried: a lost conditional write or rule priority is
+    /// a conflict; throttling and 5xx/timeouts that outlasted the SDK's own retries are
+    /// transient; the rest (denied, not found, rejected, quota) would fail the same way again.
+    pub fn of_aws(kind: AwsErrorKind) -> Failure {
+        match kind {
+            AwsErrorKind::Conflict => Failure::Conflict,
+            AwsErrorKind::Throttling | AwsErrorKind::Transient => Failure::Transient,
+            AwsErrorKind::AccessDenied
+            | AwsErrorKind::NotFound
+            | AwsErrorKind::Quota
+            | AwsErrorKind::Invalid => Failure::Final,
+        }
+    }
 }
 
 /// Counts one pipeline's attempts and says how long to wait before the next.
