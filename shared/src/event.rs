@@ -308,10 +308,15 @@ mod tests {
     #[test]
     fn fractional_weights_parse_as_ecs_sends_them_for_linear_and_canary() {
         let mut raw = forward_shift();
+        let green = raw["executionDetails"]["targetServiceRevisionArn"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let weights = &mut raw["executionDetails"]["productionTrafficWeights"];
         let keys: Vec<String> = weights.as_object().unwrap().keys().cloned().collect();
-        weights[&keys[0]] = json!(97.5);
-        weights[&keys[1]] = json!(2.5);
+        for key in keys {
+            weights[&key] = json!(if key == green { 2.5 } else { 97.5 });
+        }
         let e = HookEvent::parse(&raw).unwrap();
         assert_eq!(e.green_weight(), Some(2.5));
         assert_eq!(e.production_weights.values().sum::<f64>(), 100.0);
