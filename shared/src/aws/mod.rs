@@ -4,6 +4,8 @@
 pub mod ecs;
 pub mod elb;
 pub mod ledger_store;
+#[cfg(test)]
+mod mock_tests;
 
 use std::error::Error;
 use std::sync::Arc;

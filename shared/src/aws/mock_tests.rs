@@ -1,0 +1,252 @@
+//! The AWS adapters against mocked SDK clients: the exact requests each operation sends, none
+//! where none should be made, and how AWS's errors are classified. The stand-in tests (moto and
+//! the ECS emulator) check the same operations against working services.
+
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_ecs::operation::describe_service_revisions::DescribeServiceRevisionsOutput;
+use aws_sdk_ecs::types::ServiceRevision;
+use aws_sdk_elasticloadbalancingv2::operation::create_rule::CreateRuleOutput;
+use aws_sdk_elasticloadbalancingv2::operation::delete_rule::DeleteRuleError;
+use aws_sdk_elasticloadbalancingv2::operation::describe_rules::DescribeRulesOutput;
+use aws_sdk_elasticloadbalancingv2::types::Rule;
+use aws_sdk_elasticloadbalancingv2::types::error::RuleNotFoundException;
+use aws_smithy_mocks::{RuleMode, mock, mock_client};
+use aws_smithy_types::error::ErrorMetadata;
+use aws_smithy_types::retry::RetryConfig;
+use time::macros::datetime;
+
+use super::ecs::{Ecs, EcsError};
+use super::elb::{Elb, NewRule};
+use super::ledger_store::{LedgerError, LedgerStore};
+use super::{AwsErrorKind, DisplayErrorContext};
+use crate::DeploymentId;
+use crate::aws::ecs::DiscoveryError;
+use crate::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
+use crate::listener::{Condition, RuleAction, WeightedTarget};
+use crate::pins::PinTags;
+use crate::stages::Change;
+
+const RULE: &str = "arn:aws:elasticloadbalancing:us-east-1:1:listener-rule/app/shop/1/2/3";
+const SERVICE: &str = "arn:aws:ecs:us-east-1:1:service/shop/web";
+
+#[tokio::test]
+async fn deleting_a_rule_that_is_already_gone_counts_as_deleted_and_asks_nothing_more() {
+    let delete = mock!(aws_sdk_elasticloadbalancingv2::Client::delete_rule)
+        .match_requests(|r| r.rule_arn() == Some(RULE))
+        .then_error(|| {
+            DeleteRuleError::RuleNotFoundException(
+                RuleNotFoundException::builder()
+                    .message("One or more rules not found")
+                    .meta(ErrorMetadata::builder().code("RuleNotFound").build())
+                    .build(),
+            )
+        });
+    let describe = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_rules)
+        .then_output(|| DescribeRulesOutput::builder().build());
+    let client = mock_client!(
+        aws_sdk_elasticloadbalancingv2,
+        RuleMode::MatchAny,
+        [&delete, &describe]
+    );
+    Elb::new(client).delete_rule(RULE).await.unwrap();
+    assert_eq!(delete.num_calls(), 1);
+    assert_eq!(describe.num_calls(), 0);
+}
+
+#[tokio::test]
+async fn errors_are_classified_by_code_and_keep_what_aws_said() {
+    for (code, kind) in [
+        ("Throttling", AwsErrorKind::Throttling),
+        ("AccessDenied", AwsErrorKind::AccessDenied),
+        ("ValidationError", AwsErrorKind::Invalid),
+    ] {
+        let delete =
+            mock!(aws_sdk_elasticloadbalancingv2::Client::delete_rule).then_error(move || {
+                DeleteRuleError::generic(
+                    ErrorMetadata::builder()
+                        .code(code)
+                        .message("said by AWS")
+                        .build(),
+                )
+            });
+        let describe =
+            mock!(aws_sdk_elasticloadbalancingv2::Client::describe_rules).then_output(|| {
+                DescribeRulesOutput::builder()
+                    .rules(Rule::builder().rule_arn(RULE).build())
+                    .build()
+            });
+        let client = mock_client!(
+            aws_sdk_elasticloadbalancingv2,
+            RuleMode::MatchAny,
+            [&delete, &describe],
+            |c| c.retry_config(RetryConfig::disabled())
+        );
+        let err = Elb::new(client).delete_rule(RULE).await.unwrap_err();
+        assert_eq!(
+            (err.operation, err.code.as_str(), err.kind),
+            ("DeleteRule", code, kind)
+        );
+        let chain = DisplayErrorContext(&err).to_string();
+        assert!(chain.contains("said by AWS"), "{chain}");
+    }
+}
+
+#[tokio::test]
+async fn a_pin_is_created_with_its_tags_in_the_same_request() {
+    let create = mock!(aws_sdk_elasticloadbalancingv2::Client::create_rule)
+        .match_requests(|r| {
+            let tags: Vec<(&str, &str)> = r
+                .tags()
+                .iter()
+                .map(|t| (t.key().unwrap_or_default(), t.value().unwrap_or_default()))
+                .collect();
+            r.listener_arn() == Some("listener")
+                && r.priority() == Some(41)
+                && tags
+                    == [
+                        ("skewguard:service", SERVICE),
+                        ("skewguard:deployment-id", "abc1234"),
+                    ]
+        })
+        .then_output(|| {
+            CreateRuleOutput::builder()
+                .rules(Rule::builder().rule_arn(RULE).build())
+                .build()
+        });
+    let client = mock_client!(
+        aws_sdk_elasticloadbalancingv2,
+        RuleMode::MatchAny,
+        [&create]
+    );
+    let rule = NewRule {
+        listener_arn: "listener".into(),
+        priority: 41,
+        conditions: vec![Condition::HttpHeader {
+            name: "X-Deployment-ID".into(),
+            values: vec!["abc1234".into()],
+        }],
+        action: RuleAction::Forward(vec![WeightedTarget {
+            target_group_arn: "tg-green".into(),
+            weight: 1,
+        }]),
+        tags: PinTags {
+            service_arn: SERVICE.into(),
+            deployment_id: "abc1234".into(),
+        },
+    };
+    assert_eq!(Elb::new(client).create_rule(&rule).await.unwrap(), RULE);
+    assert_eq!(create.num_calls(), 1);
+}
+
+fn change(id: &str, expected_version: u64) -> Change {
+    let now = datetime!(2026-01-01 0:00 UTC);
+    let running = RunningVersion {
+        deployment_id: DeploymentId::parse(id).unwrap(),
+        service_revision_arn: format!("rev-{id}"),
+        target_group_arn: "tg".into(),
+        task_definition_arn: "td".into(),
+    };
+    let wiring = ServiceWiring {
+        listener_arn: "listener".into(),
+        production_rule_arn: "production".into(),
+    };
+    Change {
+        expected_version,
+        entry: LedgerEntry::new(SERVICE, &running, &wiring, Status::Live, now),
+        history: HistoryRecord {
+            at: now,
+            stage: "S".into(),
+            execution_id: "x".into(),
+            actor: "req-1".into(),
+            change: "c".into(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_commit_writes_one_change_with_update_item_and_several_in_one_transaction() {
+    let expected = |values: Option<&std::collections::HashMap<String, AttributeValue>>, v: &str| {
+        values.and_then(|v| v.get(":expected")) == Some(&AttributeValue::N(v.into()))
+    };
+    let update = mock!(aws_sdk_dynamodb::Client::update_item)
+        .match_requests(move |r| {
+            r.table_name() == Some("ledger")
+                && r.condition_expression() == Some("#v = :expected")
+                && expected(r.expression_attribute_values(), "3")
+        })
+        .then_output(|| UpdateItemOutput::builder().build());
+    let transact = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .match_requests(move |r| {
+            let updates: Vec<_> = r
+                .transact_items()
+                .iter()
+                .filter_map(|i| i.update())
+                .collect();
+            updates.len() == 2
+                && updates.iter().all(|u| {
+                    u.table_name() == "ledger" && u.condition_expression() == Some("#v = :expected")
+                })
+                && expected(updates[0].expression_attribute_values(), "3")
+                && expected(updates[1].expression_attribute_values(), "5")
+        })
+        .then_output(|| TransactWriteItemsOutput::builder().build());
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&update, &transact]);
+    let ledger = LedgerStore::new(client, "ledger");
+
+    ledger.commit(&[]).await.unwrap();
+    assert_eq!((update.num_calls(), transact.num_calls()), (0, 0));
+    ledger.commit(&[change("a1", 3)]).await.unwrap();
+    assert_eq!((update.num_calls(), transact.num_calls()), (1, 0));
+    ledger
+        .commit(&[change("a1", 3), change("b2", 5)])
+        .await
+        .unwrap();
+    assert_eq!((update.num_calls(), transact.num_calls()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_lost_conditional_write_is_a_conflict() {
+    let update = mock!(aws_sdk_dynamodb::Client::update_item).then_error(|| {
+        UpdateItemError::generic(
+            ErrorMetadata::builder()
+                .code("ConditionalCheckFailedException")
+                .message("The conditional request failed")
+                .build(),
+        )
+    });
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&update]);
+    let err = LedgerStore::new(client, "ledger")
+        .commit(&[change("a1", 3)])
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
+    assert!(matches!(&err, LedgerError::Aws(e) if e.kind == AwsErrorKind::Conflict));
+}
+
+#[tokio::test]
+async fn a_revision_ecs_does_not_return_is_missing() {
+    let describe = mock!(aws_sdk_ecs::Client::describe_service_revisions)
+        .match_requests(|r| r.service_revision_arns() == ["rev-1", "rev-2"])
+        .then_output(|| {
+            DescribeServiceRevisionsOutput::builder()
+                .service_revisions(
+                    ServiceRevision::builder()
+                        .service_revision_arn("rev-1")
+                        .task_definition("td")
+                        .build(),
+                )
+                .build()
+        });
+    let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&describe]);
+    let err = Ecs::new(client)
+        .describe_revisions(&["rev-1".into(), "rev-2".into()])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EcsError::Discovery(DiscoveryError::Missing { arn, .. }) if arn == "rev-2"),
+        "{err:?}"
+    );
+    assert_eq!(describe.num_calls(), 1);
+}
