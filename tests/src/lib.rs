@@ -1,6 +1,7 @@
 pub mod aws;
 pub mod backend;
 pub mod chaos;
+pub mod console;
 pub mod data_plane;
 pub mod ecs_emulator;
 pub mod engine;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use skewguard_core::hook::HookFunction;
 use skewguard_core::ledger::Status;
+use skewguard_core::stages::short_arn;
 use skewguard_world::engine::{Intervention, Outcome, ScaleDownAt, Strategy, SupersedeWhen};
 use skewguard_world::lambda::{LocalFunction, check_request_ids, workspace_binary};
 use skewguard_world::live::{LiveWorld, TabCounters, schema_env};
@@ -471,4 +472,380 @@ async fn a_deployment_started_during_a_hold_never_sends_an_old_tab_to_the_new_ve
         .unwrap();
     assert_eq!(a_entry.status, Status::Retired);
     assert_eq!(a_entry.reason.as_deref(), Some("superseded"));
+}
+
+/// `demo --keep` as a newcomer runs it: a child process with piped stdin and stdout, whose stdout
+/// says how to reach the world it keeps, and whose stdin takes commands.
+struct KeptDemo {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl KeptDemo {
+    fn start() -> KeptDemo {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+            .arg("--keep")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the demo starts");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, stdout) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let collected = stderr.clone();
+        tokio::spawn(async move {
+            let mut buffer = [0; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buffer).await {
+                let text = String::from_utf8_lossy(&buffer[..n]);
+                collected.lock().unwrap().push_str(&text);
+            }
+        });
+        KeptDemo {
+            child,
+            stdin,
+            stdout,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("the demo runs")
+    }
+
+    /// Everything the demo printed so far, for failure messages.
+    fn transcript(&self) -> String {
+        format!(
+            "--- stdout\n{}\n--- stderr\n{}",
+            self.seen.join("\n"),
+            self.stderr.lock().unwrap()
+        )
+    }
+
+    /// Reads stdout up to the first line `found` accepts.
+    async fn line(&mut self, timeout: Duration, found: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stdout.recv()).await {
+                Ok(Some(line)) => {
+                    self.seen.push(line.clone());
+                    if found(&line) {
+                        return line;
+                    }
+                }
+                Ok(None) => panic!("the demo's output ended\n{}", self.transcript()),
+                Err(_) => panic!("no such line within {timeout:?}\n{}", self.transcript()),
+            }
+        }
+    }
+
+    async fn send(&mut self, command: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .expect("the demo reads its input");
+    }
+
+    /// The demo's exit status, once it has exited.
+    async fn exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!("the demo is still running\n{}", self.transcript()),
+        }
+    }
+}
+
+/// Every process under `pid` (children, their children…), as `(pid, command name)`, from `ps`.
+fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let out = std::process::Command::new("ps")
+        .args(["-e", "-o", "pid=,ppid=,comm="])
+        .output()
+        .expect("ps runs");
+    let table: Vec<(u32, u32, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let pid = words.next()?.parse().ok()?;
+            let ppid = words.next()?.parse().ok()?;
+            Some((pid, ppid, words.collect::<Vec<_>>().join(" ")))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut parents = vec![pid];
+    while let Some(parent) = parents.pop() {
+        for (pid, _, name) in table.iter().filter(|(_, ppid, _)| *ppid == parent) {
+            found.push((*pid, name.clone()));
+            parents.push(*pid);
+        }
+    }
+    found
+}
+
+/// Those of `processes` that `ps` still lists (same pid, same command name).
+fn still_running(processes: &[(u32, String)]) -> Vec<String> {
+    let pids: Vec<String> = processes.iter().map(|(pid, _)| pid.to_string()).collect();
+    let out = std::process::Command::new("ps")
+        .args(["-o", "pid=,comm=", "-p", &pids.join(",")])
+        .output()
+        .expect("ps runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            processes.iter().any(|(pid, name)| {
+                line.split_whitespace().collect::<Vec<_>>() == [&pid.to_string(), name.as_str()]
+            })
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The world's own processes: moto, the three hooks, and at least one checkout backend.
+fn assert_world_processes(processes: &[(u32, String)]) {
+    for name in [
+        "moto_server",
+        "post-test-traff",
+        "production-shif",
+        "post-shift",
+        "checkout",
+    ] {
+        assert!(
+            processes.iter().any(|(_, n)| n == name),
+            "no {name} among {processes:?}"
+        );
+    }
+}
+
+/// One request through the world's ALB data plane: the answering deployment (its
+/// `X-Deployment-ID` response header) and the target group the listener chose.
+async fn through_alb(url: &str, pin: Option<&str>) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.strip_prefix("http://").expect("an http:// URL");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let header = pin.map_or(String::new(), |id| format!("X-Deployment-ID: {id}\r\n"));
+    let request =
+        format!("GET /v2/cart HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{header}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let header = |name: &str| {
+        answer
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {answer}"))
+    };
+    (
+        header("x-deployment-id"),
+        header(skewguard_world::data_plane::TARGET_GROUP_HEADER),
+    )
+}
+
+/// The `skewguard` binary run with exactly the environment the demo printed (nothing inherited
+/// but PATH); its stdout, once it succeeded.
+async fn skewguard(env: &[(String, String)], args: &[&str]) -> String {
+    let binary = workspace_binary("skewguard", "skewguard-cli").expect("the CLI is built");
+    let out = tokio::process::Command::new(binary)
+        .env_clear()
+        .envs(std::env::var("PATH").map(|p| ("PATH".to_owned(), p)))
+        .env("HOME", "/nonexistent")
+        .envs(env.iter().cloned())
+        .args(args)
+        .output()
+        .await
+        .expect("skewguard runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "skewguard {args:?}: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `skewguard status` as a table: per deployment shown, its cells DEPLOYMENT, STATUS,
+/// TARGET GROUP and PINS.
+async fn status_rows(env: &[(String, String)]) -> Vec<[String; 4]> {
+    let table = skewguard(env, &["status", "shop/checkout"]).await;
+    table
+        .lines()
+        .skip(2)
+        .filter(|line| !line.starts_with('('))
+        .filter_map(|line| {
+            let cells: Vec<String> = line.split_whitespace().take(4).map(str::to_owned).collect();
+            cells.try_into().ok()
+        })
+        .collect()
+}
+
+/// `skewguard explain` for the cart API with (or without) a pin header: the chosen target
+/// group's name and the deployment it runs.
+async fn explain(env: &[(String, String)], listener: &str, pin: Option<&str>) -> (String, String) {
+    let header = pin.map(|id| format!("X-Deployment-ID={id}"));
+    let mut args = vec!["explain", "--listener", listener, "--path", "/v2/cart"];
+    if let Some(header) = &header {
+        args.extend(["--header", header.as_str()]);
+    }
+    args.extend(["-o", "json"]);
+    let explained: serde_json::Value =
+        serde_json::from_str(&skewguard(env, &args).await).expect("JSON");
+    let chosen: Vec<&serde_json::Value> = explained["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter(|t| t["weight"].as_u64() > Some(0))
+        .collect();
+    assert_eq!(chosen.len(), 1, "{explained}");
+    (
+        short_arn(
+            chosen[0]["targetGroupArn"]
+                .as_str()
+                .expect("a target group"),
+        )
+        .to_owned(),
+        chosen[0]["deploymentId"]
+            .as_str()
+            .expect("a deployment")
+            .to_owned(),
+    )
+}
+
+/// `./dev demo --keep`: after the scripted deployments the world stays up; the `export` lines it
+/// prints are all the `skewguard` CLI needs to see it, a deployment started on its stdin shows in
+/// the CLI (both versions pinned during the skew window, which `skewguard release` ends), and
+/// `quit` stops it with every process it started.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kept_demo_world_answers_the_cli_and_quits_with_every_process_it_started() {
+    let mut demo = KeptDemo::start();
+    demo.line(Duration::from_secs(120), |l| l.starts_with("Here:"))
+        .await;
+    let mut env = Vec::new();
+    for line in &demo.seen {
+        if let Some(assignments) = line.strip_prefix("export ") {
+            for assignment in assignments.split_whitespace() {
+                let (k, v) = assignment.split_once('=').expect("NAME=VALUE");
+                env.push((k.to_owned(), v.to_owned()));
+            }
+        }
+    }
+    let var = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no export of {name}: {env:?}"))
+    };
+    let (listener, url) = (var("LISTENER"), var("DEMO_URL"));
+
+    // After A -> B -> C: C is live and pinned; a request pinned to C, and one without a pin,
+    // reach it on the target group explain names.
+    let rows = status_rows(&env).await;
+    assert_eq!(rows[0][..3], [C, "live", "web-tg1"], "{rows:?}");
+    assert!(rows[0][3].parse::<u32>().is_ok(), "C has a pin: {rows:?}");
+    assert!(
+        rows[1..].iter().all(|r| r[1] == "retired" && r[3] == "-"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        explain(&env, &listener, Some(C)).await,
+        ("web-tg1".to_owned(), C.to_owned())
+    );
+    let (served_by, target_group) = through_alb(&url, Some(C)).await;
+    assert_eq!(
+        (served_by.as_str(), short_arn(&target_group)),
+        (C, "web-tg1")
+    );
+    assert_eq!(through_alb(&url, None).await.0, C);
+
+    // A deployment started on the demo's stdin: once D is live, C stays pinned (draining) and
+    // requests pinned to C still reach C while the rest reach D.
+    const D: &str = "d4e5f6a";
+    demo.send(&format!("deploy {D} v3")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = status_rows(&env).await;
+        if rows.iter().any(|r| r[0] == C && r[1] == "draining") {
+            break rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "C never started draining: {rows:?}\n{}",
+            demo.transcript()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(rows[0][..3], [D, "live", "web-tg2"], "{rows:?}");
+    assert_eq!(rows[1][..3], [C, "draining", "web-tg1"], "{rows:?}");
+    assert!(
+        rows[0][3].parse::<u32>().is_ok() && rows[1][3].parse::<u32>().is_ok(),
+        "D and C are both pinned: {rows:?}"
+    );
+    assert_eq!(
+        explain(&env, &listener, Some(C)).await,
+        ("web-tg1".to_owned(), C.to_owned())
+    );
+    assert_eq!(
+        explain(&env, &listener, None).await,
+        ("web-tg2".to_owned(), D.to_owned())
+    );
+    assert_eq!(through_alb(&url, Some(C)).await.0, C);
+    assert_eq!(through_alb(&url, None).await.0, D);
+
+    // Ending the skew window lets the deployment finish: C's pin is gone and its clients reach D.
+    skewguard(&env, &["release", "shop/checkout"]).await;
+    demo.line(Duration::from_secs(30), |l| {
+        l == format!("== {D} is production")
+    })
+    .await;
+    let rows = status_rows(&env).await;
+    assert_eq!(rows[0][..3], [D, "live", "web-tg2"], "{rows:?}");
+    assert_eq!(rows[1][..], [C, "retired", "web-tg1", "-"], "{rows:?}");
+    assert_eq!(
+        explain(&env, &listener, Some(C)).await,
+        ("web-tg2".to_owned(), D.to_owned())
+    );
+    assert_eq!(through_alb(&url, Some(C)).await.0, D);
+
+    // quit: the demo exits successfully and nothing it started runs on.
+    let processes = descendants(demo.pid());
+    assert_world_processes(&processes);
+    demo.send("quit").await;
+    let status = demo.exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}\n{}", demo.transcript());
+    assert_eq!(still_running(&processes), Vec::<String>::new());
+}
+
+/// Ctrl-C while the kept demo is still deploying: it stops at once, with the exit status of an
+/// interrupted command, and leaves none of its processes behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_the_kept_demo_with_every_process_it_started() {
+    let mut demo = KeptDemo::start();
+    // Every hook has run once the post-shift hook holds the previous version.
+    demo.line(Duration::from_secs(60), |l| {
+        l.contains("POST_PRODUCTION_TRAFFIC_SHIFT holding")
+    })
+    .await;
+    let processes = descendants(demo.pid());
+    assert_world_processes(&processes);
+    // SAFETY: kill(2) on the child this test started, which has not been reaped yet.
+    unsafe { libc::kill(demo.pid() as libc::pid_t, libc::SIGINT) };
+    let status = demo.exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(130), "{status}\n{}", demo.transcript());
+    assert_eq!(still_running(&processes), Vec::<String>::new());
 }

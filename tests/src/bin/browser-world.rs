@@ -11,8 +11,11 @@
 //!   gets `{"event":"step",..}` after every step of it (the step's name, the listener's rules,
 //!   the ledger, what must be pinned) and `{"event":"deployed","deploymentId":ID,
 //!   "outcome":"succeeded"|"rolled_back","reason":..}` when it ends;
-//! - stdin `quit` (or end of input): stops everything and prints `{"event":"bye",
-//!   "violations":[..]}` (invariant violations seen after any step); exits 1 if there were any.
+//! - stdin `status`: `{"event":"status",..}` with the listener's rules and the ledger as they
+//!   are now;
+//! - stdin `quit` (or end of input, SIGINT, SIGTERM): stops everything and prints
+//!   `{"event":"bye","violations":[..]}` (invariant violations seen after any step); exits 1 if
+//!   there were any.
 //!
 //! An unknown or failed command prints `{"event":"error","message":..}`. A readable timeline
 //! goes to stderr.
@@ -20,13 +23,13 @@
 //! Options: `--deployment-id a1b2c3d`, `--schema v1`, `--skew-window 8s`, `--poll-interval 1s`,
 //! `--after-window retired|fallthrough|default` (`default` leaves the key out of hookDetails).
 
-use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use serde_json::{Map, Value, json};
 use skewguard_core::listener::{Condition, RuleAction};
 use skewguard_core::stages::short_arn;
+use skewguard_world::console::{self, Command, Console};
 use skewguard_world::engine::{Intervention, Outcome};
 use skewguard_world::invariants::{Observation, ServiceTruth};
 use skewguard_world::live::{LiveWorld, Timeline};
@@ -144,25 +147,17 @@ async fn run(options: Options) -> Result<bool, String> {
         "hookDetails": options.hook_details,
     }));
 
-    // Commands, read on a thread of their own (the end of input closes the channel).
-    let (tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    while let Some(line) = commands.recv().await {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            [] => {}
-            ["quit"] => break,
-            ["deploy", id, schema] => {
+    let mut console = Console::stdin()?;
+    while let Some(command) = console.next().await {
+        match command {
+            Ok(Command::Deploy { id, schema }) => {
                 eprintln!("browser-world: deploying {id} (cart schema {schema})");
                 let at = started.elapsed().as_secs_f64();
-                match live.deploy(&service, id, schema, Intervention::None).await {
+                let deploy = live.deploy(&service, &id, &schema, Intervention::None);
+                let Some(outcome) = console.unless_stopped(deploy).await else {
+                    break;
+                };
+                match outcome {
                     Ok(Outcome::Succeeded) => emit(json!({
                         "event": "deployed", "deploymentId": id, "outcome": "succeeded",
                         "t": started.elapsed().as_secs_f64(), "startedAt": at,
@@ -176,10 +171,17 @@ async fn run(options: Options) -> Result<bool, String> {
                     }
                 }
             }
-            _ => emit(json!({
-                "event": "error",
-                "message": format!("unknown command {line:?}: expected `deploy ID SCHEMA` or `quit`"),
-            })),
+            Ok(Command::Status) => match console::observe(&live, &service).await {
+                Ok(seen) => emit(json!({
+                    "event": "status",
+                    "t": started.elapsed().as_secs_f64(),
+                    "service": service,
+                    "rules": rules_json(&seen),
+                    "ledger": ledger_json(&seen, &service),
+                })),
+                Err(e) => emit(json!({"event": "error", "message": format!("status: {e}")})),
+            },
+            Err(message) => emit(json!({"event": "error", "message": message})),
         }
     }
 
@@ -198,21 +200,7 @@ fn timeline(started: Instant) -> Timeline {
                 .flat_map(|truth| truth.must_be_pinned.iter().map(|d| d.to_string()))
                 .collect();
             let rules = seen.map(rules_json).unwrap_or_default();
-            let ledger: Vec<Value> = seen
-                .and_then(|s| s.ledgers.get(service))
-                .map(|entries| {
-                    entries
-                        .iter()
-                        .map(|e| {
-                            json!({
-                                "deploymentId": e.deployment_id.to_string(),
-                                "status": e.status.to_string(),
-                                "targetGroup": short_arn(&e.target_group_arn),
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let ledger = seen.map(|s| ledger_json(s, service)).unwrap_or_default();
             let summary: Vec<String> = rules
                 .iter()
                 .map(|r| {
@@ -231,6 +219,24 @@ fn timeline(started: Instant) -> Timeline {
             }));
         },
     )
+}
+
+fn ledger_json(seen: &Observation, service: &str) -> Vec<Value> {
+    seen.ledgers
+        .get(service)
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "deploymentId": e.deployment_id.to_string(),
+                        "status": e.status.to_string(),
+                        "targetGroup": short_arn(&e.target_group_arn),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn rules_json(seen: &Observation) -> Vec<Value> {

@@ -2,31 +2,56 @@
 //! on the local AWS world, with browser tabs pinned to each version calling it throughout.
 //! Prints a timeline and exits non-zero if any tab saw a skewed answer, an error, or if an
 //! invariant broke.
+//!
+//! With `--keep` the world stays up afterwards for anyone to try the `skewguard` CLI and `curl`
+//! on: it prints the `export` lines that point the CLI at it (the stand-ins' endpoints, test
+//! credentials, region, ledger table, the listener's ARN) and the data plane's URL, then reads
+//! `deploy ID SCHEMA`, `status` and `quit` on stdin (see [`skewguard_world::console`]). It
+//! stops, every process it started with it, on `quit`, at the end of input, and on Ctrl-C
+//! (exit status 130).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use skewguard_core::listener::{Condition, RuleAction};
 use skewguard_core::stages::short_arn;
-use skewguard_world::engine::{Intervention, Outcome};
+use skewguard_world::aws::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
+use skewguard_world::console::{self, Command, Console, Stop, USAGE};
+use skewguard_world::engine::{HookRegistration, Intervention, Outcome};
 use skewguard_world::invariants::{Observation, ServiceTruth};
 use skewguard_world::live::{LiveWorld, Timeline, Traffic};
+use skewguard_world::world::{CLUSTER, TABLE};
 
 const A: &str = "a1b2c3d";
 const B: &str = "b2c3d4e";
 const C: &str = "c3d4e5f";
+const SERVICE: &str = "checkout";
+/// The skew window of the deployments started by hand in a kept world.
+const KEPT_SKEW_WINDOW: &str = "60s";
+/// The exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
+const INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    let keep = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
+        [] => false,
+        [flag] if flag == "--keep" => true,
+        _ => {
+            eprintln!("usage: demo [--keep]");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match runtime.block_on(demo()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+    match runtime.block_on(demo(keep)) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("demo failed: {e}");
             ExitCode::FAILURE
@@ -34,34 +59,147 @@ fn main() -> ExitCode {
     }
 }
 
-async fn demo() -> Result<bool, String> {
+async fn demo(keep: bool) -> Result<ExitCode, String> {
     // The hooks log JSON to the function processes' output; keep this process's own quiet.
     // SAFETY: set before any other thread reads the environment.
     unsafe { std::env::set_var("RUST_LOG", "off") };
+    // From here on Ctrl-C stops the world cleanly, whatever it is doing.
+    let mut console = Console::stdin()?;
     let started = Instant::now();
     println!("skewguard demo: deploying {A} (cart schema v1) -> {B} (v2, breaking) -> {C} (v3)");
     println!(
         "starting the local AWS world (moto, ECS emulator, Lambda runtime, ALB data plane)..."
     );
-    let live = LiveWorld::start(|_, traffic| Some(timeline(started, traffic))).await?;
-    let settings = json!({"skewWindow": "4s", "pollInterval": "1s"});
-    let service = live.service("checkout", A, "v1", settings).await;
-    println!("service checkout runs {A}; skewWindow 4s, pollInterval 1s\n");
-    live.open_tab(&format!("tab {A} v1"), &service, Some(A), Some("v1"));
-    live.open_tab("visitor (no pin)", &service, None, None);
+    let tabs_open = Arc::new(AtomicBool::new(true));
+    let open = tabs_open.clone();
+    let start = LiveWorld::start(|_, traffic| Some(timeline(started, traffic, open)));
+    let Some(live) = console.unless_stopped(start).await.transpose()? else {
+        return Ok(ExitCode::from(INTERRUPTED));
+    };
+    let scripted = async {
+        let settings = json!({"skewWindow": "4s", "pollInterval": "1s"});
+        let service = live.service(SERVICE, A, "v1", settings).await;
+        println!("service {SERVICE} runs {A}; skewWindow 4s, pollInterval 1s\n");
+        script(&live, &service, started)
+            .await
+            .map(|clean| (service, clean))
+    };
+    let Some(scripted) = console.unless_stopped(scripted).await else {
+        return Ok(stopped(live));
+    };
+    let (service, clean) = scripted?;
+    if !keep {
+        return Ok(if clean {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+
+    tabs_open.store(false, Ordering::SeqCst);
+    hold_longer(&live, &service).await?;
+    print_connection(&live);
+    kept(&live, &service, &mut console).await;
+    if console.stopped() == Some(Stop::Signal) {
+        return Ok(stopped(live));
+    }
+    println!(
+        "stopping the local world ({})",
+        console
+            .stopped()
+            .map_or_else(String::new, |s| s.to_string())
+    );
+    let violations = live.world.checker.found();
+    for v in &violations {
+        println!("INVARIANT VIOLATED {v}");
+    }
+    drop(live);
+    Ok(if clean && violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Gives the deployments started by hand a skew window long enough to look around in.
+async fn hold_longer(live: &LiveWorld, service: &str) -> Result<(), String> {
+    let details = json!({"skewWindow": KEPT_SKEW_WINDOW, "pollInterval": "1s"});
+    for registration in HookRegistration::skewguard(details) {
+        let engine = &live.world.engine;
+        engine.drop_hook(service, registration.function).await?;
+        engine.add_hook(service, registration).await?;
+    }
+    Ok(())
+}
+
+/// Runs the commands until the console stops. One deployment runs at a time, and the other
+/// commands are answered while it does.
+async fn kept(live: &LiveWorld, service: &str, console: &mut Console) {
+    type Deployment<'a> = Pin<Box<dyn Future<Output = (String, Result<Outcome, String>)> + 'a>>;
+    let mut running: Option<Deployment<'_>> = None;
+    loop {
+        let command = tokio::select! {
+            command = console.next() => command,
+            (id, outcome) = async { running.as_mut().expect("running").await }, if running.is_some() => {
+                running = None;
+                match outcome {
+                    Ok(Outcome::Succeeded) => println!("== {id} is production"),
+                    Ok(Outcome::RolledBack { reason }) => println!("== {id} rolled back: {reason}"),
+                    Err(e) => println!("deploying {id} failed: {e}"),
+                }
+                continue;
+            }
+        };
+        let Some(command) = command else { return };
+        match command {
+            Ok(Command::Deploy { .. }) if running.is_some() => {
+                println!("a deployment is running: deploy again once it is done");
+            }
+            Ok(Command::Deploy { id, schema }) => {
+                println!(
+                    "== deploying {id} (cart schema {schema}); the previous version stays \
+                     pinned for {KEPT_SKEW_WINDOW}"
+                );
+                running = Some(Box::pin(async move {
+                    let outcome = live.deploy(service, &id, &schema, Intervention::None).await;
+                    (id, outcome)
+                }));
+            }
+            Ok(Command::Status) => match console::observe(live, service).await {
+                Ok(seen) => {
+                    println!("rules   {}", rules_line(&seen));
+                    println!("ledger  {}", ledger_line(&seen, service));
+                }
+                Err(e) => println!("status failed: {e}"),
+            },
+            Err(message) => println!("{message}"),
+        }
+    }
+}
+
+/// Ctrl-C: drops the world (which kills and reaps every process it started).
+fn stopped(live: LiveWorld) -> ExitCode {
+    println!("interrupted: stopping the local world");
+    drop(live);
+    ExitCode::from(INTERRUPTED)
+}
+
+/// The scripted deployments with tabs calling throughout, and their summary: whether no tab saw
+/// a skewed answer or an error and no invariant broke.
+async fn script(live: &LiveWorld, service: &str, started: Instant) -> Result<bool, String> {
+    live.open_tab(&format!("tab {A} v1"), service, Some(A), Some("v1"));
+    live.open_tab("visitor (no pin)", service, None, None);
 
     for (id, schema) in [(B, "v2"), (C, "v3")] {
         println!("== deploying {id} (cart schema {schema})");
-        let outcome = live
-            .deploy(&service, id, schema, Intervention::None)
-            .await?;
+        let outcome = live.deploy(service, id, schema, Intervention::None).await?;
         if outcome != Outcome::Succeeded {
             return Err(format!("deploying {id}: {outcome:?}"));
         }
         println!("== {id} is production; a new tab loads its frontend\n");
         live.open_tab(
             &format!("tab {id} {schema}"),
-            &service,
+            service,
             Some(id),
             Some(schema),
         );
@@ -105,38 +243,88 @@ async fn demo() -> Result<bool, String> {
     Ok(skewed == 0 && errors == 0 && violations.is_empty() && requests > 0)
 }
 
-fn timeline(started: Instant, traffic: Arc<Traffic>) -> Timeline {
+/// What points the `skewguard` CLI and `curl` at the kept world.
+fn print_connection(live: &LiveWorld) {
+    let endpoints = &live.world.endpoints;
+    println!("\nThe local world keeps running. In another terminal, point the CLI at it:\n");
+    println!("export AWS_ENDPOINT_URL_ECS={}", endpoints.ecs);
+    println!(
+        "export AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2={}",
+        endpoints.elbv2
+    );
+    println!("export AWS_ENDPOINT_URL_DYNAMODB={}", endpoints.dynamodb);
+    // The CLI asks STS who is calling before it changes anything (`release`).
+    println!("export AWS_ENDPOINT_URL_STS={}", live.world.moto.endpoint());
+    println!(
+        "export AWS_ACCESS_KEY_ID={ACCESS_KEY_ID} AWS_SECRET_ACCESS_KEY={SECRET_ACCESS_KEY} \
+         AWS_REGION={REGION}"
+    );
+    println!("export SKEWGUARD_TABLE={TABLE}");
+    println!("export LISTENER={}", live.world.alb.listener_arn);
+    println!("export DEMO_URL={}", live.plane.url());
+    println!("\nthen, for example:\n");
+    println!("  skewguard status {CLUSTER}/{SERVICE}");
+    println!(
+        "  skewguard explain --listener \"$LISTENER\" --path /v2/cart --header X-Deployment-ID={C}"
+    );
+    println!("  curl -i -H 'X-Deployment-ID: {C}' \"$DEMO_URL/v2/cart\"");
+    println!(
+        "\nHere: {USAGE} (SCHEMA is v1, v2 or v3; e.g. `deploy d4e5f6a v3`); Ctrl-C stops too."
+    );
+}
+
+/// Prints each step: the listener's rules, the ledger, what must be pinned, and while the tabs
+/// are open what they saw. Once they are closed (in a kept world) a step that changed nothing
+/// since the one before (a post-shift hook holding, called again) is left out.
+fn timeline(started: Instant, traffic: Arc<Traffic>, tabs_open: Arc<AtomicBool>) -> Timeline {
+    let previous = std::sync::Mutex::new(String::new());
     Box::new(
         move |service: &str, step: &str, truths: &[ServiceTruth], seen: Option<&Observation>| {
             let name = service.rsplit('/').next().unwrap_or(service);
-            println!("{:>6.1}s  {name}  {step}", started.elapsed().as_secs_f64());
+            let mut block = String::new();
             if let Some(seen) = seen {
-                println!("         rules   {}", rules_line(seen));
-                println!("         ledger  {}", ledger_line(seen, service));
+                block += &format!("         rules   {}\n", rules_line(seen));
+                block += &format!("         ledger  {}\n", ledger_line(seen, service));
             }
             let pinned: Vec<String> = truths
                 .iter()
                 .flat_map(|t| t.must_be_pinned.iter().map(|d| d.to_string()))
                 .collect();
-            let tabs: Vec<String> = traffic
-                .counters()
-                .iter()
-                .map(|(tab, c)| {
-                    format!(
-                        "{}: {} own, {} fell back, {} skewed",
-                        tab.name, c.own, c.fell_back, c.skewed
-                    )
-                })
-                .collect();
-            println!(
-                "         pinned  {}",
+            block += &format!(
+                "         pinned  {}\n",
                 if pinned.is_empty() {
                     "-".to_owned()
                 } else {
                     pinned.join(", ")
                 }
             );
-            println!("         tabs    {}", tabs.join(" | "));
+            let heading = format!("{name}  {step}");
+            let tabs_open = tabs_open.load(Ordering::SeqCst);
+            let unchanged = {
+                let mut previous = previous.lock().expect("previous step");
+                let this = format!("{heading}\n{block}");
+                std::mem::replace(&mut *previous, this.clone()) == this
+            };
+            if unchanged && !tabs_open {
+                return;
+            }
+            print!(
+                "{:>6.1}s  {heading}\n{block}",
+                started.elapsed().as_secs_f64()
+            );
+            if tabs_open {
+                let tabs: Vec<String> = traffic
+                    .counters()
+                    .iter()
+                    .map(|(tab, c)| {
+                        format!(
+                            "{}: {} own, {} fell back, {} skewed",
+                            tab.name, c.own, c.fell_back, c.skewed
+                        )
+                    })
+                    .collect();
+                println!("         tabs    {}", tabs.join(" | "));
+            }
         },
     )
 }
