@@ -193,6 +193,37 @@ pub struct Service {
     pub service_arn: String,
     pub cluster_arn: String,
     pub service_name: String,
+    /// `taskDefinition` and `loadBalancers`: those of the newest revision put, as after the
+    /// `UpdateService` that made it.
+    pub task_definition: Option<String>,
+    pub load_balancers: Vec<LoadBalancer>,
+    /// `deploymentController.type`.
+    pub deployment_controller: String,
+    /// `deploymentConfiguration` in the wire shape (strategy, lifecycle hooks), as the next
+    /// deployment will use it; `None` answers without one.
+    pub deployment_configuration: Option<Value>,
+}
+
+impl Service {
+    /// The service as `DescribeServices` answers it.
+    pub(super) fn description(&self) -> Value {
+        let mut description = json!({
+            "serviceArn": self.service_arn,
+            "serviceName": self.service_name,
+            "clusterArn": self.cluster_arn,
+            "status": "ACTIVE",
+            "loadBalancers": self.load_balancers,
+            "deploymentController": {"type": self.deployment_controller},
+        });
+        let obj = description.as_object_mut().expect("an object");
+        if let Some(task_definition) = &self.task_definition {
+            obj.insert("taskDefinition".into(), json!(task_definition));
+        }
+        if let Some(configuration) = &self.deployment_configuration {
+            obj.insert("deploymentConfiguration".into(), configuration.clone());
+        }
+        description
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -450,7 +481,7 @@ pub struct Fault {
 }
 
 /// Everything the emulator knows. Public so tests and a deployment engine can act on it directly
-/// (through [`EcsEmulator::with_state`]); the HTTP side only reads it, except for
+/// (through [`super::EcsEmulator::with_state`]); the HTTP side only reads it, except for
 /// `RegisterTaskDefinition`, the call log and the fault queue.
 #[derive(Debug, Default)]
 pub struct EcsState {
@@ -523,13 +554,26 @@ impl EcsState {
                     service_arn: service_arn.to_owned(),
                     cluster_arn: cluster_arn(&cluster),
                     service_name: name,
+                    task_definition: None,
+                    load_balancers: Vec::new(),
+                    deployment_controller: "ECS".to_owned(),
+                    deployment_configuration: None,
                 }
             })
     }
 
-    /// Inserts or replaces (by ARN) a revision.
+    /// The service, made sure to exist, to change its configuration.
+    pub fn service_mut(&mut self, service_arn: &str) -> &mut Service {
+        self.ensure_service(service_arn);
+        self.services.get_mut(service_arn).expect("just ensured")
+    }
+
+    /// Inserts or replaces (by ARN) a revision; the service takes its task definition and load
+    /// balancers.
     pub fn put_service_revision(&mut self, revision: ServiceRevision) {
-        self.ensure_service(&revision.service_arn);
+        let service = self.service_mut(&revision.service_arn);
+        service.task_definition = Some(revision.task_definition.clone());
+        service.load_balancers = revision.load_balancers.clone();
         self.service_revisions
             .insert(revision.service_revision_arn.clone(), revision);
     }
