@@ -524,7 +524,17 @@ impl Engine {
             ));
         let arn = revision.service_revision_arn.clone();
         self.ecs.put_service_revision(revision);
+        self.publish_configuration(state);
         arn
+    }
+
+    /// What `DescribeServices` says of the service's deployment configuration (strategy and
+    /// lifecycle hooks), as set by the last `CreateService` or `UpdateService`.
+    fn publish_configuration(&self, state: &ServiceState) {
+        let configuration = deployment_configuration(&state.setup);
+        self.ecs.with_state(|s| {
+            s.service_mut(&state.service_arn).deployment_configuration = Some(configuration);
+        });
     }
 
     /// ECS resolves a revision's configuration (`resolvedConfiguration.loadBalancers`: the
@@ -622,18 +632,19 @@ impl Engine {
 
     /// Changes the deployment strategy for the service's next deployments.
     pub async fn set_strategy(&self, service_arn: &str, strategy: Strategy) -> Result<(), String> {
-        self.service(service_arn)?.lock().await.setup.strategy = strategy;
+        let service = self.service(service_arn)?;
+        let mut state = service.lock().await;
+        state.setup.strategy = strategy;
+        self.publish_configuration(&state);
         Ok(())
     }
 
     /// Unregisters one of the service's hooks (for tests that prove a check can fail).
     pub async fn drop_hook(&self, service_arn: &str, function: HookFunction) -> Result<(), String> {
-        self.service(service_arn)?
-            .lock()
-            .await
-            .setup
-            .hooks
-            .retain(|h| h.function != function);
+        let service = self.service(service_arn)?;
+        let mut state = service.lock().await;
+        state.setup.hooks.retain(|h| h.function != function);
+        self.publish_configuration(&state);
         Ok(())
     }
 
@@ -643,12 +654,10 @@ impl Engine {
         service_arn: &str,
         registration: HookRegistration,
     ) -> Result<(), String> {
-        self.service(service_arn)?
-            .lock()
-            .await
-            .setup
-            .hooks
-            .push(registration);
+        let service = self.service(service_arn)?;
+        let mut state = service.lock().await;
+        state.setup.hooks.push(registration);
+        self.publish_configuration(&state);
         Ok(())
     }
 
@@ -1303,6 +1312,13 @@ fn deployment_configuration(setup: &ServiceSetup) -> Value {
                 "roleArn": "arn:aws:iam::123456789012:role/skewguard-ecs-hooks",
                 "lifecycleStages": h.stages.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
                 "hookDetails": h.hook_details,
+                "timeoutConfiguration": {
+                    "timeoutInMinutes": h.timeout.as_secs().div_ceil(60).max(1),
+                    "action": match h.timeout_action {
+                        TimeoutAction::Rollback => "ROLLBACK",
+                        TimeoutAction::Continue => "CONTINUE",
+                    },
+                },
             })
         })
         .collect();

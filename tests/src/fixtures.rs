@@ -3,6 +3,7 @@
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TimeToLiveSpecification,
 };
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, FixedResponseActionConfig, ForwardActionConfig,
@@ -20,7 +21,8 @@ pub const TEST_TRAFFIC_HEADER: (&str, &str) = ("X-Test-Traffic", "1");
 /// The port of the listeners the fixtures create.
 pub const LISTENER_PORT: u16 = 80;
 
-/// skewguard's ledger: PK `serviceArn` (S), SK `deploymentId` (S), on-demand.
+/// skewguard's ledger: PK `serviceArn` (S), SK `deploymentId` (S), on-demand, TTL on
+/// `expiresAt` (as `infra/template.yaml` creates it).
 pub async fn create_ledger_table(
     ddb: &aws_sdk_dynamodb::Client,
     name: &str,
@@ -49,6 +51,18 @@ pub async fn create_ledger_table(
         .send()
         .await
         .map_err(WorldError::aws(format!("DynamoDB CreateTable {name}")))?;
+    ddb.update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name("expiresAt")
+                .build()
+                .map_err(|e| WorldError::Other(format!("TTL specification: {e}")))?,
+        )
+        .send()
+        .await
+        .map_err(WorldError::aws(format!("DynamoDB UpdateTimeToLive {name}")))?;
     Ok(())
 }
 

@@ -5,9 +5,9 @@
 //! HTTP 400 `{"__type": .., "message": ..}`), over an in-memory [`EcsState`] that tests (and a
 //! deployment engine playing ECS's blue/green part) mutate directly from Rust.
 //!
-//! Operations: `DescribeServiceRevisions`, `DescribeServiceDeployments`, `DescribeTaskDefinition`,
-//! `ListServiceDeployments`, `RegisterTaskDefinition`. Anything else answers
-//! `UnknownOperationException`.
+//! Operations: `DescribeServices`, `DescribeServiceRevisions`, `DescribeServiceDeployments`,
+//! `DescribeTaskDefinition`, `ListServiceDeployments`, `RegisterTaskDefinition`. Anything else
+//! answers `UnknownOperationException`.
 //!
 //! Wire shapes follow the SDK's schemas (`aws-sdk-ecs` 1.157): member names are the camelCase
 //! names of the state's fields, timestamps are epoch seconds as JSON numbers (millisecond

@@ -26,6 +26,26 @@ pub(super) fn describe_service_revisions(
     Ok(json!({"serviceRevisions": found, "failures": failures}))
 }
 
+pub(super) fn describe_services(state: &EcsState, input: &Value) -> Result<Value, ApiError> {
+    let cluster = input
+        .get("cluster")
+        .and_then(Value::as_str)
+        .map_or("default", cluster_name);
+    let (mut found, mut failures) = (Vec::new(), Vec::new());
+    for service in string_list(input, "services")? {
+        let arn = if service.starts_with("arn:") {
+            service
+        } else {
+            service_arn(cluster, &service)
+        };
+        match state.services.get(&arn) {
+            Some(service) => found.push(service.description()),
+            None => failures.push(missing(&arn)),
+        }
+    }
+    Ok(json!({"services": found, "failures": failures}))
+}
+
 pub(super) fn describe_service_deployments(
     state: &EcsState,
     input: &Value,

@@ -16,8 +16,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::operations::{
-    describe_service_deployments, describe_service_revisions, describe_task_definition,
-    list_service_deployments, register_task_definition,
+    describe_service_deployments, describe_service_revisions, describe_services,
+    describe_task_definition, list_service_deployments, register_task_definition,
 };
 use super::state::EcsState;
 use super::{TARGET_PREFIX, lock};
@@ -135,6 +135,7 @@ async fn handle(
             })?
         };
         match operation.as_str() {
+            "DescribeServices" => describe_services(&state, &input),
             "DescribeServiceRevisions" => describe_service_revisions(&state, &input),
             "DescribeServiceDeployments" => describe_service_deployments(&state, &input),
             "DescribeTaskDefinition" => describe_task_definition(&state, &input),
