@@ -103,12 +103,9 @@ async fn demo(keep: bool) -> Result<ExitCode, String> {
     if console.stopped() == Some(Stop::Signal) {
         return Ok(stopped(live));
     }
-    println!(
-        "stopping the local world ({})",
-        console
-            .stopped()
-            .map_or_else(String::new, |s| s.to_string())
-    );
+    if let Some(stop) = console.stopped() {
+        println!("stopping the local world ({stop})");
+    }
     let violations = live.world.checker.found();
     for v in &violations {
         println!("INVARIANT VIOLATED {v}");
@@ -140,11 +137,15 @@ async fn kept(live: &LiveWorld, service: &str, console: &mut Console) {
     loop {
         let command = tokio::select! {
             command = console.next() => command,
-            (id, outcome) = async { running.as_mut().expect("running").await }, if running.is_some() => {
+            (id, outcome) = async { running.as_mut().expect("running").await },
+                if running.is_some() =>
+            {
                 running = None;
                 match outcome {
                     Ok(Outcome::Succeeded) => println!("== {id} is production"),
-                    Ok(Outcome::RolledBack { reason }) => println!("== {id} rolled back: {reason}"),
+                    Ok(Outcome::RolledBack { reason }) => {
+                        println!("== {id} rolled back: {reason}")
+                    }
                     Err(e) => println!("deploying {id} failed: {e}"),
                 }
                 continue;
