@@ -18,7 +18,7 @@ use crate::aws::{AwsError, DisplayErrorContext};
 use crate::event::{HookAnswer, HookEvent, LifecycleStage, MalformedEvent, hook_details_of};
 use crate::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
 use crate::pins::{self, PinError};
-use crate::retry::{Failure, Retries};
+use crate::retry::{self, Failure};
 use crate::settings::{
     AfterWindow, EnvDefaults, OnError, ROLLBACK_RETRIES_KEY, Settings, SettingsError,
 };
@@ -443,24 +443,22 @@ pub async fn run(
                 .join(" and "),
         });
     }
-    let mut retries = Retries::new();
-    loop {
-        let err = match attempt_stage(event, settings, clients, direction).await {
-            Ok(hold) => return Ok(hold),
-            Err(err) => err,
-        };
-        let failure = err.failure();
-        match retries.next_wait(failure) {
-            Some(wait) => {
-                warn!(stage = %event.stage, failure = ?failure, error = %DisplayErrorContext(&err), "starting the stage over from a fresh read");
-                tokio::time::sleep(wait).await;
-            }
-            None if failure == Failure::Conflict => {
-                return Err(HookError::Contention(retries.conflicts()));
-            }
-            None => return Err(err),
-        }
-    }
+    // Which way a traffic shift goes, once an attempt found out: kept for the next attempts
+    // and for the answer (a rollback is never answered FAILED).
+    let shift_seen = std::sync::Mutex::new(*direction);
+    let outcome = retry::from_fresh_observations(
+        || attempt_stage(event, settings, clients, &shift_seen),
+        HookError::failure,
+        |err, failure| {
+            warn!(stage = %event.stage, failure = ?failure, error = %DisplayErrorContext(err), "starting the stage over from a fresh read");
+        },
+        HookError::Contention,
+    )
+    .await;
+    *direction = *shift_seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    outcome
 }
 
 /// One attempt of a stage, in four steps: **observe** (the ledger, and from ECS what the
@@ -472,16 +470,21 @@ async fn attempt_stage(
     event: &HookEvent,
     settings: &Settings,
     clients: &Clients,
-    direction: &mut Option<Shift>,
+    shift_seen: &std::sync::Mutex<Option<Shift>>,
 ) -> Result<Hold, HookError> {
     let now = OffsetDateTime::now_utc();
+    let known = *shift_seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let shift = match event.stage {
         LifecycleStage::TestTrafficShift | LifecycleStage::ProductionTrafficShift => {
-            let shift = match *direction {
+            let shift = match known {
                 Some(known) => known,
                 None => shift_direction(event, clients).await?,
             };
-            *direction = Some(shift);
+            *shift_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shift);
             Some(shift)
         }
         _ => None,

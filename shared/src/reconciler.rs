@@ -28,7 +28,7 @@ use crate::reconcile::{
     self, DEPLOYMENTS_READ, DeploymentSummary, EcsView, Repair, ServiceSettingsError,
     SettingsSource,
 };
-use crate::retry::{Failure, Retries};
+use crate::retry::{self, Failure};
 use crate::settings::{EnvDefaults, Settings};
 use crate::stages::{Actor, Draft};
 
@@ -263,45 +263,50 @@ pub async fn reconcile_service(
     options: &ReconcileOptions,
 ) -> Result<ServiceReport, ReconcileError> {
     let mut earlier = Vec::new();
-    let mut retries = Retries::new();
-    loop {
-        let (failure, what, err) = match attempt_service(clients, service_arn, options).await {
-            Ok(mut report) => {
-                report.notes.extend(earlier);
-                for repair in &report.repairs {
-                    info!(
-                        service = %service_arn,
-                        kind = %repair.kind,
-                        deployment_id = repair.deployment_id.as_ref().map(DeploymentId::as_str),
-                        rule_arn = repair.rule_arn.as_deref(),
-                        detail = %repair.detail,
-                        dry_run = options.dry_run,
-                        execution_id = %options.execution_id,
-                        "{}",
-                        if options.dry_run { "would repair" } else { "repaired" }
-                    );
-                }
-                for note in &report.notes {
-                    info!(service = %service_arn, note = %note, "left alone");
-                }
-                return Ok(report);
+    let outcome = retry::from_fresh_observations(
+        || attempt_service(clients, service_arn, options),
+        |attempt| match attempt {
+            Attempt::Conflict(_) => Failure::Conflict,
+            Attempt::Failed(e) => e.failure(),
+        },
+        |attempt, failure| {
+            let what = match attempt {
+                Attempt::Conflict(what) => what.clone(),
+                Attempt::Failed(e) => e.to_string(),
+            };
+            warn!(service = %service_arn, failure = ?failure, what = %what, "reading and deciding again");
+            earlier.push(format!(
+                "attempt {}: {what}; decided again",
+                earlier.len() + 1
+            ));
+        },
+        |conflicts| Attempt::Failed(ReconcileError::Contention(conflicts)),
+    )
+    .await;
+    match outcome {
+        Ok(mut report) => {
+            report.notes.extend(earlier);
+            for repair in &report.repairs {
+                info!(
+                    service = %service_arn,
+                    kind = %repair.kind,
+                    deployment_id = repair.deployment_id.as_ref().map(DeploymentId::as_str),
+                    rule_arn = repair.rule_arn.as_deref(),
+                    detail = %repair.detail,
+                    dry_run = options.dry_run,
+                    execution_id = %options.execution_id,
+                    "{}",
+                    if options.dry_run { "would repair" } else { "repaired" }
+                );
             }
-            Err(Attempt::Conflict(what)) => (Failure::Conflict, what, None),
-            Err(Attempt::Failed(e)) => (e.failure(), e.to_string(), Some(e)),
-        };
-        match retries.next_wait(failure) {
-            Some(wait) => {
-                warn!(service = %service_arn, failure = ?failure, what = %what, "reading and deciding again");
-                earlier.push(format!(
-                    "attempt {}: {what}; decided again",
-                    earlier.len() + 1
-                ));
-                tokio::time::sleep(wait).await;
+            for note in &report.notes {
+                info!(service = %service_arn, note = %note, "left alone");
             }
-            None => {
-                return Err(err.unwrap_or(ReconcileError::Contention(retries.conflicts())));
-            }
+            Ok(report)
         }
+        // The loop turns every lost race it gives up on into `Contention`.
+        Err(Attempt::Conflict(_)) => Err(ReconcileError::Contention(retry::MAX_ATTEMPTS)),
+        Err(Attempt::Failed(e)) => Err(e),
     }
 }
 

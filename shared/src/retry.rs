@@ -90,6 +90,37 @@ impl Retries {
     }
 }
 
+/// The one retry loop of every pipeline: runs `attempt` until it succeeds, starting over from
+/// a fresh observation after each lost race or transient failure as [`Retries`] allows;
+/// `on_retry` hears of each failure that is retried. A run that keeps losing races ends with
+/// `contention(conflicts)`; any other failure that is not retried ends it with that error.
+pub async fn from_fresh_observations<T, E, Attempt>(
+    mut attempt: impl FnMut() -> Attempt,
+    failure_of: impl Fn(&E) -> Failure,
+    mut on_retry: impl FnMut(&E, Failure),
+    contention: impl FnOnce(u32) -> E,
+) -> Result<T, E>
+where
+    Attempt: std::future::Future<Output = Result<T, E>>,
+{
+    let mut retries = Retries::new();
+    loop {
+        let err = match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(err) => err,
+        };
+        let failure = failure_of(&err);
+        match retries.next_wait(failure) {
+            Some(wait) => {
+                on_retry(&err, failure);
+                tokio::time::sleep(wait).await;
+            }
+            None if failure == Failure::Conflict => return Err(contention(retries.conflicts())),
+            None => return Err(err),
+        }
+    }
+}
+
 /// Jittered exponential backoff: 50 ms, 100 ms, 200 ms … (at most 1.6 s) plus up to 50 ms.
 pub fn backoff(attempt: u32) -> Duration {
     let jitter = OffsetDateTime::now_utc().nanosecond() as u64 % 50;
