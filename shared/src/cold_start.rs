@@ -62,17 +62,12 @@ pub fn clients(sdk: &aws_config::SdkConfig, table: &str) -> Clients {
 /// Reads and validates the function's own configuration; an invalid default stops the cold
 /// start with a clear message rather than failing every invocation later.
 pub fn hook_config(function: HookFunction) -> Result<(HookConfig, String), ColdStartError> {
-    let table = std::env::var(TABLE_ENV)
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-        .ok_or(ColdStartError::NoTable)?;
-    let defaults = EnvDefaults::from_env();
-    Settings::resolve(&Default::default(), &defaults)?;
+    let (defaults, table) = reconciler_config()?;
     Ok((HookConfig { function, defaults }, table))
 }
 
-/// The reconciler's own configuration: the ledger table and the function-level settings
-/// defaults (each service's `hookDetails` go over them).
+/// The configuration every function reads, the reconciler's whole: the ledger table and the
+/// function-level settings defaults (each service's `hookDetails` go over them).
 pub fn reconciler_config() -> Result<(EnvDefaults, String), ColdStartError> {
     let table = std::env::var(TABLE_ENV)
         .ok()

@@ -1,4 +1,4 @@
-//! Property-based tests (issue 6): the decision logic under random sequences of stage events,
+//! Property-based tests: the decision logic under random sequences of stage events,
 //! and the parsing of hook events, `hookDetails` and deployment IDs under hostile input.
 //!
 //! - [`stage_sequences_never_break_the_invariants`]: random sequences of stage applications
