@@ -43,7 +43,7 @@ impl Rendered {
             Rendered::Reconcile(results) => serde_json::json!({ "services": results }),
             other => serde_json::to_value(other).unwrap_or_default(),
         };
-        serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+        serde_json::to_string_pretty(&sorted_keys(value)).unwrap_or_default() + "\n"
     }
 
     pub fn table(&self) -> String {
@@ -232,3 +232,24 @@ fn status_rank(status: Status) -> u8 {
 
 #[cfg(test)]
 mod tests;
+
+/// Every object's keys in sorted order, whichever map type serde_json was built with: the JSON
+/// users script against must not change with a feature another crate switches on.
+fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut members: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                members
+                    .into_iter()
+                    .map(|(key, value)| (key, sorted_keys(value)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted_keys).collect())
+        }
+        other => other,
+    }
+}
