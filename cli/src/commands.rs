@@ -2,6 +2,7 @@
 //! renders itself as a table or as JSON. What several commands share (naming a service, the
 //! order of ledger statuses, how times serialize) lives here.
 
+pub mod doctor;
 pub mod explain;
 pub mod history;
 pub mod reconcile;
@@ -17,6 +18,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::{CliError, Command, Context};
 
+pub use doctor::DoctorReport;
 pub use explain::Explanation;
 pub use history::{ChangeRef, HistoryView};
 pub use reconcile::ReconcileResult;
@@ -34,6 +36,7 @@ pub enum Rendered {
     Release(ReleaseView),
     Reconcile(Vec<ReconcileResult>),
     Wait(WaitResult),
+    Doctor(DoctorReport),
 }
 
 impl Rendered {
@@ -57,6 +60,7 @@ impl Rendered {
             Rendered::Explain(e) => e.table(),
             Rendered::Release(r) => r.table(),
             Rendered::Wait(w) => w.table(),
+            Rendered::Doctor(d) => d.table(),
             Rendered::Reconcile(results) => results
                 .iter()
                 .map(|r| r.table())
@@ -70,6 +74,7 @@ impl Rendered {
         match self {
             Rendered::Reconcile(results) => results.iter().any(|r| r.error.is_some()),
             Rendered::Wait(w) => !w.outcome.succeeded(),
+            Rendered::Doctor(d) => d.failed(),
             _ => false,
         }
     }
@@ -86,6 +91,7 @@ pub async fn dispatch(ctx: &Context, command: Command) -> Result<Rendered, CliEr
         Command::Release(args) => release::run(ctx, args).await.map(Rendered::Release),
         Command::Reconcile(args) => reconcile::run(ctx, args).await.map(Rendered::Reconcile),
         Command::Wait(args) => wait::run(ctx, args).await.map(Rendered::Wait),
+        Command::Doctor(args) => doctor::run(ctx, args).await.map(Rendered::Doctor),
     }
 }
 

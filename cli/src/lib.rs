@@ -73,6 +73,10 @@ pub enum Command {
     /// green and green pinned (while skewguard still holds the deployment), or the deployment
     /// completed. Exits non-zero on a rollback, a stop or the timeout.
     Wait(commands::wait::Args),
+    /// Check a service's setup before its first deployment under skewguard (and after any
+    /// change): strategy, hooks, settings, timeouts, listener, deployment ID, quotas, ledger
+    /// table and, with --simulate-iam, the functions' permissions. Exits non-zero on any error.
+    Doctor(commands::doctor::Args),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +116,8 @@ pub struct Context {
     pub sts: aws_sdk_sts::Client,
     pub table: String,
     pub region: String,
+    /// The AWS configuration, for clients only one command needs.
+    pub config: aws_config::SdkConfig,
 }
 
 impl Context {
@@ -148,6 +154,7 @@ impl Context {
             sts: aws_sdk_sts::Client::new(&config),
             table: cli.table.clone(),
             region,
+            config,
         })
     }
 

@@ -755,3 +755,314 @@ async fn wait_fails_with_the_reason_when_the_deployment_rolls_back() {
     );
     assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
 }
+
+/// Runs `skewguard doctor` on `shop/doc` with `extra` arguments: its exit code and JSON report.
+async fn doctor(world: &World, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["doctor", "shop/doc", "-o", "json"];
+    args.extend_from_slice(extra);
+    let run = skewguard(world, &args).await;
+    let report = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", run.stdout, run.stderr));
+    (run.code, report)
+}
+
+/// The report's one finding of `check` that is not ok; panics unless there is exactly one.
+fn problem<'a>(report: &'a Value, check: &str) -> &'a Value {
+    let found: Vec<&Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == json!(check) && c["result"] != json!("ok"))
+        .collect();
+    assert_eq!(found.len(), 1, "one problem with {check} in {report:#}");
+    found[0]
+}
+
+/// Asserts the report fails with exactly one error, of `check`, saying `says` and fixed by
+/// `fix`.
+fn fails_with(code: i32, report: &Value, check: &str, says: &str, fix: &str) {
+    assert_ne!(code, 0, "{report:#}");
+    assert_eq!(report["errors"], json!(1), "{report:#}");
+    let found = problem(report, check);
+    assert_eq!(found["result"], json!("error"), "{report:#}");
+    let message = found["message"].as_str().unwrap();
+    assert!(message.contains(says), "{check}: {message}");
+    let given = found["fix"].as_str().unwrap();
+    assert!(given.contains(fix), "{check}: {given}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_passes_a_good_setup_and_names_each_broken_thing_with_its_fix() {
+    use aws_sdk_dynamodb::types::TimeToLiveSpecification;
+    use skewguard_core::listener::Request;
+    use skewguard_world::engine::{HookRegistration, Strategy};
+    use skewguard_world::fixtures::{AlbFixture, header_condition, weighted_forward};
+
+    let world = World::start().await;
+    let elb = &world.clients.elbv2;
+    // An ALB whose every action forwards: production is the listener's default rule.
+    let alb = AlbFixture::with_default_rule_as_production(elb, &world.vpc, "doc")
+        .await
+        .unwrap();
+    let mut hooks = HookRegistration::skewguard(json!({"skewWindow": "1h"}));
+    for hook in &mut hooks {
+        hook.timeout = Duration::from_secs(120 * 60);
+    }
+    let (service, _) = world
+        .service_on(
+            "doc",
+            alb.clone(),
+            Request::get("/"),
+            "v1",
+            hooks,
+            Strategy::BlueGreen,
+        )
+        .await;
+
+    // A good setup: every check ok, exit 0; the table ends with the verdict.
+    let (code, report) = doctor(&world, &[]).await;
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["serviceArn"], json!(service));
+    let checks: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|c| assert_eq!(c["result"], json!("ok"), "{report:#}"))
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    for check in [
+        "strategy",
+        "hooks",
+        "hook-details",
+        "settings",
+        "timeout",
+        "deployment-id",
+        "listener",
+        "listener-actions",
+        "pin-room",
+        "alb-rules",
+        "alb-target-groups",
+        "ledger-table",
+        "ledger-ttl",
+    ] {
+        assert!(checks.contains(&check), "{check} missing from {checks:?}");
+    }
+    let table = skewguard(&world, &["doctor", "shop/doc"]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.ends_with("no problems found\n"),
+        "{}",
+        table.stdout
+    );
+
+    // Then one thing broken at a time, and put back.
+    let original = world.ecs.with_state(|s| {
+        s.services[&service]
+            .deployment_configuration
+            .clone()
+            .unwrap()
+    });
+    let configure = |change: &dyn Fn(&mut Value)| {
+        world.ecs.with_state(|s| {
+            let mut configuration = original.clone();
+            change(&mut configuration);
+            s.service_mut(&service).deployment_configuration = Some(configuration);
+        })
+    };
+    let restore = || {
+        world.ecs.with_state(|s| {
+            s.service_mut(&service).deployment_configuration = Some(original.clone())
+        })
+    };
+    let hook_at = |c: &mut Value, i: usize| c["lifecycleHooks"][i].clone();
+    assert!(
+        hook_at(&mut original.clone(), 2)["hookTargetArn"]
+            .as_str()
+            .unwrap()
+            .ends_with(":function:skewguard-post-shift")
+    );
+
+    // 1. A rolling deployment has no lifecycle hooks.
+    configure(&|c| c["strategy"] = json!("ROLLING"));
+    let (code, report) = doctor(&world, &[]).await;
+    fails_with(
+        code,
+        &report,
+        "strategy",
+        "deploymentConfiguration.strategy is ROLLING",
+        "set deploymentConfiguration.strategy to BLUE_GREEN",
+    );
+    // 2. A stage missing, different hookDetails, invalid settings.
+    configure(&|c| {
+        c["lifecycleHooks"][0]["lifecycleStages"] = json!(["RECONCILE_SERVICE", "PRE_SCALE_UP"])
+    });
+    let (code, report) = doctor(&world, &[]).await;
+    fails_with(
+        code,
+        &report,
+        "hooks",
+        "post-test-traffic (skewguard-post-test-traffic) is not registered at POST_TEST_TRAFFIC_SHIFT",
+        "add POST_TEST_TRAFFIC_SHIFT to its lifecycleStages",
+    );
+    configure(&|c| c["lifecycleHooks"][1]["hookDetails"] = json!({"skewWindow": "2h"}));
+    let (code, report) = doctor(&world, &[]).await;
+    fails_with(
+        code,
+        &report,
+        "hook-details",
+        "production-shift has other hookDetails than post-test-traffic",
+        "give every skewguard hook the same hookDetails",
+    );
+    configure(&|c| {
+        for i in 0..3 {
+            c["lifecycleHooks"][i]["hookDetails"] = json!({"skewWindow": "forever"});
+        }
+    });
+    let (code, report) = doctor(&world, &[]).await;
+    assert_ne!(code, 0);
+    let settings = problem(&report, "settings");
+    assert_eq!(settings["result"], json!("error"));
+    assert!(
+        settings["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid setting `skewWindow` = \"forever\""),
+        "{settings}"
+    );
+    // 3. A post-shift timeout shorter than the hold, and CONTINUE on timeout.
+    configure(&|c| c["lifecycleHooks"][2]["timeoutConfiguration"]["timeoutInMinutes"] = json!(60));
+    let (code, report) = doctor(&world, &[]).await;
+    fails_with(
+        code,
+        &report,
+        "timeout",
+        "post-shift: timeoutInMinutes 60 cannot hold the skew window",
+        "to at least 62",
+    );
+    configure(&|c| c["lifecycleHooks"][2]["timeoutConfiguration"]["action"] = json!("CONTINUE"));
+    let (code, report) = doctor(&world, &[]).await;
+    fails_with(
+        code,
+        &report,
+        "timeout",
+        "post-shift: timeout action CONTINUE lets ECS go on and scale the old version down",
+        "set post-shift's timeoutConfiguration.action to ROLLBACK",
+    );
+    // 6. The deployment ID is not where deploymentIdFrom says.
+    configure(&|c| {
+        for i in 0..3 {
+            c["lifecycleHooks"][i]["hookDetails"] = json!({"deploymentIdFrom": "label:sha"});
+        }
+    });
+    let (code, report) = doctor(&world, &[]).await;
+    fails_with(
+        code,
+        &report,
+        "deployment-id",
+        "has no docker label sha",
+        "point deploymentIdFrom",
+    );
+    restore();
+
+    // 4. Another rule right before the production rule leaves no room for pins.
+    let last = elb
+        .create_rule()
+        .listener_arn(&alb.listener_arn)
+        .priority(50_000)
+        .conditions(header_condition("X-Other", "1"))
+        .actions(weighted_forward(&[(&alb.blue_tg, 1)]))
+        .send()
+        .await
+        .unwrap();
+    let last = last.rules()[0].rule_arn().unwrap().to_owned();
+    let (code, report) = doctor(&world, &[]).await;
+    fails_with(
+        code,
+        &report,
+        "pin-room",
+        "pins need 3 free priorities (3 live versions × 1 pin rules) between 50000",
+        "leave at least 3 free priorities just below the production rule",
+    );
+    elb.delete_rule().rule_arn(&last).send().await.unwrap();
+    // 5. A fixed response on the listener.
+    let fixed = elb
+        .create_rule()
+        .listener_arn(&alb.listener_arn)
+        .priority(5)
+        .conditions(header_condition("X-Maintenance", "1"))
+        .actions(
+            aws_sdk_elasticloadbalancingv2::types::Action::builder()
+                .r#type(aws_sdk_elasticloadbalancingv2::types::ActionTypeEnum::FixedResponse)
+                .fixed_response_config(
+                    aws_sdk_elasticloadbalancingv2::types::FixedResponseActionConfig::builder()
+                        .status_code("503")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let fixed = fixed.rules()[0].rule_arn().unwrap().to_owned();
+    let (code, report) = doctor(&world, &[]).await;
+    fails_with(
+        code,
+        &report,
+        "listener-actions",
+        "mixes forward with other actions (priority 5: fixed-response 503)",
+        "make every action on the production listener a forward",
+    );
+    elb.delete_rule().rule_arn(&fixed).send().await.unwrap();
+    // 7. The load balancer's quotas.
+    let (code, report) = doctor(&world, &["--rules-quota", "2"]).await;
+    fails_with(
+        code,
+        &report,
+        "alb-rules",
+        "with this service's 3 pins that is 3, over the quota of 2 rules per load balancer",
+        "remove unused rules",
+    );
+    let (code, report) = doctor(&world, &["--target-groups-quota", "1"]).await;
+    fails_with(
+        code,
+        &report,
+        "alb-target-groups",
+        "target groups on the load balancer, over the quota of 1",
+        "detach unused target groups",
+    );
+    // 8. No ledger table; a ledger without TTL is a warning only (exit 0).
+    let (code, report) = doctor(&world, &["--table", "nope"]).await;
+    fails_with(
+        code,
+        &report,
+        "ledger-table",
+        "the ledger table nope does not exist in us-east-1",
+        "pass --table (or set SKEWGUARD_TABLE)",
+    );
+    world
+        .clients
+        .dynamodb
+        .update_time_to_live()
+        .table_name(TABLE)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(false)
+                .attribute_name("expiresAt")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (code, report) = doctor(&world, &[]).await;
+    assert_eq!(code, 0, "warnings alone exit 0: {report:#}");
+    assert_eq!(report["warnings"], json!(1), "{report:#}");
+    let ttl = problem(&report, "ledger-ttl");
+    assert!(
+        ttl["fix"]
+            .as_str()
+            .unwrap()
+            .contains("enable TTL on attribute expiresAt"),
+        "{ttl}"
+    );
+}
