@@ -534,16 +534,14 @@ async fn ecs_emulator_injects_faults_and_rejects_unknown_operations() {
     // An operation the emulator does not implement: an error, at once.
     let err = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        client.describe_services().cluster("c").services("s").send(),
+        client.list_clusters().send(),
     )
     .await
     .expect("an answer, not a hang")
     .expect_err("not emulated");
     assert_eq!(err.code(), Some("UnknownOperationException"));
     assert!(
-        err.message()
-            .unwrap_or_default()
-            .contains("DescribeServices"),
+        err.message().unwrap_or_default().contains("ListClusters"),
         "{err:?}"
     );
 
@@ -562,11 +560,78 @@ async fn ecs_emulator_injects_faults_and_rejects_unknown_operations() {
             "DescribeTaskDefinition",
             "DescribeTaskDefinition",
             "DescribeServiceRevisions",
-            "DescribeServices",
+            "ListClusters",
             "DescribeServiceDeployments",
         ]
     );
     assert_eq!(ecs.call_count("DescribeTaskDefinition"), 3);
+}
+
+#[tokio::test]
+async fn ecs_emulator_describes_a_service_as_its_newest_revision_and_configuration_left_it() {
+    let EcsWorld { ecs, client } = ecs_world().await;
+    let td = ecs.register_task_definition("web", vec![ContainerDefinition::new("web", "web:1")]);
+    ecs.put_service_revision(ServiceRevision::new("shop", "web", &td).with_load_balancer(
+        LoadBalancer::blue_green(
+            ("web", 8080),
+            "tg-1",
+            "tg-2",
+            "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/a/1/2/3",
+            None,
+        ),
+    ));
+    let web = ecs_emulator::service_arn("shop", "web");
+    ecs.with_state(|s| {
+        s.service_mut(&web).deployment_configuration = Some(serde_json::json!({
+            "strategy": "BLUE_GREEN",
+            "lifecycleHooks": [{
+                "hookTargetArn": "arn:aws:lambda:us-east-1:123456789012:function:skewguard-post-shift",
+                "lifecycleStages": ["POST_PRODUCTION_TRAFFIC_SHIFT"],
+                "hookDetails": {"skewWindow": "1h"},
+                "timeoutConfiguration": {"timeoutInMinutes": 120, "action": "ROLLBACK"},
+            }],
+        }))
+    });
+    for given in ["web", web.as_str()] {
+        let answer = client
+            .describe_services()
+            .cluster("shop")
+            .services(given)
+            .send()
+            .await
+            .unwrap();
+        let service = &answer.services()[0];
+        assert_eq!(service.service_arn(), Some(web.as_str()));
+        assert_eq!(service.task_definition(), Some(td.as_str()));
+        assert_eq!(
+            service.deployment_controller().unwrap().r#type().as_str(),
+            "ECS"
+        );
+        let configuration = service.deployment_configuration().unwrap();
+        assert_eq!(configuration.strategy().unwrap().as_str(), "BLUE_GREEN");
+        let hook = &configuration.lifecycle_hooks()[0];
+        assert_eq!(
+            hook.timeout_configuration().unwrap().timeout_in_minutes(),
+            Some(120)
+        );
+        assert!(
+            service.load_balancers()[0]
+                .advanced_configuration()
+                .unwrap()
+                .production_listener_rule()
+                .unwrap()
+                .ends_with("/3")
+        );
+    }
+    let answer = client
+        .describe_services()
+        .cluster("shop")
+        .services("nope")
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.services().is_empty());
+    assert_eq!(answer.failures()[0].reason(), Some("MISSING"));
 }
 
 #[tokio::test]
