@@ -147,37 +147,6 @@ fn status_shows_a_swallowed_error_and_why_a_version_was_unpinned() {
 }
 
 #[test]
-fn status_shows_a_swallowed_error_and_why_a_version_was_unpinned() {
-    let mut status = the_status();
-    let mut failed = entry("v3", TG1, Status::Testing);
-    failed.last_error = Some(
-        "post-test-traffic failed and continued (onError: continue): NoFreePriority: no free priority"
-            .into(),
-    );
-    let mut superseded = entry("v0", TG1, Status::Retired);
-    superseded.reason = Some("superseded".into());
-    let none = BTreeMap::new();
-    status.deployments.push(row_of(&failed, &none, None, NOW));
-    status
-        .deployments
-        .push(row_of(&superseded, &none, None, NOW));
-    let out = plain(&Rendered::Status(vec![status.clone()]).table());
-    assert!(out.contains("retired (superseded)"), "{out}");
-    assert!(
-        out.contains(
-            "error: v3: post-test-traffic failed and continued (onError: continue): NoFreePriority"
-        ),
-        "{out}"
-    );
-    let json = Rendered::Status(vec![status]).json();
-    assert!(
-        json.contains("\"lastError\": \"post-test-traffic failed"),
-        "{json}"
-    );
-    assert!(json.contains("\"reason\": \"superseded\""), "{json}");
-}
-
-#[test]
 fn status_json() {
     let out = Rendered::Status(vec![the_status()]).json();
     println!("{out}");
