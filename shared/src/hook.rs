@@ -14,7 +14,7 @@ use crate::apply::{self, ApplyError, ListenerChanges};
 use crate::aws::ecs::{DiscoveryError, Ecs, EcsError, running_version};
 use crate::aws::elb::Elb;
 use crate::aws::ledger_store::{LedgerError, LedgerStore};
-use crate::aws::{AwsError, DisplayErrorContext};
+use crate::aws::{AwsError, AwsErrorKind, DisplayErrorContext};
 use crate::event::{HookAnswer, HookEvent, LifecycleStage, MalformedEvent, hook_details_of};
 use crate::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
 use crate::pins::{self, PinError};
@@ -193,7 +193,14 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
             info!(function, stage = %event.stage, execution_id = %event.execution_id, service = %event.service_arn, hook_status = "IN_PROGRESS", call_back_delay_s = delay.as_secs(), "holding the deployment");
             HookAnswer::in_progress(delay, event.hook_details.clone())
         }
-        Err(err) if direction == Some(Shift::Rollback) => {
+        Err(err)
+            if direction == Some(Shift::Rollback)
+                || (direction.is_none()
+                    && event.stage == LifecycleStage::TestTrafficShift
+                    && event.green_weight().is_none()) =>
+        {
+            // (A TEST_TRAFFIC_SHIFT whose direction could not be found out is treated as a
+            // rollback: going forward it has nothing to do anyway.)
             // FAILED during a rollback has no documented meaning (ECS may end in ROLLBACK_FAILED
             // with green's pin still up): whatever onError says, ECS is asked to call again
             // shortly, a bounded number of times; then the hook answers SUCCEEDED and leaves the
@@ -208,15 +215,22 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
                 clients,
             )
             .await;
-            let retries = event
+            // Counted per stage: production-shift is one hook registered at two stages.
+            let mut counts = event
                 .hook_details
                 .get(ROLLBACK_RETRIES_KEY)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let retries = counts
+                .get(event.stage.as_str())
                 .and_then(Value::as_u64)
                 .unwrap_or(0);
             if retries < MAX_ROLLBACK_RETRIES {
                 let delay = settings.poll_interval.min(ROLLBACK_RETRY_DELAY);
                 let mut details = event.hook_details.clone();
-                details.insert(ROLLBACK_RETRIES_KEY.to_owned(), Value::from(retries + 1));
+                counts.insert(event.stage.as_str().to_owned(), Value::from(retries + 1));
+                details.insert(ROLLBACK_RETRIES_KEY.to_owned(), Value::Object(counts));
                 warn!(function, stage = %event.stage, hook_status = "IN_PROGRESS", call_back_delay_s = delay.as_secs(), rollback_retries = retries + 1, "rollback not finished; asking ECS to call again");
                 HookAnswer::in_progress(delay, details)
             } else {
@@ -601,15 +615,33 @@ async fn observe(
                 info!(stage = %event.stage, "nothing in play for this service");
                 return Ok(Seen::PrepareScaleUp(None));
             };
-            let rules = clients
+            // The ledger's wiring may be stale (the service moved to another listener, IaC
+            // recreated the production rule): then nothing of ours can be in green's way there,
+            // and a protective stage must not fail every deployment from now on.
+            let rules = match clients
                 .elb
                 .describe_listener_rules(&wiring.listener_arn)
-                .await?;
-            let target_groups = pins::incoming_target_groups(
+                .await
+            {
+                Ok(rules) => rules,
+                Err(err) if err.kind == AwsErrorKind::NotFound => {
+                    warn!(stage = %event.stage, listener = %wiring.listener_arn, error = %DisplayErrorContext(&err), "the recorded listener is gone; nothing to unpin there");
+                    return Ok(Seen::PrepareScaleUp(None));
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let target_groups = match pins::incoming_target_groups(
                 &rules,
                 &wiring.production_rule_arn,
                 &wiring.listener_arn,
-            )?;
+            ) {
+                Ok(target_groups) => target_groups,
+                Err(err @ PinError::ProductionRuleMissing { .. }) => {
+                    warn!(stage = %event.stage, error = %err, "the recorded production rule is gone; nothing to unpin there");
+                    return Ok(Seen::PrepareScaleUp(None));
+                }
+                Err(err) => return Err(err.into()),
+            };
             let pinned_there = rules.iter().any(|r| {
                 matches!(r.forward_targets().as_slice(), [one] if target_groups.iter().any(|tg| tg == one))
             });
@@ -627,7 +659,7 @@ async fn observe(
         LifecycleStage::TestTrafficShift | LifecycleStage::ProductionTrafficShift => {
             let others = other_revisions(event);
             if shift == Some(Shift::Rollback) {
-                let blue = blue_from_weights(&others, draft, settings, clients).await?;
+                let blue = blue_from_weights(event, &others, draft, settings, clients).await?;
                 let green = match green_version(event, draft, settings, clients).await {
                     Ok(green) => Some(green),
                     // A rollback must still restore blue even if green cannot be described.
@@ -639,7 +671,7 @@ async fn observe(
                 Seen::Rollback { green, blue }
             } else {
                 let green = green_version(event, draft, settings, clients).await?;
-                let blue = blue_from_weights(&others, draft, settings, clients)
+                let blue = blue_from_weights(event, &others, draft, settings, clients)
                     .await?
                     .map(|(b, _)| b);
                 Seen::ProductionShift { green, blue }
@@ -830,7 +862,8 @@ async fn blue_before_shift(
     }
     if let Some(known) = draft
         .entries()
-        .filter(|e| !e.status.is_final() && e.target_group_arn != green.target_group_arn)
+        .filter(|e| !e.status.is_final() && !e.target_group_arn.is_empty())
+        .filter(|e| e.target_group_arn != green.target_group_arn)
         .find(|e| sources.contains(&e.service_revision_arn))
     {
         return Ok(Some(known.running()));
@@ -883,27 +916,43 @@ fn other_revisions(event: &HookEvent) -> Vec<&String> {
 /// Blue during a traffic shift: the other revision in the event's weights (known to the ledger
 /// or described), else the live entry in the ledger.
 async fn blue_from_weights(
+    event: &HookEvent,
     others: &[&String],
     draft: &Draft,
     settings: &Settings,
     clients: &Clients,
 ) -> Result<Option<(RunningVersion, ServiceWiring)>, HookError> {
-    for revision in others {
-        if let Some(entry) = draft
-            .by_revision(revision)
-            .filter(|e| !e.listener_arn.is_empty())
-        {
-            return Ok(Some((entry.running(), entry.wiring())));
-        }
+    // With more than two revisions in the maps (a deployment superseded mid-flight), blue is
+    // the one that carries the most traffic, never one already at 0.
+    let weight = |revision: &str| {
+        event
+            .shifted_weights()
+            .get(revision)
+            .or_else(|| event.production_weights.get(revision))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let mut by_weight: Vec<&String> = others.to_vec();
+    by_weight.sort_by(|a, b| weight(b).total_cmp(&weight(a)));
+    let Some(heaviest) = by_weight.first().copied() else {
+        // No other revision named: the newest live entry that is not green itself.
+        return Ok(draft
+            .entries()
+            .filter(|e| e.status == Status::Live)
+            .filter(|e| e.service_revision_arn != event.target_revision_arn)
+            .max_by_key(|e| e.live_at)
+            .map(|e| (e.running(), e.wiring())));
+    };
+    if by_weight.len() > 1 && weight(heaviest) == weight(by_weight[1]) {
+        warn!(stage = %event.stage, "several other revisions carry the same weight; taking the first in ARN order");
     }
-    if let Some(revision) = others.first() {
-        return discover(revision, settings, clients).await.map(Some);
+    match draft
+        .by_revision(heaviest)
+        .filter(|e| !e.listener_arn.is_empty() && !e.status.is_final())
+    {
+        Some(entry) => Ok(Some((entry.running(), entry.wiring()))),
+        None => discover(heaviest, settings, clients).await.map(Some),
     }
-    Ok(draft
-        .entries()
-        .filter(|e| e.status == Status::Live)
-        .max_by_key(|e| e.live_at)
-        .map(|e| (e.running(), e.wiring())))
 }
 
 /// Makes the listener hold exactly the pins the draft's entries want, and records the rule ARNs

@@ -481,9 +481,9 @@ pub fn plan(
 }
 
 /// The target groups a new deployment's green may take: those of the production rule's forward
-/// action with the least weight (ECS requires exactly one group with non-zero weight before a
-/// deployment, so normally the one at weight 0; with equal weights, every one of them, to be
-/// safe).
+/// action at weight 0 (ECS requires exactly one group with non-zero weight before a deployment).
+/// A group that carries production traffic is never among them, so nothing serving production
+/// is unpinned; while weights are split (another deployment mid-shift), there is none.
 ///
 /// Errors: [`PinError::ProductionRuleMissing`] when the listener has no such rule.
 pub fn incoming_target_groups(
@@ -501,10 +501,9 @@ pub fn incoming_target_groups(
     let RuleAction::Forward(targets) = &rule.action else {
         return Ok(Vec::new());
     };
-    let lightest = targets.iter().map(|t| t.weight).min().unwrap_or(0);
     Ok(targets
         .iter()
-        .filter(|t| t.weight == lightest)
+        .filter(|t| t.weight == 0)
         .map(|t| t.target_group_arn.clone())
         .collect())
 }

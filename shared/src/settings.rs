@@ -16,8 +16,9 @@ pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const HOOK_TIMEOUT_MARGIN_POLLS: u32 = 2;
 
 /// The one key of `hookDetails` that is not a setting: how many times a hook has already asked
-/// ECS to call again during a rollback. skewguard returns it with `IN_PROGRESS`, and ECS passes
-/// it back on the next call of the same hook in the same deployment.
+/// ECS to call again during a rollback, by stage (`{"PRODUCTION_TRAFFIC_SHIFT": 2}`). skewguard
+/// returns it with `IN_PROGRESS`, and ECS passes it back on the next call of the same hook in
+/// the same deployment.
 pub const ROLLBACK_RETRIES_KEY: &str = "skewguardRollbackRetries";
 
 /// Every key a user may set, with the env variable that sets its function-level default.

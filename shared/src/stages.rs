@@ -73,12 +73,13 @@ impl Draft {
         self.after.get_mut(id)
     }
 
-    /// The non-final entry recorded for a revision.
+    /// The entry recorded for a revision: one that knows where it runs before an
+    /// `unidentified-…` placeholder (an error continued past), a non-final one before a final.
     pub fn by_revision(&self, revision_arn: &str) -> Option<&LedgerEntry> {
         self.after
             .values()
             .filter(|e| e.service_revision_arn == revision_arn)
-            .min_by_key(|e| e.status.is_final())
+            .min_by_key(|e| (e.target_group_arn.is_empty(), e.status.is_final()))
     }
 
     /// The listener wiring recorded for this service, if any entry has it.
@@ -236,9 +237,13 @@ fn displace(
     draft: &mut Draft,
     running: &[&RunningVersion],
     all_running_known: bool,
+    newer_than: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) {
     for entry in draft.entries_mut().filter(|e| !e.status.is_final()) {
+        if newer_than.is_some_and(|green_recorded| entry.created_at > green_recorded) {
+            continue;
+        }
         let runs = |r: &&RunningVersion| r.deployment_id == entry.deployment_id;
         let tg_taken = running
             .iter()
@@ -255,6 +260,16 @@ fn displace(
     }
 }
 
+/// When green's own entry (for this very revision) was recorded: entries recorded after it
+/// belong to a newer deployment, which a late call of this one must never end (ECS may still
+/// deliver a call of a deployment it stopped for a newer one).
+fn recorded_at(draft: &Draft, green: &RunningVersion) -> Option<OffsetDateTime> {
+    draft
+        .get(&green.deployment_id)
+        .filter(|e| e.service_revision_arn == green.service_revision_arn)
+        .map(|e| e.created_at)
+}
+
 /// POST_TEST_TRAFFIC_SHIFT: record green as `testing`, make sure production (blue) is `live` and
 /// pinned. `blue` is `None` only for a service with nothing running before this deployment.
 pub fn post_test_traffic(
@@ -265,7 +280,8 @@ pub fn post_test_traffic(
     now: OffsetDateTime,
 ) {
     let running: Vec<&RunningVersion> = [Some(green), blue].into_iter().flatten().collect();
-    displace(draft, &running, true, now);
+    let newer_than = recorded_at(draft, green);
+    displace(draft, &running, true, newer_than, now);
     if let Some(blue) = blue {
         let entry = draft.entry_for(blue, wiring, Status::Live, now);
         entry.place(blue, wiring);
@@ -295,10 +311,13 @@ pub fn production_shift(
     now: OffsetDateTime,
 ) {
     let running: Vec<&RunningVersion> = [Some(green), blue].into_iter().flatten().collect();
-    displace(draft, &running, blue.is_some(), now);
+    let newer_than = recorded_at(draft, green);
+    displace(draft, &running, blue.is_some(), newer_than, now);
     if let Some(blue) = blue.filter(|b| b.deployment_id != green.deployment_id) {
         let entry = draft.entry_for(blue, wiring, Status::Live, now);
-        if entry.status != Status::Draining {
+        // A draining blue is being held; an ended one (retired as superseded, say) only ever
+        // shows up here in a late call of a deployment ECS stopped, and stays ended.
+        if entry.status != Status::Draining && !entry.status.is_final() {
             entry.place(blue, wiring);
             entry.make_live(now);
         }
@@ -329,7 +348,7 @@ pub fn rollback(
     let wiring = blue.map(|(_, w)| w);
     let blue = blue.map(|(b, _)| b);
     if let Some(blue) = blue {
-        displace(draft, &[blue], false, now);
+        displace(draft, &[blue], false, None, now);
     }
     let same_version = blue.is_some_and(|b| Some(&b.deployment_id) == green_id);
     if !same_version {
@@ -366,9 +385,10 @@ pub const SUPERSEDED: &str = "superseded";
 /// deployment started while another is in flight is how a recorded version can still be there
 /// (the previous version held by a superseded deployment's post-shift hook, or a superseded
 /// green): every non-final entry on those target groups is finished, so that its pins go
-/// before green's tasks can register behind them. A `live` entry is production, which ECS
-/// never replaces before its own production shift, and is left alone. Returns the deployment
-/// IDs finished.
+/// before green's tasks can register behind them. `incoming` holds only groups at weight 0 on
+/// the production rule, so even an entry still recorded `live` there no longer serves
+/// production (a post-shift call that has not landed yet, an error continued past) and goes
+/// too. Returns the deployment IDs finished.
 pub fn prepare_scale_up(
     draft: &mut Draft,
     incoming: &[String],
@@ -376,10 +396,7 @@ pub fn prepare_scale_up(
 ) -> Vec<DeploymentId> {
     let mut finished = Vec::new();
     for entry in draft.entries_mut() {
-        if entry.status.is_final()
-            || entry.status == Status::Live
-            || !incoming.contains(&entry.target_group_arn)
-        {
+        if entry.status.is_final() || !incoming.contains(&entry.target_group_arn) {
             continue;
         }
         let status = if entry.status == Status::Testing {
@@ -413,7 +430,8 @@ pub fn post_shift(
     poll_interval: Duration,
     now: OffsetDateTime,
 ) -> Hold {
-    displace(draft, &[green], false, now);
+    let newer_than = recorded_at(draft, green);
+    displace(draft, &[green], false, newer_than, now);
     let green_entry = draft.entry_for(green, wiring, Status::Live, now);
     green_entry.place(green, wiring);
     let first_call = green_entry.status != Status::Live;
@@ -427,7 +445,9 @@ pub fn post_shift(
         }
         // The version production just left: it drains; any other live entry was never
         // superseded properly and drains along with it.
-        if entry.status == Status::Live || (first_call && entry.status == Status::Testing) {
+        let older = newer_than.is_none_or(|green_recorded| entry.created_at <= green_recorded);
+        if entry.status == Status::Live || (first_call && entry.status == Status::Testing && older)
+        {
             if entry.status == Status::Testing {
                 entry.finish(Status::RolledBack, now);
                 continue;
@@ -546,6 +566,61 @@ mod tests {
             .find(|e| e.deployment_id == id(d))
             .unwrap()
             .status
+    }
+
+    #[test]
+    fn before_a_scale_up_everything_recorded_in_the_weight_0_group_is_unpinned_even_if_live() {
+        let (a, b) = (version("aaa", "tg1", "1"), version("bbb", "tg2", "2"));
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &b, Some(&a), &wiring(), T0);
+        production_shift(&mut draft, &b, Some(&a), &wiring(), T0);
+        // B's post-shift call has not landed: A is still recorded live, though production now
+        // forwards to B's group and a newer deployment is about to take A's.
+        let entries = commit(&draft, T0);
+        assert_eq!(status_of(&entries, "aaa"), Status::Live);
+        let mut draft = Draft::new(SVC, entries);
+        let finished = prepare_scale_up(&mut draft, &[a.target_group_arn.clone()], T0);
+        assert_eq!(finished, vec![id("aaa")]);
+        let entries = commit(&draft, T0);
+        assert_eq!(status_of(&entries, "aaa"), Status::Retired);
+        assert_eq!(status_of(&entries, "bbb"), Status::Testing, "B is not in A's group");
+        let a_entry = entries.iter().find(|e| e.deployment_id == id("aaa")).unwrap();
+        assert_eq!(a_entry.reason.as_deref(), Some(SUPERSEDED));
+        assert!(!a_entry.wants_pin());
+    }
+
+    #[test]
+    fn a_late_call_of_an_older_deployment_never_ends_what_a_newer_one_recorded() {
+        let (a, b, c) = (
+            version("aaa", "tg1", "1"),
+            version("bbb", "tg2", "2"),
+            version("ccc", "tg1", "3"),
+        );
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &b, Some(&a), &wiring(), T0);
+        production_shift(&mut draft, &b, Some(&a), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        // C superseded B and is recorded later, on A's old group.
+        let later = T0 + Duration::from_secs(60);
+        let mut draft = Draft::new(SVC, entries);
+        prepare_scale_up(&mut draft, &[a.target_group_arn.clone()], later);
+        post_test_traffic(&mut draft, &c, Some(&b), &wiring(), later);
+        let entries = commit(&draft, later);
+        assert_eq!(status_of(&entries, "ccc"), Status::Testing);
+        // Then B's production-shift and post-shift calls arrive late.
+        let mut draft = Draft::new(SVC, entries);
+        production_shift(&mut draft, &b, Some(&a), &wiring(), later);
+        let hold = post_shift(
+            &mut draft,
+            &b,
+            &wiring(),
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+            later,
+        );
+        let entries = commit(&draft, later);
+        assert_eq!(status_of(&entries, "ccc"), Status::Testing, "C is untouched");
+        assert_eq!(hold, Hold::Done, "nothing of B's to hold: A already retired");
     }
 
     #[test]

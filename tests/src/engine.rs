@@ -800,7 +800,13 @@ impl Engine {
                         d.finished_at = Some(crate::ecs_emulator::now());
                         d.stopped_at = Some(crate::ecs_emulator::now());
                     });
-                    let shifted = !matches!(when, SupersedeWhen::Before(_));
+                    // Production has shifted to green once the production shift completed.
+                    let shifted = match when {
+                        SupersedeWhen::Before(stage) => {
+                            stage == LifecycleStage::PostProductionTrafficShift
+                        }
+                        SupersedeWhen::WhileHolding | SupersedeWhen::DuringBake => true,
+                    };
                     let older = if shifted {
                         state.current_revision = green_revision;
                         state.production_tg = green_tg.clone();

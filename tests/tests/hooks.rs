@@ -1101,7 +1101,10 @@ async fn an_error_during_a_rollback_asks_ecs_to_call_again_instead_of_failing() 
             answer["hookDetails"]["skewWindow"], "2s",
             "the settings are echoed"
         );
-        assert_eq!(answer["hookDetails"]["skewguardRollbackRetries"], retry);
+        assert_eq!(
+            answer["hookDetails"]["skewguardRollbackRetries"]["PRODUCTION_TRAFFIC_SHIFT"],
+            retry
+        );
         // ECS passes the returned hookDetails back on the next call.
         event["hookDetails"] = answer["hookDetails"].clone();
     }
