@@ -579,12 +579,19 @@ mod tests {
         let entries = commit(&draft, T0);
         assert_eq!(status_of(&entries, "aaa"), Status::Live);
         let mut draft = Draft::new(SVC, entries);
-        let finished = prepare_scale_up(&mut draft, &[a.target_group_arn.clone()], T0);
+        let finished = prepare_scale_up(&mut draft, std::slice::from_ref(&a.target_group_arn), T0);
         assert_eq!(finished, vec![id("aaa")]);
         let entries = commit(&draft, T0);
         assert_eq!(status_of(&entries, "aaa"), Status::Retired);
-        assert_eq!(status_of(&entries, "bbb"), Status::Testing, "B is not in A's group");
-        let a_entry = entries.iter().find(|e| e.deployment_id == id("aaa")).unwrap();
+        assert_eq!(
+            status_of(&entries, "bbb"),
+            Status::Testing,
+            "B is not in A's group"
+        );
+        let a_entry = entries
+            .iter()
+            .find(|e| e.deployment_id == id("aaa"))
+            .unwrap();
         assert_eq!(a_entry.reason.as_deref(), Some(SUPERSEDED));
         assert!(!a_entry.wants_pin());
     }
@@ -603,7 +610,7 @@ mod tests {
         // C superseded B and is recorded later, on A's old group.
         let later = T0 + Duration::from_secs(60);
         let mut draft = Draft::new(SVC, entries);
-        prepare_scale_up(&mut draft, &[a.target_group_arn.clone()], later);
+        prepare_scale_up(&mut draft, std::slice::from_ref(&a.target_group_arn), later);
         post_test_traffic(&mut draft, &c, Some(&b), &wiring(), later);
         let entries = commit(&draft, later);
         assert_eq!(status_of(&entries, "ccc"), Status::Testing);
@@ -619,8 +626,16 @@ mod tests {
             later,
         );
         let entries = commit(&draft, later);
-        assert_eq!(status_of(&entries, "ccc"), Status::Testing, "C is untouched");
-        assert_eq!(hold, Hold::Done, "nothing of B's to hold: A already retired");
+        assert_eq!(
+            status_of(&entries, "ccc"),
+            Status::Testing,
+            "C is untouched"
+        );
+        assert_eq!(
+            hold,
+            Hold::Done,
+            "nothing of B's to hold: A already retired"
+        );
     }
 
     #[test]
