@@ -32,6 +32,8 @@ pub mod cold_start;
 pub mod deployment_id;
 pub mod event;
 pub mod hook;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod ledger;
 pub mod listener;
 pub mod metrics;
