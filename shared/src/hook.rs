@@ -460,7 +460,19 @@ pub async fn run(
     // Which way a traffic shift goes, once an attempt found out: kept for the next attempts
     // and for the answer (a rollback is never answered FAILED).
     let shift_seen = std::sync::Mutex::new(*direction);
+    let traffic_shift = matches!(
+        event.stage,
+        LifecycleStage::TestTrafficShift | LifecycleStage::ProductionTrafficShift
+    );
+    let rolling_back =
+        *direction == Some(Shift::Rollback) || (traffic_shift && event.green_weight() == Some(0.0));
+    let retries = if rolling_back {
+        retry::Retries::with_budget(retry::ROLLBACK_TRANSIENT_RETRY_BUDGET)
+    } else {
+        retry::Retries::new()
+    };
     let outcome = retry::from_fresh_observations(
+        retries,
         || attempt_stage(event, settings, clients, &shift_seen),
         HookError::failure,
         |err, failure| {

@@ -264,6 +264,7 @@ pub async fn reconcile_service(
 ) -> Result<ServiceReport, ReconcileError> {
     let mut earlier = Vec::new();
     let outcome = retry::from_fresh_observations(
+        retry::Retries::new(),
         || attempt_service(clients, service_arn, options),
         |attempt| match attempt {
             Attempt::Conflict(_) => Failure::Conflict,

@@ -16,6 +16,10 @@ pub const MAX_ATTEMPTS: u32 = 6;
 /// when the last attempt's calls run into the SDK's 40 s operation timeout.
 pub const TRANSIENT_RETRY_BUDGET: Duration = Duration::from_secs(20);
 
+/// The same budget during a rollback, where ECS calls the hook again shortly anyway (see
+/// `hook::MAX_ROLLBACK_RETRIES`): each call gives up sooner and leaves the waiting to ECS.
+pub const ROLLBACK_TRANSIENT_RETRY_BUDGET: Duration = Duration::from_secs(5);
+
 /// Why an attempt failed, as far as retrying goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -49,6 +53,7 @@ impl Failure {
 #[derive(Debug)]
 pub struct Retries {
     started: Instant,
+    budget: Duration,
     conflicts: u32,
     transient: u32,
 }
@@ -61,8 +66,14 @@ impl Default for Retries {
 
 impl Retries {
     pub fn new() -> Self {
+        Self::with_budget(TRANSIENT_RETRY_BUDGET)
+    }
+
+    /// Retries whose transient failures may take up to `budget` in all.
+    pub fn with_budget(budget: Duration) -> Self {
         Self {
             started: Instant::now(),
+            budget,
             conflicts: 0,
             transient: 0,
         }
@@ -83,7 +94,7 @@ impl Retries {
             Failure::Transient => {
                 self.transient += 1;
                 let wait = backoff(self.transient + 2).min(Duration::from_secs(5));
-                (self.started.elapsed() + wait <= TRANSIENT_RETRY_BUDGET).then_some(wait)
+                (self.started.elapsed() + wait <= self.budget).then_some(wait)
             }
             Failure::Final => None,
         }
@@ -95,6 +106,7 @@ impl Retries {
 /// `on_retry` hears of each failure that is retried. A run that keeps losing races ends with
 /// `contention(conflicts)`; any other failure that is not retried ends it with that error.
 pub async fn from_fresh_observations<T, E, Attempt>(
+    mut retries: Retries,
     mut attempt: impl FnMut() -> Attempt,
     failure_of: impl Fn(&E) -> Failure,
     mut on_retry: impl FnMut(&E, Failure),
@@ -103,7 +115,6 @@ pub async fn from_fresh_observations<T, E, Attempt>(
 where
     Attempt: std::future::Future<Output = Result<T, E>>,
 {
-    let mut retries = Retries::new();
     loop {
         let err = match attempt().await {
             Ok(done) => return Ok(done),
