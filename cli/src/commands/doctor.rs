@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use skewguard_core::DeploymentId;
 use skewguard_core::aws::DisplayErrorContext;
-use skewguard_core::aws::ecs::{cluster_of_service, deployment_id_of, document_to_json};
+use skewguard_core::aws::ecs::{
+    ConfiguredLoadBalancer, cluster_of_service, configured_load_balancer, deployment_id_of,
+    document_to_json,
+};
 use skewguard_core::hook::HookFunction;
 use skewguard_core::listener::{ListenerRule, RuleAction, listener_arn_of_rule};
 use skewguard_core::pins::{self, PinTags, RETIRED_STATUS};
@@ -224,7 +227,7 @@ pub struct ServiceFacts {
     pub strategy: Option<String>,
     pub hooks: Vec<HookFacts>,
     pub task_definition: Option<String>,
-    pub load_balancers: Vec<LoadBalancerFacts>,
+    pub load_balancers: Vec<ConfiguredLoadBalancer>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -235,12 +238,6 @@ pub struct HookFacts {
     pub details: Option<Value>,
     pub timeout_minutes: Option<i32>,
     pub timeout_action: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LoadBalancerFacts {
-    pub container_name: Option<String>,
-    pub production_rule: Option<String>,
 }
 
 impl ServiceFacts {
@@ -279,13 +276,7 @@ impl ServiceFacts {
             load_balancers: s
                 .load_balancers()
                 .iter()
-                .map(|lb| LoadBalancerFacts {
-                    container_name: lb.container_name().map(str::to_owned),
-                    production_rule: lb
-                        .advanced_configuration()
-                        .and_then(|a| a.production_listener_rule())
-                        .map(str::to_owned),
-                })
+                .map(configured_load_balancer)
                 .collect(),
         }
     }
@@ -580,7 +571,7 @@ pub fn production_rule_of(service: &ServiceFacts) -> Result<String, Finding> {
     let rules: BTreeSet<&str> = service
         .load_balancers
         .iter()
-        .filter_map(|lb| lb.production_rule.as_deref())
+        .filter_map(|lb| lb.production_rule_arn.as_deref())
         .collect();
     let rules: Vec<&str> = rules.into_iter().collect();
     match rules.as_slice() {
@@ -1153,7 +1144,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<DoctorReport, CliError> {
                 service
                     .load_balancers
                     .iter()
-                    .find(|lb| lb.production_rule.is_some())
+                    .find(|lb| lb.production_rule_arn.is_some())
                     .or(service.load_balancers.first())
                     .and_then(|lb| lb.container_name.clone())
             });

@@ -443,19 +443,24 @@ fn revision_from_sdk(r: &ecs::types::ServiceRevision) -> RevisionFacts {
         configured: r
             .load_balancers()
             .iter()
-            .map(|lb| ConfiguredLoadBalancer {
-                target_group_arn: lb.target_group_arn().map(str::to_owned),
-                alternate_target_group_arn: lb
-                    .advanced_configuration()
-                    .and_then(|a| a.alternate_target_group_arn())
-                    .map(str::to_owned),
-                container_name: lb.container_name().map(str::to_owned),
-                production_rule_arn: lb
-                    .advanced_configuration()
-                    .and_then(|a| a.production_listener_rule())
-                    .map(str::to_owned),
-            })
+            .map(configured_load_balancer)
             .collect(),
+    }
+}
+
+/// A `loadBalancers[]` entry (of a service or one of its revisions) as skewguard reads it.
+pub fn configured_load_balancer(lb: &ecs::types::LoadBalancer) -> ConfiguredLoadBalancer {
+    ConfiguredLoadBalancer {
+        target_group_arn: lb.target_group_arn().map(str::to_owned),
+        alternate_target_group_arn: lb
+            .advanced_configuration()
+            .and_then(|a| a.alternate_target_group_arn())
+            .map(str::to_owned),
+        container_name: lb.container_name().map(str::to_owned),
+        production_rule_arn: lb
+            .advanced_configuration()
+            .and_then(|a| a.production_listener_rule())
+            .map(str::to_owned),
     }
 }
 
