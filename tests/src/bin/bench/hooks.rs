@@ -14,8 +14,9 @@ use skewguard_world::ecs_emulator::EcsEmulator;
 use skewguard_world::engine::{BoxFuture, Invocation, Invoker};
 use skewguard_world::lambda::LocalFunction;
 
+use crate::capacity::Units;
 use crate::procfs;
-use crate::proxy::{Call, CallLog};
+use crate::proxy::{Call, CallLog, Logged};
 
 /// The invocation timeout the engine's hooks get (as configured on the functions).
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,6 +78,111 @@ pub struct Record {
     pub threads: usize,
     /// User and system clock ticks during the invocation.
     pub ticks: (u64, u64),
+    /// Served by the Python peer (bench/python-peer) instead of the Rust binary.
+    pub peer: bool,
+    /// For the first invocation of a process: its spawn → first `GET /next`.
+    pub init: Option<Duration>,
+    /// Time spent waiting for the stand-ins' answers (the union of the calls' intervals at the
+    /// proxies), part of `wall`.
+    pub aws_wait: Duration,
+    /// DynamoDB capacity units of its calls, as DynamoDB bills them; `units_complete` is false
+    /// when some call's units could not be worked out.
+    pub units: Units,
+    pub units_complete: bool,
+    /// When it started and ended (`wall` apart, the proxy's metering taken out).
+    pub started: Instant,
+    pub service: String,
+}
+
+/// The union length of the calls' `[at, at + took]` intervals.
+pub fn busy(calls: &[Logged]) -> Duration {
+    let mut spans: Vec<(Instant, Instant)> = calls.iter().map(|c| (c.at, c.at + c.took)).collect();
+    spans.sort();
+    let mut total = Duration::ZERO;
+    let mut current: Option<(Instant, Instant)> = None;
+    for (start, end) in spans {
+        match current {
+            Some((s, e)) if start <= e => current = Some((s, e.max(end))),
+            Some((s, e)) => {
+                total += e - s;
+                current = Some((start, end));
+            }
+            None => current = Some((start, end)),
+        }
+    }
+    if let Some((s, e)) = current {
+        total += e - s;
+    }
+    total
+}
+
+/// Sum of the units of `calls` and whether every DynamoDB call had them.
+pub fn units_of(calls: &[Logged]) -> (Units, bool) {
+    let mut units = Units::default();
+    let mut complete = true;
+    for c in calls.iter().filter(|c| c.call.0 == "DynamoDB") {
+        match c.units {
+            Some(u) => units += u,
+            None => complete = false,
+        }
+    }
+    (units, complete)
+}
+
+/// The proxy's metering time during `calls` (the caller waited for it; not the function's time).
+pub fn metering_of(calls: &[Logged]) -> Duration {
+    calls.iter().map(|c| c.metering).sum()
+}
+
+/// The Python peer: its bootstrap (bench/run writes it) and where its handler module is.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub bootstrap: PathBuf,
+    pub task_root: PathBuf,
+    pub table: String,
+}
+
+impl Peer {
+    /// `SKEWGUARD_BENCH_PEER`, set by bench/run.
+    pub fn from_env(task_root: PathBuf, table: &str) -> Option<Peer> {
+        let bootstrap = PathBuf::from(std::env::var_os("SKEWGUARD_BENCH_PEER")?);
+        bootstrap.is_file().then(|| Peer {
+            bootstrap,
+            task_root,
+            table: table.to_owned(),
+        })
+    }
+
+    pub fn handler(function: HookFunction) -> &'static str {
+        match function {
+            HookFunction::PostTestTraffic => "handler.post_test_traffic",
+            HookFunction::ProductionShift => "handler.production_shift",
+            HookFunction::PostShift => "handler.post_shift",
+        }
+    }
+
+    pub async fn function(
+        &self,
+        binaries: &Binaries,
+        function: HookFunction,
+    ) -> Result<LocalFunction, String> {
+        let mut env = binaries.env.clone();
+        env.extend([
+            ("_HANDLER".to_owned(), Peer::handler(function).to_owned()),
+            (
+                "LAMBDA_TASK_ROOT".to_owned(),
+                self.task_root.display().to_string(),
+            ),
+            ("SKEWGUARD_TABLE".to_owned(), self.table.clone()),
+        ]);
+        LocalFunction::start(
+            &format!("peer-{}", function.name()),
+            self.bootstrap.clone(),
+            env,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// Invokes the hook binaries for the deployment engine and meters every invocation.
@@ -85,9 +191,14 @@ pub struct Record {
 /// after a cold start); otherwise each function keeps one warm process.
 pub struct Metered {
     binaries: Binaries,
-    functions: tokio::sync::Mutex<BTreeMap<&'static str, Arc<LocalFunction>>>,
+    functions: tokio::sync::Mutex<BTreeMap<String, Arc<LocalFunction>>>,
     pub cold: AtomicBool,
     log: CallLog,
+    /// The proxy in front of the ECS emulator (timing only; the emulator counts the calls).
+    ecs_log: CallLog,
+    /// The Python peer and the services it serves (every other service gets the Rust hooks).
+    pub peer: Option<Peer>,
+    pub peer_services: Mutex<Vec<String>>,
     ecs: Arc<EcsEmulator>,
     phase: Mutex<(usize, bool)>,
     executions: Mutex<BTreeMap<String, usize>>,
@@ -95,12 +206,21 @@ pub struct Metered {
 }
 
 impl Metered {
-    pub fn new(binaries: Binaries, log: CallLog, ecs: Arc<EcsEmulator>) -> Metered {
+    pub fn new(
+        binaries: Binaries,
+        log: CallLog,
+        ecs_log: CallLog,
+        ecs: Arc<EcsEmulator>,
+        peer: Option<Peer>,
+    ) -> Metered {
         Metered {
             binaries,
             functions: tokio::sync::Mutex::new(BTreeMap::new()),
             cold: AtomicBool::new(false),
             log,
+            ecs_log,
+            peer,
+            peer_services: Mutex::new(Vec::new()),
             ecs,
             phase: Mutex::new((0, false)),
             executions: Mutex::new(BTreeMap::new()),
@@ -118,36 +238,69 @@ impl Metered {
         self.functions.lock().await.clear();
     }
 
-    async fn function(&self, function: HookFunction) -> Result<Arc<LocalFunction>, String> {
+    async fn function(
+        &self,
+        function: HookFunction,
+        peer: bool,
+    ) -> Result<Arc<LocalFunction>, String> {
         let mut functions = self.functions.lock().await;
-        let name = function.name();
-        if self.cold.load(Ordering::SeqCst) || !functions.contains_key(name) {
+        let name = if peer {
+            format!("peer-{}", function.name())
+        } else {
+            function.name().to_owned()
+        };
+        if self.cold.load(Ordering::SeqCst) || !functions.contains_key(&name) {
             // Dropping the previous one kills its process.
-            functions.remove(name);
-            let fresh = Arc::new(self.binaries.function(name).await?);
-            functions.insert(name, fresh);
+            functions.remove(&name);
+            let fresh = match (&self.peer, peer) {
+                (Some(p), true) => p.function(&self.binaries, function).await?,
+                _ => self.binaries.function(function.name()).await?,
+            };
+            functions.insert(name.clone(), Arc::new(fresh));
         }
-        Ok(functions[name].clone())
+        Ok(functions[&name].clone())
     }
 
     async fn metered(&self, function: HookFunction, event: Value) -> Invocation {
-        let f = match self.function(function).await {
+        let service = event
+            .pointer("/executionDetails/serviceArn")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let peer = self
+            .peer_services
+            .lock()
+            .expect("peer services")
+            .contains(&service);
+        let f = match self.function(function, peer).await {
             Ok(f) => f,
             Err(e) => return Invocation::Failed(e),
         };
-        let fresh = match f.prewarm(TIMEOUT).await {
-            Ok(cold) => cold.is_some(),
-            Err(e) => return Invocation::Failed(format!("cold start failed: {e}")),
+        let init = match f.prewarm(TIMEOUT).await {
+            Ok(init) => init,
+            Err(e) => {
+                return Invocation::Failed(format!(
+                    "cold start failed: {e}\n{}",
+                    f.logs().join("\n")
+                ));
+            }
         };
+        let fresh = init.is_some();
         let Some(pid) = f.pid() else {
             return Invocation::Failed("no process after the cold start".to_owned());
         };
         let cpu_before = procfs::cpu(pid).unwrap_or_default();
         let ticks_before = procfs::user_system_ticks(pid).unwrap_or_default();
         let (calls_mark, ecs_mark) = (self.log.len(), self.ecs.calls().len());
+        let ecs_timing_mark = self.ecs_log.len();
         let started = Instant::now();
         let result = f.invoke(event.clone(), TIMEOUT).await;
         let wall = started.elapsed();
+        let mut logged = self.log.logged_since(calls_mark);
+        let (units, units_complete) = units_of(&logged);
+        let metering = metering_of(&logged);
+        logged.extend(self.ecs_log.logged_since(ecs_timing_mark));
+        let aws_wait = busy(&logged);
         let idle = f.until_idle(TIMEOUT).await;
         let cpu_after = procfs::cpu(pid).unwrap_or_default();
         let ticks_after = procfs::user_system_ticks(pid).unwrap_or_default();
@@ -177,12 +330,19 @@ impl Metered {
             deployment,
             first_deployment,
             after_cold_start: fresh,
+            peer,
+            init,
+            aws_wait,
+            units,
+            units_complete,
+            started,
+            service,
             cpu: if idle.is_ok() {
                 cpu_after.saturating_sub(cpu_before)
             } else {
                 Duration::ZERO
             },
-            wall,
+            wall: wall.saturating_sub(metering),
             calls,
             answer,
             peak_rss,

@@ -9,16 +9,21 @@
 //! --bin-dir DIR          the release binaries (default: $SKEWGUARD_BENCH_BIN_DIR, else
 //!                        $CARGO_TARGET_DIR/release, else <workspace>/target/release)
 //! --cold-starts N        cold starts per function (default 30)
-//! --cold-deployments N   deployments with a fresh process for every invocation (default 3)
+//! --cold-deployments N   deployments with a fresh process for every invocation, by the Rust
+//!                        hooks and by the Python peer (default 5)
 //! --warm-deployments N   deployments with warm processes (default 5)
-//! --sweep LIST           reconciler sweep sizes, e.g. 100,300,1000 (default), or `none`
+//! --sweep LIST           reconciler sweep sizes, e.g. 100,1000 (default), or `none`
 //! --history LIST         history records per ledger entry, e.g. 5,50 (default); the first is
 //!                        used while growing, the others are compared at one size
 //! --history-at N         the sweep size at which they are compared (default: the smallest)
 //! --hold DURATION        the hooks' skewWindow, how long post-shift holds (default 2s)
+//! --modes LIST           deployment modes measured whole (default `hold`; another value is
+//!                        passed to the hooks as the per-service `retention` setting)
 //! --out FILE             also write the report here (default <target>/bench/report.md)
 //! ```
 
+mod capacity;
+mod deployments;
 mod hooks;
 mod procfs;
 mod proxy;
@@ -33,18 +38,254 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use serde_json::json;
-use skewguard_core::event::LifecycleStage;
 use skewguard_core::hook::HookFunction;
 use skewguard_world::aws::{Endpoints, function_env};
 use skewguard_world::engine::{Intervention, Outcome, PlaceholderTasks};
 use skewguard_world::moto::workspace_root;
 use skewguard_world::world::{StandIns, TABLE};
 
-use hooks::{Binaries, ColdStart, HOOKS, Metered, Record};
+use hooks::{Binaries, ColdStart, HOOKS, Metered, Peer, Record};
 use proxy::CountingProxy;
 use report::{Row, Verdict, mb, median, ms, op_list, percentile};
+use skewguard_core::listener::Request;
+use skewguard_world::ecs_emulator::service_arn as ecs_service_arn;
+use skewguard_world::engine::{BoxFuture, HookRegistration, Observer, Strategy};
+use skewguard_world::fixtures::{AlbFixture, create_ledger_table};
+use skewguard_world::invariants::ServiceTruth;
+use skewguard_world::world::{CLUSTER, InvariantChecker, World};
 
 const SWEEP_TABLE: &str = "skewguard-sweep";
+/// The Python peer's ledger table and service (a twin of the main one, on its own ALB).
+const PEER_TABLE: &str = "skewguard-peer";
+const PEER_SERVICE: &str = "checkout-peer";
+
+/// The invariant checks, on every service but the Python peer's: the peer keeps its own ledger
+/// table and implements only the forward path, so the world's checks do not apply to it.
+struct ExceptPeer {
+    checker: Arc<InvariantChecker>,
+    peer_service: String,
+}
+
+impl Observer for ExceptPeer {
+    fn after_step<'a>(
+        &'a self,
+        service: &'a str,
+        step: &'a str,
+        truths: Vec<ServiceTruth>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if service == self.peer_service {
+                return;
+            }
+            let truths = truths
+                .into_iter()
+                .filter(|t| t.service_arn != self.peer_service)
+                .collect();
+            self.checker.after_step(service, step, truths).await;
+        })
+    }
+}
+
+/// A service of its own on a new listener (own ALB) or on `listener`, with skewguard's hooks.
+#[allow(clippy::too_many_arguments)]
+async fn twin_service(
+    world: &World,
+    clients: &skewguard_world::aws::Clients,
+    vpc: &skewguard_world::fixtures::Vpc,
+    name: &str,
+    listener: Option<&str>,
+    priority: i32,
+    first_id: &str,
+    settings: &serde_json::Value,
+) -> Result<String, String> {
+    let path = format!("/{name}/*");
+    let alb = AlbFixture::with_path_rule_as_production(
+        &clients.elbv2,
+        vpc,
+        name,
+        listener,
+        priority,
+        &path,
+    )
+    .await
+    .map_err(|e| format!("{name}: {e}"))?;
+    let (arn, _) = world
+        .service_on(
+            name,
+            alb,
+            Request::get(&format!("/{name}/cart")),
+            first_id,
+            HookRegistration::skewguard(settings.clone()),
+            Strategy::BlueGreen,
+        )
+        .await;
+    Ok(arn)
+}
+
+/// A deployment ID distinct per (series, n).
+fn series_id(series: u32, n: usize) -> String {
+    format!("{:07x}", 0x5e_0000_u32 + series * 0x1000 + n as u32)
+}
+
+/// The Python peer's cold deployments: the same sequence as the Rust hooks' cold ones, on a
+/// twin service (own ALB, own ledger table), a fresh peer process for every invocation.
+async fn peer_deployments(
+    o: &Options,
+    world: &World,
+    metered: &Metered,
+    clients: &skewguard_world::aws::Clients,
+    vpc: &skewguard_world::fixtures::Vpc,
+    settings: &serde_json::Value,
+) -> Result<(), String> {
+    let service = twin_service(
+        world,
+        clients,
+        vpc,
+        PEER_SERVICE,
+        None,
+        100,
+        &series_id(1, 0),
+        settings,
+    )
+    .await?;
+    metered
+        .peer_services
+        .lock()
+        .expect("peer services")
+        .push(service.clone());
+    metered.cold.store(true, Ordering::SeqCst);
+    for n in 1..=o.cold_deployments {
+        metered.set_phase(n, n == 1);
+        let outcome = world
+            .engine
+            .deploy(&service, &series_id(1, n), &[], Intervention::None)
+            .await?;
+        if outcome != Outcome::Succeeded {
+            return Err(format!(
+                "the peer's deployment {n} did not succeed: {outcome:?}"
+            ));
+        }
+    }
+    metered.reset().await;
+    metered.cold.store(false, Ordering::SeqCst);
+    Ok(())
+}
+
+/// One mode's deployments measured whole: BLUE_GREEN, CANARY, rolled back, each followed by
+/// its reconciler run. The hold mode runs on the main service; another mode on a service of
+/// its own with that `retention` setting.
+#[allow(clippy::too_many_arguments)]
+async fn mode_scenario(
+    o: &Options,
+    mode: &str,
+    world: &World,
+    metered: &Metered,
+    reconciler: &skewguard_world::lambda::LocalFunction,
+    log: &proxy::CallLog,
+    clients: &skewguard_world::aws::Clients,
+    vpc: &skewguard_world::fixtures::Vpc,
+    main_service: &str,
+    skew_window: std::time::Duration,
+) -> Result<Vec<deployments::Measured>, String> {
+    let series = 2 + o.modes.iter().position(|m| m == mode).unwrap_or(0) as u32;
+    let service = if mode == "hold" {
+        main_service.to_owned()
+    } else {
+        let details = deployments::hook_details(mode, &o.hold);
+        let name = format!("mode-{mode}");
+        let s = twin_service(
+            world,
+            clients,
+            vpc,
+            &name,
+            Some(&world.alb.listener_arn),
+            700 + 10 * series as i32,
+            &series_id(series, 0),
+            &details,
+        )
+        .await?;
+        // Warm the service up: its first deployment under skewguard is not a steady one.
+        world
+            .engine
+            .deploy(&s, &series_id(series, 1), &[], Intervention::None)
+            .await?;
+        s
+    };
+    let mut out = Vec::new();
+    for (k, kind) in ["BLUE_GREEN", "CANARY", "rolled back"]
+        .into_iter()
+        .enumerate()
+    {
+        out.push(
+            deployments::deploy_measured(
+                world,
+                metered,
+                reconciler,
+                log,
+                &service,
+                &series_id(series, 2 + k),
+                kind,
+                mode,
+                skew_window,
+            )
+            .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Units per deployment at history 5 and 50: two twin services with the same deployments
+/// behind them, histories padded through the ledger store, then one measured deployment each.
+#[allow(clippy::too_many_arguments)]
+async fn history_scenario(
+    o: &Options,
+    world: &World,
+    metered: &Metered,
+    reconciler: &skewguard_world::lambda::LocalFunction,
+    log: &proxy::CallLog,
+    clients: &skewguard_world::aws::Clients,
+    vpc: &skewguard_world::fixtures::Vpc,
+    skew_window: std::time::Duration,
+) -> Result<Vec<deployments::Measured>, String> {
+    let settings = deployments::hook_details("hold", &o.hold);
+    let mut out = Vec::new();
+    for (k, history) in [5usize, 50].into_iter().enumerate() {
+        let series = 10 + k as u32;
+        let name = format!("history{history}");
+        let service = twin_service(
+            world,
+            clients,
+            vpc,
+            &name,
+            Some(&world.alb.listener_arn),
+            800 + 10 * k as i32,
+            &series_id(series, 0),
+            &settings,
+        )
+        .await?;
+        for n in 1..=2 {
+            world
+                .engine
+                .deploy(&service, &series_id(series, n), &[], Intervention::None)
+                .await?;
+        }
+        deployments::pad_history(world.ledger(), &service, history).await?;
+        let m = deployments::deploy_measured(
+            world,
+            metered,
+            reconciler,
+            log,
+            &service,
+            &series_id(series, 3),
+            "history",
+            "hold",
+            skew_window,
+        )
+        .await?;
+        out.push(m);
+    }
+    Ok(out)
+}
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -59,6 +300,9 @@ struct Options {
     out: PathBuf,
     /// The hooks' `skewWindow`: how long post-shift holds (polled every 250 ms).
     hold: String,
+    /// Deployment modes measured whole: `hold`, and other values of the per-service
+    /// `retention` setting (each on a service of its own).
+    modes: Vec<String>,
 }
 
 fn default_bin_dir() -> PathBuf {
@@ -89,13 +333,14 @@ fn options() -> Result<Options, String> {
     let mut o = Options {
         bin_dir: default_bin_dir(),
         cold_starts: 30,
-        cold_deployments: 3,
+        cold_deployments: 5,
         warm_deployments: 5,
-        sweep: vec![100, 300, 1000],
+        sweep: vec![100, 1000],
         histories: vec![5, 50],
         history_at: None,
         out: target_dir().join("bench/report.md"),
         hold: "2s".to_owned(),
+        modes: vec!["hold".to_owned()],
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -114,11 +359,12 @@ fn options() -> Result<Options, String> {
             "--history-at" => o.history_at = Some(value()?.parse().map_err(|e| format!("{e}"))?),
             "--out" => o.out = PathBuf::from(value()?),
             "--hold" => o.hold = value()?,
+            "--modes" => o.modes = value()?.split(',').map(str::to_owned).collect(),
             "-h" | "--help" => {
                 return Err(
                     "usage: bench [--bin-dir DIR] [--cold-starts N] [--cold-deployments N] \
                      [--warm-deployments N] [--sweep 100,300,1000|none] [--history 5,50] \
-                     [--history-at N] [--hold 2s] [--out FILE]"
+                     [--history-at N] [--hold 2s] [--modes hold[,service]] [--out FILE]"
                         .to_owned(),
                 );
             }
@@ -196,9 +442,13 @@ async fn run(o: &Options) -> Result<String, String> {
     let proxy = CountingProxy::start(&stand_ins.moto.endpoint())
         .await
         .map_err(|e| format!("counting proxy: {e}"))?;
+    // Only to time the ECS emulator's answers (the emulator itself counts the calls).
+    let ecs_proxy = CountingProxy::start(&stand_ins.ecs.endpoint())
+        .await
+        .map_err(|e| format!("ECS timing proxy: {e}"))?;
     // The functions reach moto only through the proxy; the bench's own checks go straight.
     let endpoints = Endpoints {
-        ecs: stand_ins.ecs.endpoint(),
+        ecs: ecs_proxy.endpoint(),
         elbv2: proxy.endpoint(),
         dynamodb: proxy.endpoint(),
     };
@@ -257,21 +507,43 @@ async fn run(o: &Options) -> Result<String, String> {
     let ecs = stand_ins.ecs.clone();
     let moto = stand_ins.moto.endpoint();
     let (clients, vpc) = (stand_ins.clients.clone(), stand_ins.vpc.clone());
+    let peer = Peer::from_env(workspace_root().join("bench/python-peer"), PEER_TABLE);
+    if let Some(p) = &peer {
+        create_ledger_table(&clients.dynamodb, &p.table)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let metered = Arc::new(Metered::new(
         binaries.clone(),
         proxy.log.clone(),
+        ecs_proxy.log.clone(),
         ecs.clone(),
+        peer.clone(),
     ));
     let checker = stand_ins.checker.clone();
-    let mut world = stand_ins.with_engine(metered.clone(), Arc::new(PlaceholderTasks), checker);
+    let observer = Arc::new(ExceptPeer {
+        checker: checker.clone(),
+        peer_service: ecs_service_arn(CLUSTER, PEER_SERVICE),
+    });
+    let mut world = stand_ins.with_engine(metered.clone(), Arc::new(PlaceholderTasks), observer);
     world.engine.time_scale = 0.25;
     let settings = json!({"skewWindow": o.hold, "pollInterval": "1s"});
     let ids: Vec<String> = (0..=o.cold_deployments + o.warm_deployments + 1)
         .map(|n| format!("{:07x}", 0xa1b2c3d_u32.wrapping_add(n as u32 * 0x1111)))
         .collect();
-    let (service, _) = world.service("checkout", &ids[0], settings).await;
+    let (service, _) = world.service("checkout", &ids[0], settings.clone()).await;
     let total = o.cold_deployments + o.warm_deployments;
     for n in 1..=total {
+        if n == o.cold_deployments + 1 && peer.is_some() {
+            progress(
+                started,
+                &format!(
+                    "the Python peer: {} deployments, a fresh process for every invocation",
+                    o.cold_deployments
+                ),
+            );
+            peer_deployments(o, &world, &metered, &clients, &vpc, &settings).await?;
+        }
         let cold = n <= o.cold_deployments;
         if n == o.cold_deployments + 1 {
             metered.reset().await;
@@ -299,32 +571,77 @@ async fn run(o: &Options) -> Result<String, String> {
             return Err(format!("deployment {n} did not succeed: {outcome:?}"));
         }
     }
-    let n = total + 1;
-    metered.set_phase(n, false);
+    metered.set_phase(total + 1, false);
+    let reconciler = binaries.function("reconciler").await?;
+    let template = deployments::template(&workspace_root())?;
+    let skew_window = skewguard_core::settings::Settings::resolve(
+        settings.as_object().ok_or("settings")?,
+        &skewguard_core::settings::EnvDefaults::default(),
+    )
+    .map_err(|e| e.to_string())?
+    .skew_window;
+    let mut measured = Vec::new();
+    for mode in &o.modes {
+        progress(
+            started,
+            &format!(
+                "{mode} mode: a BLUE_GREEN, a CANARY and a rolled-back deployment, each with its reconciler run"
+            ),
+        );
+        measured.extend(
+            mode_scenario(
+                o,
+                mode,
+                &world,
+                &metered,
+                &reconciler,
+                &proxy.log,
+                &clients,
+                &vpc,
+                &service,
+                skew_window,
+            )
+            .await?,
+        );
+    }
     progress(
         started,
-        &format!(
-            "deployment {n}: {} rolled back at POST_PRODUCTION_TRAFFIC_SHIFT",
-            ids[n]
-        ),
+        "history 5 vs 50: one deployment on each of two twin services",
     );
-    let outcome = world
-        .engine
-        .deploy(
-            &service,
-            &ids[n],
-            &[],
-            Intervention::StopAt(LifecycleStage::PostProductionTrafficShift),
+    measured.extend(
+        history_scenario(
+            o,
+            &world,
+            &metered,
+            &reconciler,
+            &proxy.log,
+            &clients,
+            &vpc,
+            skew_window,
         )
-        .await?;
-    if !matches!(outcome, Outcome::RolledBack { .. }) {
-        return Err(format!("the rollback deployment ended {outcome:?}"));
-    }
+        .await?,
+    );
     let violations = world.checker.found();
     let records = metered.records.lock().expect("records").clone();
     metered.reset().await;
 
+    let (peer_records, records): (Vec<Record>, Vec<Record>) =
+        records.into_iter().partition(|r| r.peer);
+    // The cold-start comparison: the Rust hooks' cold deployments vs the peer's.
+    let cold_pairs: Vec<Record> = records
+        .iter()
+        .filter(|r| r.deployment <= o.cold_deployments)
+        .chain(peer_records.iter())
+        .cloned()
+        .collect();
+    deployments::cold_start_rows(&cold_pairs, peer.is_some(), &mut rows, &mut details);
+    // Only the main service's records feed the per-stage figures.
+    let records: Vec<Record> = records
+        .into_iter()
+        .filter(|r| r.service == service)
+        .collect();
     hook_rows(o, &colds, bundle_colds, &records, &mut rows, &mut details);
+    deployments::rows(&measured, &template, &mut rows, &mut details);
 
     // 3. Zipped bootstraps.
     progress(started, "zipping the bootstraps");
@@ -380,6 +697,7 @@ async fn run(o: &Options) -> Result<String, String> {
             }
         }
         sweep_rows(&sweeps, &mut rows, &mut details);
+        sweep_unit_rows(&sweeps, &mut rows);
     }
     drop(world);
     let _ = moto;
@@ -591,10 +909,10 @@ fn hook_rows(
                 percentile(&all, 90.0),
                 all.len()
             ),
-            "≤ 1 ms",
-            Verdict::of(worst.1 <= 1.0),
+            "- (information)",
+            Verdict::Info,
             format!(
-                "same CPU reading, warm process; {} deployments + 1 rollback; median per stage",
+                "same CPU reading, warm process; {} deployments and the deployments measured whole; median per stage",
                 o.warm_deployments
             ),
         ));
@@ -896,10 +1214,8 @@ fn sweep_rows(sweeps: &[sweep::Sweep], rows: &mut Vec<Row>, details: &mut String
             let c = per(s, s.total_calls as f64);
             let bcpu = per(base, ms(base.cpu));
             let cpu = per(s, ms(s.cpu));
-            // Cost is calls, CPU and DynamoDB read units (what a sweep is billed for).
-            let independent = (c - bc).abs() <= 0.05 * bc
-                && cpu <= 1.3 * bcpu + 0.05
-                && s.read_units <= 1.3 * base.read_units;
+            // DynamoDB units have rows of their own (sweep_unit_rows).
+            let independent = (c - bc).abs() <= 0.05 * bc && cpu <= 1.3 * bcpu + 0.05;
             rows.push(Row::new(
                 "reconciler sweep",
                 format!(
@@ -907,21 +1223,19 @@ fn sweep_rows(sweeps: &[sweep::Sweep], rows: &mut Vec<Row>, details: &mut String
                     s.services, s.history, base.history
                 ),
                 format!(
-                    "{c:.2} vs {bc:.2} calls/service; CPU {cpu:.2} vs {bcpu:.2} ms/service; wall {:.1} vs {:.1} ms/service; est. DynamoDB read units {:.0} vs {:.0} per sweep ({} vs {} bytes of ledger per service)",
+                    "{c:.2} vs {bc:.2} calls/service; CPU {cpu:.2} vs {bcpu:.2} ms/service; wall {:.1} vs {:.1} ms/service ({} vs {} bytes of ledger per service)",
                     per(s, ms(s.wall)),
                     per(base, ms(base.wall)),
-                    s.read_units,
-                    base.read_units,
                     s.ledger_bytes,
                     base.ledger_bytes
                 ),
                 "independent of history length",
                 Verdict::of(independent),
-                "the same fleet and sweep, ledger items rewritten with longer histories; independent = calls/service within 5%, CPU/service within 30% and DynamoDB read units within 30%; read units estimated from item sizes (1 per 4 KB per service Query, strongly consistent; ½ per 4 KB of Scan)",
+                "the same fleet and sweep, ledger items rewritten with longer histories; independent = calls/service within 5% and CPU/service within 30%",
             ));
         }
     }
-    details.push_str("### Reconciler sweeps: calls by operation\n\n| services | history | calls by operation (moto's answer time per call) | est. read units |\n|---|---|---|---|\n");
+    details.push_str("### Reconciler sweeps: calls by operation\n\n| services | history | calls by operation (moto's answer time per call) | read / write units |\n|---|---|---|---|\n");
     for s in sweeps {
         let ops: Vec<String> = s
             .calls
@@ -932,12 +1246,82 @@ fn sweep_rows(sweeps: &[sweep::Sweep], rows: &mut Vec<Row>, details: &mut String
             })
             .collect();
         details.push_str(&format!(
-            "| {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {:.1} / {:.0} |\n",
             s.services,
             s.history,
             ops.join(", "),
-            s.read_units
+            s.units.read,
+            s.units.write
         ));
     }
     details.push('\n');
+}
+
+/// DynamoDB units per sweep: per service as the fleet grows (linear), and with longer
+/// histories at one size (equal within 10 %).
+fn sweep_unit_rows(sweeps: &[sweep::Sweep], rows: &mut Vec<Row>) {
+    const FIGURE: &str = "DynamoDB capacity units per reconciler sweep";
+    let base_history = sweeps.first().map_or(0, |s| s.history);
+    let growth: Vec<&sweep::Sweep> = sweeps
+        .iter()
+        .filter(|s| s.history == base_history)
+        .collect();
+    let per = |s: &sweep::Sweep, v: f64| v / s.services.max(1) as f64;
+    let complete = |s: &sweep::Sweep| {
+        if s.units_complete {
+            ""
+        } else {
+            " (some calls not priced)"
+        }
+    };
+    let smallest = growth.first().copied();
+    for s in &growth {
+        let (r, w) = (per(s, s.units.read), per(s, s.units.write));
+        let linear = smallest.is_none_or(|b| {
+            let (br, bw) = (per(b, b.units.read), per(b, b.units.write));
+            (r - br).abs() <= 0.1 * br && (w - bw).abs() <= 0.1 * bw.max(1.0)
+        });
+        rows.push(Row::new(
+            FIGURE,
+            format!("{} services, history {}", s.services, s.history),
+            format!(
+                "{:.1} read, {:.0} write units per sweep; {r:.2} read units per service{}",
+                s.units.read,
+                s.units.write,
+                complete(s)
+            ),
+            "linear in services",
+            Verdict::of(linear && s.units_complete),
+            format!(
+                "the sweeps above; {}; linear = units per service within 10% of the smallest fleet's",
+                deployments::UNITS_METHOD
+            ),
+        ));
+    }
+    for s in sweeps.iter().filter(|s| s.history != base_history) {
+        if let Some(base) = growth.iter().find(|b| b.services == s.services) {
+            let equal = (s.units.read - base.units.read).abs()
+                <= 0.1 * s.units.read.max(base.units.read)
+                && (s.units.write - base.units.write).abs()
+                    <= 0.1 * s.units.write.max(base.units.write);
+            rows.push(Row::new(
+                FIGURE,
+                format!(
+                    "{} services, history {} vs {}",
+                    s.services, s.history, base.history
+                ),
+                format!(
+                    "{:.1} vs {:.1} read, {:.0} vs {:.0} write units per sweep{}",
+                    s.units.read,
+                    base.units.read,
+                    s.units.write,
+                    base.units.write,
+                    complete(s)
+                ),
+                "equal within 10 %",
+                Verdict::of(equal && s.units_complete && base.units_complete),
+                "〃",
+            ));
+        }
+    }
 }

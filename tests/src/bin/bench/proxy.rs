@@ -1,7 +1,8 @@
 //! A counting HTTP proxy in front of moto: every request the functions send to ELBv2 or
 //! DynamoDB passes through it and is logged as `(service, operation)` before it is forwarded
 //! unchanged. DynamoDB names its operation in `X-Amz-Target` (`DynamoDB_20120810.Query`);
-//! ELBv2 (the AWS query protocol) in the `Action=` field of the form body.
+//! ELBv2 (the AWS query protocol) in the `Action=` field of the form body. Every DynamoDB call
+//! is also priced in capacity units ([`crate::capacity`]).
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,12 +16,29 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::capacity::{Meter, Units};
+
 /// One AWS call, as `(service, operation)`: `("DynamoDB", "Query")`, `("ELBv2", "CreateRule")`.
 pub type Call = (String, String);
 
+/// One logged call.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub call: Call,
+    /// When the proxy received it, and how long moto took to answer it.
+    pub at: Instant,
+    pub took: Duration,
+    /// DynamoDB capacity units, as DynamoDB would bill the call (`None`: not DynamoDB, or the
+    /// items could not be read back).
+    pub units: Option<Units>,
+    /// Time the proxy spent reading items for [`Logged::units`] while the caller waited: not
+    /// the function's time, so the bench takes it out of the invocation's duration.
+    pub metering: Duration,
+}
+
 /// The calls seen so far, in order, each with how long moto took to answer it.
 #[derive(Debug, Clone, Default)]
-pub struct CallLog(Arc<Mutex<Vec<(Call, Duration)>>>);
+pub struct CallLog(Arc<Mutex<Vec<Logged>>>);
 
 impl CallLog {
     pub fn len(&self) -> usize {
@@ -34,11 +52,19 @@ impl CallLog {
 
     /// The same, with moto's answer times.
     pub fn timed_since(&self, mark: usize) -> Vec<(Call, Duration)> {
+        self.0.lock().expect("call log")[mark..]
+            .iter()
+            .map(|l| (l.call.clone(), l.took))
+            .collect()
+    }
+
+    /// Everything logged since `mark`.
+    pub fn logged_since(&self, mark: usize) -> Vec<Logged> {
         self.0.lock().expect("call log")[mark..].to_vec()
     }
 
-    fn push(&self, call: Call, took: Duration) {
-        self.0.lock().expect("call log").push((call, took));
+    fn push(&self, logged: Logged) {
+        self.0.lock().expect("call log").push(logged);
     }
 }
 
@@ -58,17 +84,18 @@ impl CountingProxy {
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
         let server_log = log.clone();
+        let meter = Arc::new(Meter::new(client.clone(), upstream.clone()));
         let server = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
-                        let (log, client, upstream) =
-                            (server_log.clone(), client.clone(), upstream.clone());
+                        let (log, client, upstream, meter) =
+                            (server_log.clone(), client.clone(), upstream.clone(), meter.clone());
                         connections.spawn(async move {
                             let service = hyper::service::service_fn(move |request| {
-                                forward(request, log.clone(), client.clone(), upstream.clone())
+                                forward(request, log.clone(), client.clone(), upstream.clone(), meter.clone())
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), service)
@@ -118,6 +145,7 @@ async fn forward(
     log: CallLog,
     client: Client<HttpConnector, Full<Bytes>>,
     upstream: Arc<str>,
+    meter: Arc<Meter>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
@@ -129,7 +157,19 @@ async fn forward(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok());
     let call = operation_of(target, &body);
-    let started = Instant::now();
+    let dynamodb = call.0 == "DynamoDB";
+    let json_body: serde_json::Value = if dynamodb {
+        serde_json::from_slice(&body).unwrap_or_default()
+    } else {
+        serde_json::Value::Null
+    };
+    let before = if dynamodb {
+        meter.before(&parts, &call.1, &json_body).await
+    } else {
+        None
+    };
+    let metering_before = before.as_ref().map_or(Duration::ZERO, |b| b.took);
+    let at = Instant::now();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = Request::builder()
         .method(parts.method.clone())
@@ -145,14 +185,31 @@ async fn forward(
         Ok(a) => a,
         Err(e) => return Ok(error(format!("proxy: forwarding: {e}"))),
     };
-    let (parts, body) = answer.into_parts();
+    let (answer_parts, body) = answer.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(error(format!("proxy: reading the answer: {e}"))),
     };
-    log.push(call, started.elapsed());
-    let mut response = Response::builder().status(parts.status);
-    for (name, value) in &parts.headers {
+    let took = at.elapsed();
+    let (units, metering) = if dynamodb {
+        let metering_started = Instant::now();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let units = meter
+            .units(&parts, &call.1, &json_body, &answer, before)
+            .await;
+        (units, metering_before + metering_started.elapsed())
+    } else {
+        (None, Duration::ZERO)
+    };
+    log.push(Logged {
+        call,
+        at,
+        took,
+        units,
+        metering,
+    });
+    let mut response = Response::builder().status(answer_parts.status);
+    for (name, value) in &answer_parts.headers {
         if name != hyper::header::TRANSFER_ENCODING && name != hyper::header::CONNECTION {
             response = response.header(name, value);
         }

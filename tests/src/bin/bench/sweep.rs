@@ -30,6 +30,8 @@ use skewguard_world::lambda::LocalFunction;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::capacity::Units;
+use crate::hooks::{metering_of, units_of};
 use crate::procfs;
 use crate::proxy::CallLog;
 
@@ -507,9 +509,10 @@ pub struct Sweep {
     pub repairs: usize,
     pub errors: usize,
     pub peak_rss: u64,
-    /// DynamoDB read units real DynamoDB would charge for this sweep's reads (estimated from
-    /// item sizes: strongly consistent Query per service, eventually consistent Scan).
-    pub read_units: f64,
+    /// DynamoDB capacity units of the sweep's calls, as DynamoDB bills them (priced at the
+    /// counting proxy, [`crate::capacity`]); false when some call could not be priced.
+    pub units: Units,
+    pub units_complete: bool,
     /// Bytes of ledger items per service.
     pub ledger_bytes: usize,
     /// Time spent waiting for moto's answers (ELBv2 and DynamoDB), in all and by operation.
@@ -549,7 +552,10 @@ pub async fn sweep(
         .invoke(event, timeout)
         .await
         .map_err(|e| format!("reconciler sweep: {e}"))?;
-    let wall = started.elapsed();
+    let logged = log.logged_since(mark);
+    // The proxy's pricing reads are not the sweep's time.
+    let wall = started.elapsed().saturating_sub(metering_of(&logged));
+    let (units, units_complete) = units_of(&logged);
     function
         .until_idle(timeout)
         .await
@@ -594,8 +600,6 @@ pub async fn sweep(
         .map(|s| s.entries.iter().map(|e| item_size(&item(e, history))).sum())
         .collect();
     let total: usize = sizes.iter().sum();
-    let query_units: f64 = sizes.iter().map(|b| b.div_ceil(4096) as f64).sum();
-    let scan_units = total.div_ceil(4096) as f64 / 2.0;
     Ok(Sweep {
         services: fleet.services.len(),
         history,
@@ -608,7 +612,8 @@ pub async fn sweep(
         repairs,
         errors,
         peak_rss: procfs::peak_rss(pid).unwrap_or(0),
-        read_units: query_units + scan_units,
+        units,
+        units_complete,
         ledger_bytes: total / fleet.services.len().max(1),
         moto_time,
         moto_by_op,
