@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,6 +77,10 @@ impl Invoker for InProcess {
 /// A task of a deployment: serving on a loopback port until dropped.
 pub trait RunningTask: Send + Sync {
     fn port(&self) -> u16;
+    /// The task's address: what is registered as the target's `Id`.
+    fn ip(&self) -> IpAddr {
+        Ipv4Addr::LOCALHOST.into()
+    }
 }
 
 /// Starts the tasks of a revision.
@@ -85,16 +90,32 @@ pub trait TaskRunner: Send + Sync {
         deployment_id: &'a str,
         environment: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<Box<dyn RunningTask>, String>>;
+
+    /// Starts a task on its own loopback address `ip` (a plain service's tasks, several per
+    /// target group: moto keys a target group's targets by `Id` alone). Runners whose tasks
+    /// serve nothing may ignore `ip`.
+    fn start_at<'a>(
+        &'a self,
+        ip: IpAddr,
+        deployment_id: &'a str,
+        environment: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Box<dyn RunningTask>, String>> {
+        let _ = ip;
+        self.start(deployment_id, environment)
+    }
 }
 
 /// Tasks that serve nothing: enough for hook-level tests, which never send traffic.
 pub struct PlaceholderTasks;
 
-struct PlaceholderTask(u16);
+struct PlaceholderTask(u16, IpAddr);
 
 impl RunningTask for PlaceholderTask {
     fn port(&self) -> u16 {
         self.0
+    }
+    fn ip(&self) -> IpAddr {
+        self.1
     }
 }
 
@@ -106,8 +127,17 @@ impl TaskRunner for PlaceholderTasks {
         _: &'a str,
         _: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<Box<dyn RunningTask>, String>> {
+        self.start_at(Ipv4Addr::LOCALHOST.into(), "", &[])
+    }
+
+    fn start_at<'a>(
+        &'a self,
+        ip: IpAddr,
+        _: &'a str,
+        _: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Box<dyn RunningTask>, String>> {
         let port = 20_000 + (NEXT_PLACEHOLDER_PORT.fetch_add(1, Ordering::Relaxed) % 40_000) as u16;
-        Box::pin(async move { Ok(Box::new(PlaceholderTask(port)) as Box<dyn RunningTask>) })
+        Box::pin(async move { Ok(Box::new(PlaceholderTask(port, ip)) as Box<dyn RunningTask>) })
     }
 }
 

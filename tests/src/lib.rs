@@ -12,4 +12,5 @@ pub mod invariants;
 pub mod lambda;
 pub mod live;
 pub mod moto;
+pub mod scheduler;
 pub mod world;

@@ -100,6 +100,9 @@ impl RunningTask for Backend {
     fn port(&self) -> u16 {
         Backend::port(self)
     }
+    fn ip(&self) -> std::net::IpAddr {
+        self.addr().ip()
+    }
 }
 
 /// Runs each task as an example `checkout` backend; `CART_SCHEMA` in the task's environment
@@ -112,6 +115,19 @@ impl TaskRunner for CheckoutTasks {
         deployment_id: &'a str,
         environment: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<Box<dyn RunningTask>, String>> {
+        self.start_at(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            deployment_id,
+            environment,
+        )
+    }
+
+    fn start_at<'a>(
+        &'a self,
+        ip: std::net::IpAddr,
+        deployment_id: &'a str,
+        environment: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Box<dyn RunningTask>, String>> {
         Box::pin(async move {
             let schema = environment
                 .iter()
@@ -120,8 +136,67 @@ impl TaskRunner for CheckoutTasks {
             let backend = Backend::start(deployment_id, schema)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(Box::new(backend) as Box<dyn RunningTask>)
+            if ip == std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST) {
+                return Ok(Box::new(backend) as Box<dyn RunningTask>);
+            }
+            let task = AddressedTask::start(ip, backend)
+                .await
+                .map_err(|e| format!("a task address {ip}: {e}"))?;
+            Ok(Box::new(task) as Box<dyn RunningTask>)
         })
+    }
+}
+
+/// A backend reached on an address of its own: the backend listens on `127.0.0.1`, and
+/// connections to `ip:port` are relayed to it byte for byte (as an awsvpc task's own IP would
+/// reach its container). Stops relaying, and stops the backend, when dropped.
+pub struct AddressedTask {
+    addr: std::net::SocketAddr,
+    relay: tokio::task::JoinHandle<()>,
+    _backend: Backend,
+}
+
+impl AddressedTask {
+    pub async fn start(ip: std::net::IpAddr, backend: Backend) -> std::io::Result<AddressedTask> {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
+        let addr = listener.local_addr()?;
+        let upstream = backend.addr();
+        let relay = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        connections.spawn(async move {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Ok(AddressedTask {
+            addr,
+            relay,
+            _backend: backend,
+        })
+    }
+}
+
+impl Drop for AddressedTask {
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}
+
+impl RunningTask for AddressedTask {
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+    fn ip(&self) -> std::net::IpAddr {
+        self.addr.ip()
     }
 }
 

@@ -19,6 +19,7 @@ use crate::engine::{
 use crate::fixtures::{AlbFixture, Vpc, create_ledger_table};
 use crate::invariants::{Observation, ServiceTruth, violations};
 use crate::moto::MotoServer;
+use crate::scheduler::RollingScheduler;
 
 pub const TABLE: &str = "skewguard-ledger";
 pub const CLUSTER: &str = "shop";
@@ -99,6 +100,8 @@ pub struct World {
     pub hook_clients: HookClients,
     pub checker: Arc<InvariantChecker>,
     pub engine: Engine,
+    /// Runs the tasks of the plain services created through the ECS emulator's `CreateService`.
+    pub scheduler: RollingScheduler,
     pub alb: AlbFixture,
     /// The production rule's path pattern, e.g. `/api/*`.
     pub production_path: String,
@@ -131,6 +134,7 @@ impl StandIns {
         let ecs = Arc::new(EcsEmulator::start().await.expect("ECS emulator starts"));
         let endpoints = Endpoints::new(ecs.endpoint(), moto.endpoint());
         let clients = Clients::new(&endpoints).await;
+        ecs.use_elbv2(clients.elbv2.clone());
         create_ledger_table(&clients.dynamodb, TABLE)
             .await
             .expect("ledger table");
@@ -181,6 +185,8 @@ impl StandIns {
         tasks: Arc<dyn TaskRunner>,
         observer: Arc<dyn Observer>,
     ) -> World {
+        let scheduler =
+            RollingScheduler::start(self.ecs.clone(), self.clients.elbv2.clone(), tasks.clone());
         let engine = Engine::new(
             self.ecs.clone(),
             self.clients.elbv2.clone(),
@@ -197,6 +203,7 @@ impl StandIns {
             hook_clients: self.hook_clients,
             checker: self.checker,
             engine,
+            scheduler,
             alb: self.alb,
             production_path: self.production_path,
         }

@@ -6,8 +6,12 @@
 //! deployment engine playing ECS's blue/green part) mutate directly from Rust.
 //!
 //! Operations: `DescribeServices`, `DescribeServiceRevisions`, `DescribeServiceDeployments`,
-//! `DescribeTaskDefinition`, `ListServiceDeployments`, `RegisterTaskDefinition`. Anything else
-//! answers `UnknownOperationException`.
+//! `DescribeTaskDefinition`, `ListServiceDeployments`, `RegisterTaskDefinition`, and for plain
+//! (rolling, hook-less) services `CreateService`, `UpdateService`, `DeleteService`,
+//! `TagResource`, `UntagResource`, `ListTagsForResource`. Anything else answers
+//! `UnknownOperationException`. The tasks of plain services are run by
+//! [`crate::scheduler::RollingScheduler`]; `CreateService` and `UpdateService` check each
+//! target group against ELBv2 once [`EcsEmulator::use_elbv2`] named it.
 //!
 //! Wire shapes follow the SDK's schemas (`aws-sdk-ecs` 1.157): member names are the camelCase
 //! names of the state's fields, timestamps are epoch seconds as JSON numbers (millisecond
@@ -27,10 +31,11 @@ use std::time::Duration;
 
 pub use state::{
     AdvancedConfiguration, ContainerDefinition, EcsState, Fault, KeyValuePair, LoadBalancer,
-    PortMapping, ResolvedConfiguration, Rollback, Service, ServiceDeployment, ServiceRevision,
-    ServiceRevisionLoadBalancer, ServiceRevisionSummary, TaskDefinition, cluster_and_service,
-    cluster_arn, new_revision_id, new_service_deployment_arn, new_service_revision_arn, now,
-    service_arn, service_deployment_arn, service_revision_arn, task_definition_arn,
+    PLATFORM_VERSION, PortMapping, ResolvedConfiguration, Rollback, Service, ServiceDeployment,
+    ServiceRevision, ServiceRevisionLoadBalancer, ServiceRevisionSummary, TaskDefinition,
+    cluster_and_service, cluster_arn, cluster_name, default_network_configuration, new_revision_id,
+    new_service_deployment_arn, new_service_revision_arn, now, service_arn, service_deployment_arn,
+    service_revision_arn, task_definition_arn,
 };
 
 use crate::moto::WorldError;
@@ -65,6 +70,32 @@ impl EcsEmulator {
             addr,
             server,
         })
+    }
+
+    /// Checks the target groups of `CreateService` / `UpdateService` against this ELBv2 (moto):
+    /// one that no listener forwards to is refused as ECS refuses it.
+    pub fn use_elbv2(&self, elbv2: aws_sdk_elasticloadbalancingv2::Client) {
+        self.with_state(|s| s.elbv2 = Some(elbv2));
+    }
+
+    /// A copy of the service (by ARN), if the emulator knows it.
+    pub fn service(&self, service_arn: &str) -> Option<Service> {
+        self.with_state(|s| s.services.get(service_arn).cloned())
+    }
+
+    /// Fault: the tasks of plain services whose ARN matches `pattern` (`*` and `?` wildcards;
+    /// the service may not exist yet) start but never pass their health checks: they are never
+    /// registered in the service's target groups and never count as running, only as pending.
+    /// `false` heals them (their tasks register at the scheduler's next pass).
+    pub fn set_never_healthy(&self, pattern: &str, never_healthy: bool) {
+        self.with_state(|s| {
+            if never_healthy {
+                s.never_healthy.insert(pattern.to_owned());
+            } else {
+                s.never_healthy.remove(pattern);
+            }
+            s.changed.notify_one();
+        });
     }
 
     /// `http://127.0.0.1:PORT`

@@ -16,8 +16,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::operations::{
-    describe_service_deployments, describe_service_revisions, describe_services,
-    describe_task_definition, list_service_deployments, register_task_definition,
+    Associations, create_service, delete_service, describe_service_deployments,
+    describe_service_revisions, describe_services, describe_task_definition,
+    list_service_deployments, list_tags_for_resource, register_task_definition,
+    requested_target_groups, tag_resource, untag_resource, update_service,
 };
 use super::state::EcsState;
 use super::{TARGET_PREFIX, lock};
@@ -71,6 +73,77 @@ impl ApiError {
     pub(super) fn invalid_parameter(message: impl Into<String>) -> Self {
         Self::client("InvalidParameterException", message)
     }
+
+    pub(super) fn server(message: impl Into<String>) -> Self {
+        Self {
+            status: 500,
+            error_type: "ServerException".to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Whether any listener (default action or rule) of any load balancer forwards to
+/// `target_group_arn`, at any weight; `None` if the target group does not exist.
+///
+/// moto's `DescribeTargetGroups` `LoadBalancerArns` is filled by `CreateListener` and
+/// `CreateRule` only (not by `ModifyRule`/`ModifyListener`, and never emptied when a rule goes),
+/// so the association is read from the listeners themselves, as ELBv2 keeps it.
+pub(super) async fn target_group_associated(
+    elbv2: &aws_sdk_elasticloadbalancingv2::Client,
+    target_group_arn: &str,
+) -> Result<Option<bool>, String> {
+    use aws_sdk_elasticloadbalancingv2::error::{DisplayErrorContext, ProvideErrorMetadata};
+    let found = elbv2
+        .describe_target_groups()
+        .target_group_arns(target_group_arn)
+        .send()
+        .await;
+    match found {
+        Err(e) if e.code() == Some("TargetGroupNotFound") => return Ok(None),
+        Err(e) => return Err(DisplayErrorContext(&e).to_string()),
+        Ok(_) => {}
+    }
+    let balancers = elbv2
+        .describe_load_balancers()
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(&e).to_string())?;
+    let forwards_to = |action: &aws_sdk_elasticloadbalancingv2::types::Action| {
+        action.target_group_arn() == Some(target_group_arn)
+            || action.forward_config().is_some_and(|f| {
+                f.target_groups()
+                    .iter()
+                    .any(|t| t.target_group_arn() == Some(target_group_arn))
+            })
+    };
+    for balancer in balancers.load_balancers() {
+        let listeners = elbv2
+            .describe_listeners()
+            .set_load_balancer_arn(balancer.load_balancer_arn().map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(&e).to_string())?;
+        for listener in listeners.listeners() {
+            if listener.default_actions().iter().any(forwards_to) {
+                return Ok(Some(true));
+            }
+            let rules = elbv2
+                .describe_rules()
+                .set_listener_arn(listener.listener_arn().map(str::to_owned))
+                .send()
+                .await
+                .map_err(|e| DisplayErrorContext(&e).to_string())?;
+            if rules
+                .rules()
+                .iter()
+                .any(|r| r.actions().iter().any(forwards_to))
+            {
+                return Ok(Some(true));
+            }
+        }
+    }
+    Ok(Some(false))
 }
 
 async fn handle(
@@ -107,6 +180,30 @@ async fn handle(
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
+    // Which target groups a new configuration names are associated with a load balancer: read
+    // from ELBv2 before the state is locked.
+    let mut associations = Associations::new();
+    if matches!(operation.as_str(), "CreateService" | "UpdateService")
+        && let Ok(input) = serde_json::from_slice::<Value>(&body)
+    {
+        let elbv2 = lock(state).elbv2.clone();
+        if let Some(elbv2) = elbv2 {
+            for tg in requested_target_groups(&input) {
+                let associated = match target_group_associated(&elbv2, &tg).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        return respond(
+                            request_id,
+                            Err(ApiError::server(format!(
+                                "the emulator could not read target group {tg}: {e}"
+                            ))),
+                        );
+                    }
+                };
+                associations.insert(tg, associated);
+            }
+        }
+    }
     let result = (|| {
         let mut state = lock(state);
         state.calls.push(operation.clone());
@@ -141,6 +238,12 @@ async fn handle(
             "DescribeTaskDefinition" => describe_task_definition(&state, &input),
             "ListServiceDeployments" => list_service_deployments(&state, &input),
             "RegisterTaskDefinition" => register_task_definition(&mut state, &input),
+            "CreateService" => create_service(&mut state, &input, &associations),
+            "UpdateService" => update_service(&mut state, &input, &associations),
+            "DeleteService" => delete_service(&mut state, &input),
+            "TagResource" => tag_resource(&mut state, &input),
+            "UntagResource" => untag_resource(&mut state, &input),
+            "ListTagsForResource" => list_tags_for_resource(&mut state, &input),
             other => Err(ApiError::client(
                 "UnknownOperationException",
                 format!("the skewguard ECS emulator does not implement {other}"),

@@ -58,7 +58,7 @@ pub fn cluster_and_service(arn: &str) -> Option<(String, String)> {
 }
 
 /// The last path segment of a cluster ARN, or the name itself.
-pub(super) fn cluster_name(cluster: &str) -> &str {
+pub fn cluster_name(cluster: &str) -> &str {
     cluster.rsplit_once(":cluster/").map_or(cluster, |(_, n)| n)
 }
 
@@ -187,7 +187,8 @@ pub struct TaskDefinition {
     pub registered_at: SystemTime,
 }
 
-/// An ECS service, known to the emulator once anything of it is put (or explicitly).
+/// An ECS service, known to the emulator once anything of it is put (or explicitly), or created
+/// through `CreateService`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub service_arn: String,
@@ -202,18 +203,78 @@ pub struct Service {
     /// `deploymentConfiguration` in the wire shape (strategy, lifecycle hooks), as the next
     /// deployment will use it; `None` answers without one.
     pub deployment_configuration: Option<Value>,
+    /// `ACTIVE`, `DRAINING` (deleted, tasks stopping) or `INACTIVE` (deleted, no task left).
+    pub status: String,
+    pub desired_count: i32,
+    /// Tasks registered and serving / started but not (yet) serving, as the world's rolling
+    /// scheduler ([`crate::scheduler`]) keeps them for services created through
+    /// `CreateService`.
+    pub running_count: i32,
+    pub pending_count: i32,
+    /// `launchType`, or `capacityProviderStrategy` (wire shape), never both.
+    pub launch_type: Option<String>,
+    pub capacity_provider_strategy: Vec<Value>,
+    pub platform_version: Option<String>,
+    /// `networkConfiguration` in the wire shape (`{"awsvpcConfiguration": {...}}`).
+    pub network_configuration: Option<Value>,
+    /// `(key, value)` in the order given.
+    pub tags: Vec<(String, String)>,
+    /// `SERVICE`, `TASK_DEFINITION` or `NONE`.
+    pub propagate_tags: Option<String>,
+    pub created_at: SystemTime,
+    /// Created through `CreateService`: the world's rolling scheduler runs its tasks (the
+    /// deployment engine runs those of the blue/green services it puts).
+    pub rolling: bool,
+    /// The `CreateService` request (without `clientToken`), and its `clientToken`: a repeated
+    /// identical request answers the service it created.
+    pub creation: Option<(Value, Option<String>)>,
 }
 
 impl Service {
-    /// The service as `DescribeServices` answers it.
-    pub(super) fn description(&self) -> Value {
+    /// An ACTIVE service named by its ARN, with nothing configured.
+    pub fn new(service_arn: &str) -> Self {
+        let (cluster, name) = cluster_and_service(service_arn)
+            .unwrap_or_else(|| panic!("not a service ARN: {service_arn}"));
+        Service {
+            service_arn: service_arn.to_owned(),
+            cluster_arn: cluster_arn(&cluster),
+            service_name: name,
+            task_definition: None,
+            load_balancers: Vec::new(),
+            deployment_controller: "ECS".to_owned(),
+            deployment_configuration: None,
+            status: "ACTIVE".to_owned(),
+            desired_count: 1,
+            running_count: 1,
+            pending_count: 0,
+            launch_type: Some("FARGATE".to_owned()),
+            capacity_provider_strategy: Vec::new(),
+            platform_version: Some(PLATFORM_VERSION.to_owned()),
+            network_configuration: None,
+            tags: Vec::new(),
+            propagate_tags: None,
+            created_at: now(),
+            rolling: false,
+            creation: None,
+        }
+    }
+
+    /// The service as `DescribeServices` answers it (`tags` only when `include` names `TAGS`).
+    pub(super) fn description(&self, with_tags: bool) -> Value {
         let mut description = json!({
             "serviceArn": self.service_arn,
             "serviceName": self.service_name,
             "clusterArn": self.cluster_arn,
-            "status": "ACTIVE",
+            "status": self.status,
+            "desiredCount": self.desired_count,
+            "runningCount": self.running_count,
+            "pendingCount": self.pending_count,
             "loadBalancers": self.load_balancers,
+            "serviceRegistries": [],
             "deploymentController": {"type": self.deployment_controller},
+            "schedulingStrategy": "REPLICA",
+            "createdAt": secs(self.created_at),
+            "propagateTags": self.propagate_tags.as_deref().unwrap_or("NONE"),
         });
         let obj = description.as_object_mut().expect("an object");
         if let Some(task_definition) = &self.task_definition {
@@ -222,8 +283,65 @@ impl Service {
         if let Some(configuration) = &self.deployment_configuration {
             obj.insert("deploymentConfiguration".into(), configuration.clone());
         }
+        if let Some(launch_type) = &self.launch_type {
+            obj.insert("launchType".into(), json!(launch_type));
+        }
+        if !self.capacity_provider_strategy.is_empty() {
+            obj.insert(
+                "capacityProviderStrategy".into(),
+                json!(self.capacity_provider_strategy),
+            );
+        }
+        if let Some(platform_version) = &self.platform_version {
+            obj.insert("platformVersion".into(), json!(platform_version));
+        }
+        if let Some(network) = &self.network_configuration {
+            obj.insert("networkConfiguration".into(), network.clone());
+        }
+        if self.rolling {
+            // One PRIMARY deployment, as a settled rolling service shows.
+            let mut deployment = json!({
+                "id": format!("ecs-svc/{}", self.service_name.len() * 7919 + 1_000_000),
+                "status": "PRIMARY",
+                "desiredCount": self.desired_count,
+                "runningCount": self.running_count,
+                "pendingCount": self.pending_count,
+                "launchType": self.launch_type,
+                "createdAt": secs(self.created_at),
+                "updatedAt": secs(self.created_at),
+                "rolloutState": if self.running_count >= self.desired_count { "COMPLETED" } else { "IN_PROGRESS" },
+            });
+            if let Some(task_definition) = &self.task_definition {
+                deployment["taskDefinition"] = json!(task_definition);
+            }
+            if let Some(network) = &self.network_configuration {
+                deployment["networkConfiguration"] = network.clone();
+            }
+            if self.launch_type.is_none() {
+                deployment
+                    .as_object_mut()
+                    .expect("an object")
+                    .remove("launchType");
+            }
+            obj.insert("deployments".into(), json!([deployment]));
+        }
+        if with_tags {
+            obj.insert("tags".into(), tags_json(&self.tags));
+        }
         description
     }
+}
+
+/// The platform version the world's Fargate services and revisions use.
+pub const PLATFORM_VERSION: &str = "1.4.0";
+
+/// `[{"key": .., "value": ..}]`, ECS's tag shape.
+pub(super) fn tags_json(tags: &[(String, String)]) -> Value {
+    Value::Array(
+        tags.iter()
+            .map(|(key, value)| json!({"key": key, "value": value}))
+            .collect(),
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -236,6 +354,15 @@ pub struct ServiceRevision {
     pub task_definition: String,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_as_str")]
     pub launch_type: Option<LaunchType>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capacity_provider_strategy: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_family: Option<String>,
+    /// `{"awsvpcConfiguration": {"subnets": [..], "securityGroups": [..], "assignPublicIp": ..}}`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_configuration: Option<Value>,
     pub load_balancers: Vec<LoadBalancer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved_configuration: Option<ResolvedConfiguration>,
@@ -252,10 +379,20 @@ impl ServiceRevision {
             cluster_arn: cluster_arn(cluster),
             task_definition: task_definition_arn.to_owned(),
             launch_type: Some(LaunchType::Fargate),
+            capacity_provider_strategy: Vec::new(),
+            platform_version: Some(PLATFORM_VERSION.to_owned()),
+            platform_family: Some("Linux".to_owned()),
+            network_configuration: Some(default_network_configuration()),
             load_balancers: Vec::new(),
             resolved_configuration: None,
             created_at: now(),
         }
+    }
+
+    /// Replaces the revision's `networkConfiguration` (wire shape).
+    pub fn with_network_configuration(mut self, network: Value) -> Self {
+        self.network_configuration = Some(network);
+        self
     }
 
     /// Adds a blue/green load balancer: ECS alternates between `target_group_arn` and
@@ -279,9 +416,19 @@ impl ServiceRevision {
     }
 }
 
+/// The awsvpc network configuration of the world's services unless one is given: two private
+/// subnets and one security group (IDs only; the world does not check them against EC2).
+pub fn default_network_configuration() -> Value {
+    json!({"awsvpcConfiguration": {
+        "subnets": ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"],
+        "securityGroups": ["sg-0a1b2c3d4e5f60001"],
+        "assignPublicIp": "DISABLED",
+    }})
+}
+
 /// A service's (or revision's) load balancer entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct LoadBalancer {
     pub target_group_arn: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,8 +465,8 @@ impl LoadBalancer {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct AdvancedConfiguration {
     pub alternate_target_group_arn: String,
     pub production_listener_rule: String,
@@ -499,6 +646,14 @@ pub struct EcsState {
     pub faults: BTreeMap<String, VecDeque<Fault>>,
     /// Answers of an operation held back this long before they are computed, in order.
     pub delays: BTreeMap<String, VecDeque<Duration>>,
+    /// Where `CreateService` / `UpdateService` check that a target group is associated with a
+    /// load balancer (moto's ELBv2); without it every target group counts as associated.
+    pub elbv2: Option<aws_sdk_elasticloadbalancingv2::Client>,
+    /// Woken whenever a plain service changes, for the rolling scheduler.
+    pub changed: std::sync::Arc<tokio::sync::Notify>,
+    /// Fault: plain services whose ARN matches one of these patterns (`*` and `?` wildcards)
+    /// start tasks that never pass their health checks.
+    pub never_healthy: std::collections::BTreeSet<String>,
 }
 
 impl EcsState {
@@ -543,23 +698,18 @@ impl EcsState {
         }
     }
 
+    /// Whether the fault [`EcsState::never_healthy`] holds for this service.
+    pub fn is_never_healthy(&self, service_arn: &str) -> bool {
+        self.never_healthy
+            .iter()
+            .any(|pattern| crate::iam::wildcard_match(pattern, service_arn))
+    }
+
     /// Makes sure the service exists (derived from its ARN); returns it.
     pub fn ensure_service(&mut self, service_arn: &str) -> &Service {
         self.services
             .entry(service_arn.to_owned())
-            .or_insert_with(|| {
-                let (cluster, name) = cluster_and_service(service_arn)
-                    .unwrap_or_else(|| panic!("not a service ARN: {service_arn}"));
-                Service {
-                    service_arn: service_arn.to_owned(),
-                    cluster_arn: cluster_arn(&cluster),
-                    service_name: name,
-                    task_definition: None,
-                    load_balancers: Vec::new(),
-                    deployment_controller: "ECS".to_owned(),
-                    deployment_configuration: None,
-                }
-            })
+            .or_insert_with(|| Service::new(service_arn))
     }
 
     /// The service, made sure to exist, to change its configuration.
@@ -614,7 +764,7 @@ impl EcsState {
 
 // Wire shapes
 
-fn secs(t: SystemTime) -> f64 {
+pub(super) fn secs(t: SystemTime) -> f64 {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     since.as_millis() as f64 / 1000.0
 }
