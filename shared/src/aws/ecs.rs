@@ -553,6 +553,102 @@ impl Ecs {
     }
 }
 
+/// ECS's answer for a service that is gone or going: deleting or scaling it again is done.
+fn service_is_gone(err: &AwsError) -> bool {
+    err.is("ServiceNotFoundException")
+        || err.is("ServiceNotActiveException")
+        || err.is("ClusterNotFoundException")
+}
+
+impl Ecs {
+    /// Scales a service to 0 tasks (`UpdateService desiredCount=0`), the step before deleting
+    /// it. A service that is already gone (not found, not active, or its cluster gone) counts
+    /// as scaled down. `cluster` and `service` are names or ARNs.
+    ///
+    /// Errors: any other AWS error, classified by code (a service without skewguard's tags is
+    /// `AccessDenied` under skewguard's policy).
+    pub async fn scale_service_to_zero(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<(), AwsError> {
+        match self
+            .client
+            .update_service()
+            .cluster(cluster)
+            .service(service)
+            .desired_count(0)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = classify("UpdateService", e);
+                if service_is_gone(&err)
+                    || self.service_is_gone_despite(&err, cluster, service).await
+                {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Deletes a service that runs no task any more ([`Ecs::scale_service_to_zero`] first). A
+    /// service that is already gone (not found, not active, or its cluster gone) counts as
+    /// deleted. `cluster` and `service` are names or ARNs.
+    ///
+    /// Errors: any other AWS error, classified by code.
+    pub async fn delete_service(&self, cluster: &str, service: &str) -> Result<(), AwsError> {
+        match self
+            .client
+            .delete_service()
+            .cluster(cluster)
+            .service(service)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = classify("DeleteService", e);
+                if service_is_gone(&err)
+                    || self.service_is_gone_despite(&err, cluster, service).await
+                {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Under a policy conditioned on the service's tags, acting on a service that is already
+    /// gone is denied rather than not found: look before reporting the denial.
+    async fn service_is_gone_despite(&self, err: &AwsError, cluster: &str, service: &str) -> bool {
+        if err.kind != AwsErrorKind::AccessDenied {
+            return false;
+        }
+        match self
+            .client
+            .describe_services()
+            .cluster(cluster)
+            .services(service)
+            .send()
+            .await
+        {
+            Ok(answer) => answer
+                .services()
+                .iter()
+                .all(|s| s.status() == Some("INACTIVE")),
+            Err(e) => {
+                let err = classify("DescribeServices", e);
+                err.is("ClusterNotFoundException")
+            }
+        }
+    }
+}
+
 /// `cluster` of `arn:aws:ecs:REGION:ACCOUNT:service/CLUSTER/NAME`.
 pub fn cluster_of_service(service_arn: &str) -> Option<&str> {
     let (_, path) = service_arn.split_once(":service/")?;

@@ -171,6 +171,77 @@ impl Elb {
         }
     }
 
+    /// Deletes a target group; one that is already gone counts as deleted.
+    ///
+    /// Errors: `ResourceInUse` while a listener rule still forwards to it (remove the pins
+    /// first), and any other AWS error, classified by code.
+    pub async fn delete_target_group(&self, target_group_arn: &str) -> Result<(), AwsError> {
+        match self
+            .client
+            .delete_target_group()
+            .target_group_arn(target_group_arn)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = classify("DeleteTargetGroup", e);
+                if err.is("TargetGroupNotFound") {
+                    return Ok(());
+                }
+                // As for rules: a tag-conditioned policy denies deleting what is already gone.
+                if err.kind == super::AwsErrorKind::AccessDenied
+                    && self.target_group_is_gone(target_group_arn).await
+                {
+                    return Ok(());
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn target_group_is_gone(&self, target_group_arn: &str) -> bool {
+        match self
+            .client
+            .describe_target_groups()
+            .target_group_arns(target_group_arn)
+            .send()
+            .await
+        {
+            Ok(answer) => answer.target_groups().is_empty(),
+            Err(e) => classify("DescribeTargetGroups", e).is("TargetGroupNotFound"),
+        }
+    }
+
+    /// The ARN of the target group named `name`, if it exists (a copy's target group whose
+    /// creation was interrupted before its ARN was recorded).
+    ///
+    /// Errors: any AWS error but `TargetGroupNotFound`, classified by code.
+    pub async fn target_group_arn_by_name(&self, name: &str) -> Result<Option<String>, AwsError> {
+        match self
+            .client
+            .describe_target_groups()
+            .names(name)
+            .send()
+            .await
+        {
+            Ok(answer) => Ok(answer
+                .target_groups()
+                .iter()
+                .find(|tg| tg.target_group_name() == Some(name))
+                .and_then(|tg| tg.target_group_arn())
+                .map(str::to_owned)),
+            Err(e) => {
+                let err = classify("DescribeTargetGroups", e);
+                if err.is("TargetGroupNotFound") {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     async fn rule_is_gone(&self, rule_arn: &str) -> bool {
         match self
             .client

@@ -1,11 +1,14 @@
 //! The narrow AWS operations skewguard needs, each behind a named function, and the
 //! classification of what AWS answered.
 
+pub mod cloudwatch;
 pub mod ecs;
 pub mod elb;
 pub mod ledger_store;
 #[cfg(test)]
 mod mock_tests;
+#[cfg(test)]
+mod retirement_mock_tests;
 
 use std::error::Error;
 use std::sync::Arc;
