@@ -5,6 +5,7 @@
 //! a table (coloured on a terminal) or JSON (`--output json`).
 
 pub mod commands;
+pub mod pricing;
 pub mod render;
 
 use std::time::Duration;
