@@ -29,8 +29,9 @@
 //!   metric;
 //! - `Service` (`cluster/service`, one per protected service): only what tells a service's
 //!   story (pins, errors, hold time, repairs), not durations or call counts;
-//! - `Function` + `ErrorKind` and `Function` + `RepairKind` (fixed lists): one line per kind
-//!   that occurred.
+//! - `Function` + `ErrorKind`, `Function` + `RepairKind` and `Function` + `RetireReason`
+//!   (fixed lists; the reconciler's `Retirements` of retained versions, by reason): one line
+//!   per kind that occurred.
 //!
 //! The request ID is never a dimension: it is a plain member of the line.
 
@@ -77,6 +78,8 @@ pub struct Counts {
     pub errors: BTreeMap<String, u64>,
     /// How long the deployment has been held so far (post-shift: since green went live).
     pub held: Option<Duration>,
+    /// Retained versions retired (their copy torn down), by reason (`max-versions`, `idle`, …).
+    pub retirements: BTreeMap<String, u64>,
 }
 
 /// The invocation a line belongs to.
@@ -377,6 +380,14 @@ pub fn reconciler_lines(
         at,
         invocation,
         FUNCTION,
+        "RetireReason",
+        "Retirements",
+        &counts.retirements,
+    ));
+    lines.extend(kind_lines(
+        at,
+        invocation,
+        FUNCTION,
         "ErrorKind",
         "Errors",
         &error_kinds,
@@ -660,6 +671,51 @@ mod tests {
                 (json!("finished"), json!(1.0), json!(null)),
                 (json!("pin-removed"), json!(2.0), json!(null)),
                 (json!("AwsAccessDenied"), json!(null), json!(1.0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn retirements_are_counted_by_reason() {
+        let answer = json!({"services": [], "errors": []});
+        let run = ReconcilerRun {
+            stage: "schedule",
+            result: Ok(&answer),
+            duration: Duration::from_secs(1),
+        };
+        let counts = Counts {
+            retirements: BTreeMap::from([("idle".to_owned(), 2), ("max-versions".to_owned(), 1)]),
+            ..Counts::default()
+        };
+        let lines = reconciler_lines(&run, &counts, &invocation(), AT);
+        for line in &lines {
+            check_references(line);
+        }
+        let by_reason: Vec<_> = lines
+            .iter()
+            .filter_map(|l| {
+                l.get("RetireReason").map(|r| {
+                    (
+                        r.clone(),
+                        l["Retirements"].clone(),
+                        l["_aws"]["CloudWatchMetrics"][0]["Dimensions"].clone(),
+                    )
+                })
+            })
+            .collect();
+        assert_eq!(
+            by_reason,
+            [
+                (
+                    json!("idle"),
+                    json!(2.0),
+                    json!([["Function", "RetireReason"]])
+                ),
+                (
+                    json!("max-versions"),
+                    json!(1.0),
+                    json!([["Function", "RetireReason"]])
+                ),
             ]
         );
     }
