@@ -553,6 +553,95 @@ impl Ecs {
     }
 }
 
+/// How many tasks a service wants and runs, per DescribeServices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceTasks {
+    pub desired: u32,
+    pub running: u32,
+    /// `ACTIVE`, `DRAINING` or `INACTIVE` (deleted).
+    pub active: bool,
+}
+
+/// The task-level size of a task definition: what Fargate bills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSize {
+    /// CPU units (1024 = 1 vCPU); `None` when the task definition sets no task-level CPU.
+    pub cpu_units: Option<u32>,
+    /// MiB; `None` when the task definition sets no task-level memory.
+    pub memory_mib: Option<u32>,
+    /// `runtimePlatform.cpuArchitecture` (`X86_64`, `ARM64`), if set.
+    pub architecture: Option<String>,
+}
+
+/// DescribeServices accepts at most 10 services per call.
+const DESCRIBE_SERVICES_BATCH: usize = 10;
+
+impl Ecs {
+    /// The task counts of each named service of `cluster` that ECS knows (by the name or ARN
+    /// asked); services ECS does not know are absent.
+    ///
+    /// Errors: any AWS error, classified by code.
+    pub async fn service_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<BTreeMap<String, ServiceTasks>, AwsError> {
+        let mut found = BTreeMap::new();
+        for batch in services.chunks(DESCRIBE_SERVICES_BATCH) {
+            let answer = self
+                .client
+                .describe_services()
+                .cluster(cluster)
+                .set_services(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeServices", e))?;
+            for service in answer.services() {
+                let tasks = ServiceTasks {
+                    desired: service.desired_count().max(0) as u32,
+                    running: service.running_count().max(0) as u32,
+                    active: service.status() != Some("INACTIVE"),
+                };
+                for asked in batch {
+                    if service.service_name() == Some(asked.as_str())
+                        || service.service_arn() == Some(asked.as_str())
+                    {
+                        found.insert(asked.clone(), tasks);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The task-level CPU, memory and architecture of a task definition.
+    ///
+    /// Errors: any AWS error, classified by code; a task definition ECS does not return.
+    pub async fn task_size(&self, task_definition_arn: &str) -> Result<TaskSize, EcsError> {
+        let answer = self
+            .client
+            .describe_task_definition()
+            .task_definition(task_definition_arn)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeTaskDefinition", e))?;
+        let td = answer.task_definition().ok_or_else(|| {
+            EcsError::Discovery(DiscoveryError::Missing {
+                what: "task definition",
+                arn: task_definition_arn.to_owned(),
+            })
+        })?;
+        Ok(TaskSize {
+            cpu_units: td.cpu().and_then(|c| c.trim().parse().ok()),
+            memory_mib: td.memory().and_then(|m| m.trim().parse().ok()),
+            architecture: td
+                .runtime_platform()
+                .and_then(|p| p.cpu_architecture())
+                .map(|a| a.as_str().to_owned()),
+        })
+    }
+}
+
 /// ECS's answer for a service that is gone or going: deleting or scaling it again is done.
 fn service_is_gone(err: &AwsError) -> bool {
     err.is("ServiceNotFoundException")

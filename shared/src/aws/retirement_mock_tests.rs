@@ -383,3 +383,60 @@ async fn pages_are_followed_and_a_failed_call_is_an_error_not_a_zero() {
         ("GetMetricData", AwsErrorKind::AccessDenied)
     );
 }
+
+#[tokio::test]
+async fn status_reads_a_copys_tasks_and_its_task_size() {
+    use aws_sdk_ecs::operation::describe_task_definition::DescribeTaskDefinitionOutput;
+    use aws_sdk_ecs::types::{CpuArchitecture, RuntimePlatform, TaskDefinition};
+    let describe = mock!(aws_sdk_ecs::Client::describe_services)
+        .match_requests(|r| r.cluster() == Some(CLUSTER) && r.services() == [COPY, "gone"])
+        .then_output(|| {
+            DescribeServicesOutput::builder()
+                .services(
+                    Service::builder()
+                        .service_name(COPY)
+                        .status("ACTIVE")
+                        .desired_count(2)
+                        .running_count(1)
+                        .build(),
+                )
+                .build()
+        });
+    let td = mock!(aws_sdk_ecs::Client::describe_task_definition)
+        .match_requests(|r| r.task_definition() == Some("td:7"))
+        .then_output(|| {
+            DescribeTaskDefinitionOutput::builder()
+                .task_definition(
+                    TaskDefinition::builder()
+                        .cpu("512")
+                        .memory("1024")
+                        .runtime_platform(
+                            RuntimePlatform::builder()
+                                .cpu_architecture(CpuArchitecture::Arm64)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        });
+    let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&describe, &td]);
+    let ecs = Ecs::new(client);
+    let tasks = ecs
+        .service_tasks(CLUSTER, &[COPY.into(), "gone".into()])
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1, "a service ECS does not know is absent");
+    assert_eq!(
+        (tasks[COPY].desired, tasks[COPY].running, tasks[COPY].active),
+        (2, 1, true)
+    );
+    let size = ecs.task_size("td:7").await.unwrap();
+    assert_eq!(
+        (
+            size.cpu_units,
+            size.memory_mib,
+            size.architecture.as_deref()
+        ),
+        (Some(512), Some(1024), Some("ARM64"))
+    );
+}
