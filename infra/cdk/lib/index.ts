@@ -225,6 +225,36 @@ export class Skewguard extends Construct {
       })],
     });
 
+    // Retention copies: scale to 0 and delete the retention services and target groups skewguard
+    // created (only those tagged skewguard:managed=true), and look whether one is already gone.
+    const retentionTeardown = new iam.ManagedPolicy(this, 'RetentionTeardownPolicy', {
+      description: 'skewguard - tear down the retention copies it created',
+      statements: [
+        new iam.PolicyStatement({
+          sid: 'ScaleDownAndDeleteOnlyTaggedServices',
+          actions: ['ecs:UpdateService', 'ecs:DeleteService'],
+          resources: [`${ecsPrefix}:service/${clusterName}/*`],
+          conditions: { StringEquals: { 'aws:ResourceTag/skewguard:managed': 'true' } },
+        }),
+        new iam.PolicyStatement({
+          sid: 'DescribeServicesOfTheCluster',
+          actions: ['ecs:DescribeServices'],
+          resources: [`${ecsPrefix}:service/${clusterName}/*`],
+        }),
+        new iam.PolicyStatement({
+          sid: 'DeleteOnlyTaggedRetentionTargetGroups',
+          actions: ['elasticloadbalancing:DeleteTargetGroup'],
+          resources: [`arn:${stack.partition}:elasticloadbalancing:${stack.region}:${stack.account}:targetgroup/sg-*/*`],
+          conditions: { StringEquals: { 'aws:ResourceTag/skewguard:managed': 'true' } },
+        }),
+        new iam.PolicyStatement({
+          sid: 'DescribeTargetGroupsHasNoResourceLevelPermissions',
+          actions: ['elasticloadbalancing:DescribeTargetGroups'],
+          resources: ['*'],
+        }),
+      ],
+    });
+
     // -------------------------------------------------------------------------- the functions
     this.deadLetterQueue = new sqs.Queue(this, 'ReconcilerDeadLetters', {
       retentionPeriod: Duration.days(14),
@@ -322,6 +352,12 @@ export class Skewguard extends Construct {
       if (crate === 'post-test-traffic') own.push(describeDeployments);
       if (crate === 'reconciler') {
         own.push(
+          // The idle check of retained versions: the ALB's RequestCount per target group.
+          new iam.PolicyStatement({
+            sid: 'GetMetricDataHasNoResourceLevelPermissions',
+            actions: ['cloudwatch:GetMetricData'],
+            resources: ['*'],
+          }),
           new iam.PolicyStatement({
             sid: 'ListServiceDeployments',
             actions: ['ecs:ListServiceDeployments'],
@@ -339,7 +375,9 @@ export class Skewguard extends Construct {
       const role = new iam.Role(scope, 'Role', {
         description: `skewguard ${crate}`,
         assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
-        managedPolicies: [describeRevisions, pinRules, ledgerWrite],
+        managedPolicies: crate === 'reconciler'
+          ? [describeRevisions, pinRules, ledgerWrite, retentionTeardown]
+          : [describeRevisions, pinRules, ledgerWrite],
         inlinePolicies: { [crate]: new iam.PolicyDocument({ statements: own }) },
       });
       const code = props.code?.[crate] ?? lambda.Code.fromAsset(path.join(
