@@ -116,7 +116,7 @@ impl CloudWatch {
                         continue;
                     }
                     match result.status_code() {
-                        Some(StatusCode::Complete) | Some(StatusCode::PartialData) => {}
+                        Some(StatusCode::Complete | StatusCode::PartialData) => {}
                         // InternalError, Forbidden or anything new: not evidence of anything.
                         _ => failed[i] = true,
                     }
