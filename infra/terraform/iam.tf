@@ -121,55 +121,6 @@ data "aws_iam_policy_document" "ledger_write" {
   }
 }
 
-# Retention copies: scale to 0 and delete the retention services and target groups skewguard
-# created (only those tagged skewguard:managed=true), and look whether one is already gone.
-data "aws_iam_policy_document" "retention_teardown" {
-  statement {
-    sid       = "ScaleDownAndDeleteOnlyTaggedServices"
-    actions   = ["ecs:UpdateService", "ecs:DeleteService"]
-    resources = ["${local.ecs_prefix}:service/${var.cluster_name}/*"]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/skewguard:managed"
-      values   = ["true"]
-    }
-  }
-  statement {
-    sid       = "DescribeServicesOfTheCluster"
-    actions   = ["ecs:DescribeServices"]
-    resources = ["${local.ecs_prefix}:service/${var.cluster_name}/*"]
-  }
-  statement {
-    sid       = "DeleteOnlyTaggedRetentionTargetGroups"
-    actions   = ["elasticloadbalancing:DeleteTargetGroup"]
-    resources = ["${local.elb_prefix}:targetgroup/sg-*/*"]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/skewguard:managed"
-      values   = ["true"]
-    }
-  }
-  statement {
-    sid       = "DescribeTargetGroupsHasNoResourceLevelPermissions"
-    actions   = ["elasticloadbalancing:DescribeTargetGroups"]
-    resources = ["*"]
-  }
-}
-
-resource "aws_iam_policy" "retention_teardown" {
-  name        = "${var.name}-retention-teardown"
-  description = "skewguard - tear down the retention copies it created"
-  policy      = data.aws_iam_policy_document.retention_teardown.json
-  tags        = var.tags
-}
-
-resource "aws_iam_role_policy_attachment" "retention_teardown" {
-  for_each = toset(["reconciler"])
-
-  role       = aws_iam_role.function[each.key].name
-  policy_arn = aws_iam_policy.retention_teardown.arn
-}
-
 resource "aws_iam_policy" "describe_revisions" {
   name        = "${var.name}-describe-revisions"
   description = "skewguard - read ECS service revisions and task definitions"
@@ -254,6 +205,38 @@ data "aws_iam_policy_document" "reconciler" {
     sid       = "OwnLogGroup"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.function["reconciler"].arn}:*"]
+  }
+  # Retention copies: scale to 0 and delete the retention services and target groups skewguard
+  # created (only those tagged skewguard:managed=true), and look whether one is already gone.
+  statement {
+    sid       = "ScaleDownAndDeleteOnlyTaggedServices"
+    actions   = ["ecs:UpdateService", "ecs:DeleteService"]
+    resources = ["${local.ecs_prefix}:service/${var.cluster_name}/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/skewguard:managed"
+      values   = ["true"]
+    }
+  }
+  statement {
+    sid       = "DescribeServicesOfTheCluster"
+    actions   = ["ecs:DescribeServices"]
+    resources = ["${local.ecs_prefix}:service/${var.cluster_name}/*"]
+  }
+  statement {
+    sid       = "DeleteOnlyTaggedRetentionTargetGroups"
+    actions   = ["elasticloadbalancing:DeleteTargetGroup"]
+    resources = ["${local.elb_prefix}:targetgroup/sg-*/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/skewguard:managed"
+      values   = ["true"]
+    }
+  }
+  statement {
+    sid       = "DescribeTargetGroupsHasNoResourceLevelPermissions"
+    actions   = ["elasticloadbalancing:DescribeTargetGroups"]
+    resources = ["*"]
   }
   # The idle check of retained versions: the ALB's RequestCount per target group.
   statement {
