@@ -231,8 +231,9 @@ fn status_rank(status: Status) -> u8 {
     match status {
         Status::Live => 0,
         Status::Draining => 1,
-        Status::Testing => 2,
-        Status::RolledBack | Status::Retired => 3,
+        Status::Retained => 2,
+        Status::Testing => 3,
+        Status::RolledBack | Status::Retired => 4,
     }
 }
 

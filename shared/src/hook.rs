@@ -575,7 +575,7 @@ async fn attempt_stage(
 #[derive(Debug)]
 enum Seen {
     /// A forward call for a deployment whose entry already ended (rolled back, superseded).
-    Ended(LedgerEntry),
+    Ended(Box<LedgerEntry>),
     /// RECONCILE_SERVICE / PRE_SCALE_UP: where green will scale up, when the ledger records
     /// anything that could be there.
     PrepareScaleUp(Option<Incoming>),
@@ -617,7 +617,7 @@ async fn observe(
     if shift != Some(Shift::Rollback)
         && let Some(ended) = stages::ended_deployment(draft, &event.target_revision_arn)
     {
-        return Ok(Seen::Ended(ended.clone()));
+        return Ok(Seen::Ended(Box::new(ended.clone())));
     }
     Ok(match event.stage {
         LifecycleStage::ReconcileService | LifecycleStage::PreScaleUp => {

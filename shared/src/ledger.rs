@@ -14,7 +14,9 @@ pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Where a ledger entry's version is in its life; stored as `status` ([`Status::as_str`]).
 ///
 /// `Testing` → `Live` → `Draining` → `Retired` on a deployment that completes, `Testing` →
-/// `RolledBack` on one that is rolled back. Retired and rolled-back entries are history
+/// `RolledBack` on one that is rolled back. With `retention: service`, `Draining` →
+/// `Retained` once the pins forward to the version's retention copy ([`RetainedCopy`]), and
+/// `Retained` → `Retired` when the copy retires. Retired and rolled-back entries are history
 /// ([`Status::is_final`]) unless ECS runs their version again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Status {
@@ -22,8 +24,12 @@ pub enum Status {
     Testing,
     /// Serves production.
     Live,
-    /// The previous production version, pinned until `drain_until`.
+    /// The previous production version, pinned until `drain_until` (or, in `service` mode,
+    /// while its retention copy starts).
     Draining,
+    /// A previous version served by its own retention service and target group
+    /// ([`LedgerEntry::retention`]), pinned until it retires.
+    Retained,
     /// Pins removed after its skew window (or because its version no longer runs).
     Retired,
     /// A deployment of it was rolled back.
@@ -32,20 +38,23 @@ pub enum Status {
 
 impl Status {
     /// Every status, in life order.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Testing,
         Status::Live,
         Status::Draining,
+        Status::Retained,
         Status::Retired,
         Status::RolledBack,
     ];
 
-    /// The stored and displayed form: `testing`, `live`, `draining`, `retired`, `rolled_back`.
+    /// The stored and displayed form: `testing`, `live`, `draining`, `retained`, `retired`,
+    /// `rolled_back`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Testing => "testing",
             Status::Live => "live",
             Status::Draining => "draining",
+            Status::Retained => "retained",
             Status::Retired => "retired",
             Status::RolledBack => "rolled_back",
         }
@@ -112,8 +121,41 @@ pub struct LedgerEntry {
     /// Why a version stopped being pinned when it was not the usual end of its skew window
     /// (e.g. `superseded`: a newer deployment took its target group).
     pub reason: Option<String>,
+    /// `retention: service`: the version's retention copy, recorded before any of it is
+    /// created (so a crash leaves nothing untracked) and kept until it is torn down.
+    pub retention: Option<RetainedCopy>,
     /// Optimistic-concurrency counter; 0 means "not stored yet".
     pub version: u64,
+}
+
+/// A retention copy of a previous version: an ECS service running its task definition behind
+/// a target group of its own, both created and tagged by skewguard. Names are deterministic
+/// ([`crate::retention`]) so a retried create finds the same resource; ARNs are known once
+/// created. Times are UTC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedCopy {
+    /// The retention service's name (`<service>-sg-<deployment ID>`), in `cluster_arn`.
+    pub service_name: String,
+    /// The retention service's ARN, once CreateService (or DescribeServices) answered it.
+    pub service_arn: Option<String>,
+    /// The retention target group's name (`sg-<16 hex>`).
+    pub target_group_name: String,
+    /// The retention target group's ARN, once CreateTargetGroup answered it.
+    pub target_group_arn: Option<String>,
+    /// How many tasks the retention service runs.
+    pub tasks: u32,
+    /// When skewguard decided to start the copy (`retentionStartTimeout` counts from here).
+    pub started_at: OffsetDateTime,
+    /// When its targets were first seen healthy and the pins moved to it.
+    pub healthy_at: Option<OffsetDateTime>,
+    /// When the version left production (the production shift's end): `maxAge` counts from here.
+    pub left_production_at: OffsetDateTime,
+    /// When it retires at the latest (`left_production_at` + `maxAge`).
+    pub retain_until: Option<OffsetDateTime>,
+    /// Consecutive idle checks that found no requests (two retire it).
+    pub idle_checks: u32,
+    /// The cluster that runs the retention service (the user's service's cluster).
+    pub cluster_arn: String,
 }
 
 /// One line of an entry's append-only history.
@@ -184,6 +226,7 @@ impl LedgerEntry {
             expires_at: None,
             last_error: None,
             reason: None,
+            retention: None,
             version: 0,
         }
     }
@@ -191,7 +234,7 @@ impl LedgerEntry {
     /// Whether this version must be reachable through a pin right now.
     pub fn wants_pin(&self) -> bool {
         match self.status {
-            Status::Live | Status::Draining => true,
+            Status::Live | Status::Draining | Status::Retained => true,
             Status::Testing => self.shifted_at.is_some(),
             Status::Retired | Status::RolledBack => false,
         }
@@ -300,6 +343,11 @@ mod tests {
     fn only_running_production_draining_and_shifted_versions_are_pinned() {
         assert!(entry(Status::Live).wants_pin());
         assert!(entry(Status::Draining).wants_pin());
+        assert!(entry(Status::Retained).wants_pin());
+        assert!(
+            !Status::Retained.is_final(),
+            "a retained version is in play"
+        );
         assert!(!entry(Status::Testing).wants_pin());
         let mut shifted = entry(Status::Testing);
         shifted.shifted_at = Some(datetime!(2026-01-01 0:01 UTC));

@@ -42,6 +42,7 @@ pub mod pins;
 mod proptests;
 pub mod reconcile;
 pub mod reconciler;
+pub mod retention;
 pub mod retirement;
 pub mod retry;
 pub mod settings;

@@ -308,12 +308,17 @@ impl Repair {
 /// and only on evidence: a version is finished when its target group now runs something else,
 /// or when ECS is settled and no longer runs it; a version ECS runs elsewhere is moved there;
 /// a `testing` (or `draining`) version that settled ECS calls production becomes `live`.
+/// `retained` versions run in their own retention service, which ECS's view of this service
+/// does not show: they are left to retirement.
 pub fn decide(draft: &mut Draft, view: &EcsView, now: OffsetDateTime) -> Vec<Repair> {
     let mut repairs = Vec::new();
     if !view.known {
         return repairs;
     }
-    for entry in draft.entries_mut().filter(|e| !e.status.is_final()) {
+    for entry in draft
+        .entries_mut()
+        .filter(|e| !e.status.is_final() && e.status != Status::Retained)
+    {
         let id = entry.deployment_id.clone();
         let runs_here = view.runs(&id, &entry.target_group_arn);
         if !runs_here && let Some(elsewhere) = view.running.iter().find(|r| r.deployment_id == id) {
@@ -1009,6 +1014,21 @@ mod tests {
             repairs.iter().any(|r| r.detail.contains("now runs v3")),
             "{repairs:?}"
         );
+    }
+
+    #[test]
+    fn a_retained_version_is_left_to_retirement_even_though_this_service_does_not_run_it() {
+        let v2 = version("v2", TG2, "2");
+        let mut draft = Draft::new(
+            SVC,
+            vec![
+                entry("v1", "sg-retention", "1", Status::Retained),
+                entry("v2", TG2, "2", Status::Live),
+            ],
+        );
+        let repairs = decide(&mut draft, &settled(&v2), T0);
+        assert!(repairs.is_empty(), "{repairs:?}");
+        assert_eq!(draft.get(&id("v1")).unwrap().status, Status::Retained);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub const HOOK_TIMEOUT_MARGIN_POLLS: u32 = 2;
 pub const ROLLBACK_RETRIES_KEY: &str = "skewguardRollbackRetries";
 
 /// Every key a user may set, with the env variable that sets its function-level default.
-pub const SETTING_KEYS: [(&str, &str); 11] = [
+pub const SETTING_KEYS: [(&str, &str); 18] = [
     ("headerName", "SKEWGUARD_HEADER_NAME"),
     ("queryParam", "SKEWGUARD_QUERY_PARAM"),
     ("cookieName", "SKEWGUARD_COOKIE_NAME"),
@@ -34,7 +34,23 @@ pub const SETTING_KEYS: [(&str, &str); 11] = [
     ("onError", "SKEWGUARD_ON_ERROR"),
     ("afterWindow", "SKEWGUARD_AFTER_WINDOW"),
     ("hookTimeout", "SKEWGUARD_HOOK_TIMEOUT"),
+    ("retention", "SKEWGUARD_RETENTION"),
+    ("retainedTasks", "SKEWGUARD_RETAINED_TASKS"),
+    ("maxVersions", "SKEWGUARD_MAX_VERSIONS"),
+    ("maxAge", "SKEWGUARD_MAX_AGE"),
+    ("minAge", "SKEWGUARD_MIN_AGE"),
+    ("idleWindow", "SKEWGUARD_IDLE_WINDOW"),
+    ("retentionStartTimeout", "SKEWGUARD_RETENTION_START_TIMEOUT"),
 ];
+
+/// The `retention` mode when neither `hookDetails` nor `SKEWGUARD_RETENTION` sets one.
+pub const DEFAULT_RETENTION: Retention = Retention::Hold;
+/// At most this long since a retained version left production (`maxAge`).
+pub const MAX_RETENTION_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// ECS's default quota of tasks per service: the most `retainedTasks` can ask for.
+pub const MAX_RETAINED_TASKS: u32 = 5_000;
+/// ALB's default quota of target groups per load balancer: each retained version needs one.
+pub const MAX_RETAINED_VERSIONS: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -51,6 +67,42 @@ pub struct Settings {
     /// The post-shift hook's `timeoutConfiguration.timeoutInMinutes`, when the user tells it:
     /// the hold (`skewWindow` plus a margin of poll intervals) must fit inside it.
     pub hook_timeout: Option<Duration>,
+    /// How the previous version stays reachable after the production shift.
+    pub retention: Retention,
+    /// `service` mode: how many tasks the retention service runs (never more than blue ran).
+    pub retained_tasks: u32,
+    /// `service` mode: how many retained versions a service keeps; the oldest retire first.
+    pub max_versions: u32,
+    /// `service` mode: a retained version retires this long after it left production.
+    pub max_age: Duration,
+    /// `service` mode: no idle retirement before a retained version is this old.
+    pub min_age: Duration,
+    /// `service` mode: a retained version with no requests over this long is idle.
+    pub idle_window: Duration,
+    /// `service` mode: how long post-shift waits for the retention copy to become healthy
+    /// before it falls back to holding.
+    pub retention_start_timeout: Duration,
+}
+
+/// How post-shift keeps the previous version reachable for the pins that name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Answer `IN_PROGRESS` for the skew window: ECS keeps blue running, and the deployment
+    /// stays open until the window ends. One previous version at a time.
+    Hold,
+    /// Clone blue into a retention service with its own target group, move the pins there and
+    /// let the deployment finish; the copy retires later (`maxVersions`, `maxAge`, idle).
+    Service,
+}
+
+impl Retention {
+    /// The setting's spelling: `hold` or `service`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retention::Hold => "hold",
+            Retention::Service => "service",
+        }
+    }
 }
 
 /// What a request carrying a pin whose version is gone gets.
@@ -190,18 +242,98 @@ impl Settings {
                 .parse("afterWindow", parse_after_window)?
                 .unwrap_or(AfterWindow::Fallthrough),
             hook_timeout: source.parse("hookTimeout", parse_hook_timeout)?,
+            retention: source
+                .parse("retention", parse_retention)?
+                .unwrap_or(DEFAULT_RETENTION),
+            retained_tasks: source
+                .parse("retainedTasks", |raw| {
+                    parse_count(
+                        raw,
+                        MAX_RETAINED_TASKS,
+                        "ECS's default quota of tasks per service",
+                    )
+                })?
+                .unwrap_or(1),
+            max_versions: source
+                .parse("maxVersions", |raw| {
+                    parse_count(
+                        raw,
+                        MAX_RETAINED_VERSIONS,
+                        "ALB's default quota of target groups per load balancer",
+                    )
+                })?
+                .unwrap_or(3),
+            max_age: source
+                .parse("maxAge", parse_max_age)?
+                .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+            min_age: source
+                .parse("minAge", parse_min_age)?
+                .unwrap_or(Duration::from_secs(30 * 60)),
+            idle_window: source
+                .parse("idleWindow", parse_idle_window)?
+                .unwrap_or(Duration::from_secs(30 * 60)),
+            retention_start_timeout: source
+                .parse("retentionStartTimeout", parse_start_timeout)?
+                .unwrap_or(Duration::from_secs(10 * 60)),
         };
+        settings.check_ages(&source)?;
         settings.check_hold_fits(&source)?;
         Ok(settings)
     }
 
+    /// `minAge` is a grace before idle retirement; one longer than `maxAge` could never apply.
+    fn check_ages(&self, source: &Source<'_>) -> Result<(), SettingsError> {
+        if self.min_age <= self.max_age {
+            return Ok(());
+        }
+        let (value, origin) = source.raw("minAge").unwrap_or_else(|| {
+            (
+                humantime::format_duration(self.min_age).to_string(),
+                Origin::Default,
+            )
+        });
+        Err(SettingsError::Invalid {
+            key: "minAge",
+            value,
+            origin,
+            reason: format!(
+                "is longer than maxAge {}: a retained version retires at maxAge, so shorten minAge or raise maxAge",
+                humantime::format_duration(self.max_age)
+            ),
+        })
+    }
+
     /// The hold needs `skewWindow` plus [`HOOK_TIMEOUT_MARGIN_POLLS`] poll intervals; a hook
     /// timeout shorter than that would roll every deployment back at the end of its window.
+    /// In `service` mode the hook may wait `retentionStartTimeout` for the copy and then fall
+    /// back to holding until the window (counted from the shift) ends: the longer of the two.
     fn check_hold_fits(&self, source: &Source<'_>) -> Result<(), SettingsError> {
         let Some(timeout) = self.hook_timeout else {
             return Ok(());
         };
         let margin = self.poll_interval * HOOK_TIMEOUT_MARGIN_POLLS;
+        if self.retention == Retention::Service
+            && self.retention_start_timeout > self.skew_window
+            && self.retention_start_timeout + margin > timeout
+        {
+            let (value, origin) = source.raw("retentionStartTimeout").unwrap_or_else(|| {
+                (
+                    humantime::format_duration(self.retention_start_timeout).to_string(),
+                    Origin::Default,
+                )
+            });
+            return Err(SettingsError::Invalid {
+                key: "retentionStartTimeout",
+                value,
+                origin,
+                reason: format!(
+                    "waiting for the retention copy needs retentionStartTimeout plus {HOOK_TIMEOUT_MARGIN_POLLS} poll intervals ({}), \
+                     longer than hookTimeout {}: shorten retentionStartTimeout or raise the post-shift hook's timeout",
+                    humantime::format_duration(self.retention_start_timeout + margin),
+                    humantime::format_duration(timeout),
+                ),
+            });
+        }
         let needed = self.skew_window + margin;
         if needed <= timeout {
             return Ok(());
@@ -300,6 +432,67 @@ fn env_var_of(key: &str) -> &'static str {
         .find(|(k, _)| *k == key)
         .map(|(_, var)| *var)
         .unwrap_or("?")
+}
+
+fn parse_retention(raw: &str) -> Result<Retention, String> {
+    match raw {
+        "hold" => Ok(Retention::Hold),
+        "service" => Ok(Retention::Service),
+        _ => Err("must be `hold` or `service`".to_owned()),
+    }
+}
+
+/// A whole number from 1 to `max`, `why` naming where the bound comes from.
+fn parse_count(raw: &str, max: u32, why: &str) -> Result<u32, String> {
+    raw.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("must be a whole number from 1 to {max} ({why})"))
+}
+
+fn parse_max_age(raw: &str) -> Result<Duration, String> {
+    let age = parse_duration(raw)?;
+    if age < Duration::from_secs(60) || age > MAX_RETENTION_AGE {
+        return Err(format!(
+            "must be between 1m and {}",
+            humantime::format_duration(MAX_RETENTION_AGE)
+        ));
+    }
+    Ok(age)
+}
+
+fn parse_min_age(raw: &str) -> Result<Duration, String> {
+    let age = parse_duration(raw)?;
+    if age > MAX_RETENTION_AGE {
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(MAX_RETENTION_AGE)
+        ));
+    }
+    Ok(age)
+}
+
+/// The ALB publishes `RequestCount` per minute; a window shorter than that has no data point,
+/// and one beyond a day says more about traffic patterns than about a tab left open.
+fn parse_idle_window(raw: &str) -> Result<Duration, String> {
+    let window = parse_duration(raw)?;
+    if window < Duration::from_secs(60) || window > Duration::from_secs(24 * 3600) {
+        return Err(
+            "must be between 1m and 24h (CloudWatch's RequestCount is per minute)".to_owned(),
+        );
+    }
+    Ok(window)
+}
+
+fn parse_start_timeout(raw: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(raw)?;
+    if timeout < Duration::from_secs(60) || timeout > MAX_SKEW_WINDOW {
+        return Err(format!(
+            "must be between 1m and {} (tasks and health checks need a minute; ECS ends a stage at 24 hours)",
+            humantime::format_duration(MAX_SKEW_WINDOW)
+        ));
+    }
+    Ok(timeout)
 }
 
 fn parse_after_window(raw: &str) -> Result<AfterWindow, String> {
@@ -618,6 +811,145 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("env SKEWGUARD_SKEW_WINDOW"), "{msg}");
+    }
+
+    #[test]
+    fn retention_settings_have_their_defaults() {
+        let s = Settings::resolve(&Map::new(), &EnvDefaults::default()).unwrap();
+        assert_eq!(s.retention, DEFAULT_RETENTION);
+        assert_eq!(s.retained_tasks, 1);
+        assert_eq!(s.max_versions, 3);
+        assert_eq!(s.max_age, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(s.min_age, Duration::from_secs(30 * 60));
+        assert_eq!(s.idle_window, Duration::from_secs(30 * 60));
+        assert_eq!(s.retention_start_timeout, Duration::from_secs(10 * 60));
+    }
+
+    #[test]
+    fn retention_settings_parse_from_hook_details_and_env() {
+        let s = Settings::resolve(
+            &details(json!({
+                "retention": "service", "retainedTasks": "2", "maxVersions": "5",
+                "maxAge": "30d", "minAge": "0s", "idleWindow": "1h",
+                "retentionStartTimeout": "3m"
+            })),
+            &EnvDefaults::default(),
+        )
+        .unwrap();
+        assert_eq!(s.retention, Retention::Service);
+        assert_eq!(s.retained_tasks, 2);
+        assert_eq!(s.max_versions, 5);
+        assert_eq!(s.max_age, MAX_RETENTION_AGE);
+        assert_eq!(s.min_age, Duration::ZERO);
+        assert_eq!(s.idle_window, Duration::from_secs(3600));
+        assert_eq!(s.retention_start_timeout, Duration::from_secs(180));
+        let env = EnvDefaults::from_lookup(|var| match var {
+            "SKEWGUARD_RETENTION" => Some("hold".into()),
+            "SKEWGUARD_MAX_VERSIONS" => Some("7".into()),
+            _ => None,
+        });
+        let s = Settings::resolve(&Map::new(), &env).unwrap();
+        assert_eq!(s.retention, Retention::Hold);
+        assert_eq!(s.max_versions, 7);
+    }
+
+    #[test]
+    fn invalid_retention_settings_name_the_key() {
+        for (input, key, says) in [
+            (
+                json!({"retention": "keep"}),
+                "retention",
+                "`hold` or `service`",
+            ),
+            (
+                json!({"retainedTasks": "0"}),
+                "retainedTasks",
+                "from 1 to 5000",
+            ),
+            (
+                json!({"retainedTasks": "1.5"}),
+                "retainedTasks",
+                "whole number",
+            ),
+            (
+                json!({"retainedTasks": "5001"}),
+                "retainedTasks",
+                "tasks per service",
+            ),
+            (json!({"maxVersions": "0"}), "maxVersions", "from 1 to 100"),
+            (json!({"maxVersions": "-1"}), "maxVersions", "whole number"),
+            (json!({"maxAge": "31d"}), "maxAge", "between 1m and 30days"),
+            (json!({"maxAge": "10s"}), "maxAge", "between 1m"),
+            (json!({"minAge": "a while"}), "minAge", "not a duration"),
+            (json!({"minAge": "31d"}), "minAge", "at most 30days"),
+            (
+                json!({"minAge": "2d", "maxAge": "1d"}),
+                "minAge",
+                "longer than maxAge 1day",
+            ),
+            (
+                json!({"idleWindow": "30s"}),
+                "idleWindow",
+                "between 1m and 24h",
+            ),
+            (
+                json!({"idleWindow": "2d"}),
+                "idleWindow",
+                "between 1m and 24h",
+            ),
+            (
+                json!({"retentionStartTimeout": "10s"}),
+                "retentionStartTimeout",
+                "between 1m",
+            ),
+            (
+                json!({"retentionStartTimeout": "24h"}),
+                "retentionStartTimeout",
+                "between 1m",
+            ),
+            (
+                json!({"retainedTasks": 2}),
+                "retainedTasks",
+                "must be a string",
+            ),
+        ] {
+            let msg = error_of(input.clone());
+            assert!(msg.contains(&format!("`{key}`")), "{input} gave {msg}");
+            assert!(msg.contains(says), "{input} gave {msg}");
+        }
+    }
+
+    #[test]
+    fn a_start_timeout_the_hook_timeout_cannot_wait_out_says_what_to_change() {
+        // service mode waits up to 30m for the copy; 30m + 2 × 60s > 30m.
+        let msg = error_of(json!({
+            "retention": "service", "skewWindow": "5m",
+            "retentionStartTimeout": "30m", "hookTimeout": "30m"
+        }));
+        assert!(msg.contains("`retentionStartTimeout`"), "{msg}");
+        assert!(msg.contains("shorten retentionStartTimeout"), "{msg}");
+        // The same in hold mode never waits for a copy.
+        assert!(
+            Settings::resolve(
+                &details(json!({
+                    "retention": "hold", "skewWindow": "5m",
+                    "retentionStartTimeout": "30m", "hookTimeout": "30m"
+                })),
+                &EnvDefaults::default()
+            )
+            .is_ok()
+        );
+        // A start timeout within the skew window needs no more than the hold itself.
+        assert!(
+            Settings::resolve(
+                &details(json!({
+                    "retention": "service", "skewWindow": "1h",
+                    "retentionStartTimeout": "10m", "hookTimeout": "62m"
+                })),
+                &EnvDefaults::default()
+            )
+            .is_ok()
+        );
     }
 
     #[test]

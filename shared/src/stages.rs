@@ -232,7 +232,9 @@ pub fn short_arn(arn: &str) -> &str {
 }
 
 /// Versions whose target group is now running something else, or that are not running at all,
-/// lose their pins: a pin must only ever lead to the version it names.
+/// lose their pins: a pin must only ever lead to the version it names. A `retained` version
+/// runs in its own retention service, never in a revision of this one, and retires only
+/// through [`crate::retention`]'s teardown.
 fn displace(
     draft: &mut Draft,
     running: &[&RunningVersion],
@@ -240,7 +242,10 @@ fn displace(
     newer_than: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) {
-    for entry in draft.entries_mut().filter(|e| !e.status.is_final()) {
+    for entry in draft
+        .entries_mut()
+        .filter(|e| !e.status.is_final() && e.status != Status::Retained)
+    {
         if newer_than.is_some_and(|green_recorded| entry.created_at > green_recorded) {
             continue;
         }
@@ -329,7 +334,9 @@ pub fn production_shift(
         Status::Testing => {
             entry.shifted_at.get_or_insert(now);
         }
-        Status::Retired | Status::RolledBack => {
+        // A retained version deployed again runs on green's target group from now on; its
+        // retention copy stays recorded until it is torn down.
+        Status::Retained | Status::Retired | Status::RolledBack => {
             entry.restart_testing();
             entry.shifted_at = Some(now);
         }
@@ -822,6 +829,30 @@ mod tests {
         let entries = commit(&draft, T0);
         assert_eq!(status_of(&entries, "aaa"), Status::Retired);
         assert_eq!(status_of(&entries, "bbb"), Status::Live);
+        assert_eq!(status_of(&entries, "ccc"), Status::Testing);
+    }
+
+    #[test]
+    fn a_retained_version_is_never_displaced_for_not_running_in_this_service() {
+        // A is retained in its own retention service; B is live; C's deployment begins.
+        let (b, c) = (version("bbb", "tg2", "2"), version("ccc", "tg1", "3"));
+        let mut retained = LedgerEntry::new(
+            SVC,
+            &version("aaa", "sg-retention", "1"),
+            &wiring(),
+            Status::Retained,
+            T0,
+        );
+        retained.version = 2;
+        let mut draft = Draft::new(SVC, vec![retained]);
+        post_test_traffic(&mut draft, &b, None, &wiring(), T0);
+        production_shift(&mut draft, &b, None, &wiring(), T0);
+        let entries = commit(&draft, T0);
+        let mut draft = Draft::new(SVC, entries);
+        post_test_traffic(&mut draft, &c, Some(&b), &wiring(), T0);
+        production_shift(&mut draft, &c, Some(&b), &wiring(), T0);
+        let entries = commit(&draft, T0);
+        assert_eq!(status_of(&entries, "aaa"), Status::Retained);
         assert_eq!(status_of(&entries, "ccc"), Status::Testing);
     }
 

@@ -10,7 +10,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{AwsError, AwsErrorKind, classify};
 use crate::DeploymentId;
-use crate::ledger::{HistoryRecord, LedgerEntry, Status};
+use crate::ledger::{HistoryRecord, LedgerEntry, RetainedCopy, Status};
 use crate::stages::Change;
 
 /// Attribute names: part of the public contract (users query the table directly).
@@ -36,10 +36,22 @@ pub mod attr {
     pub const REASON: &str = "reason";
     pub const VERSION: &str = "version";
     pub const HISTORY: &str = "history";
+    // The retention copy (`retention: service`), absent when there is none.
+    pub const RETENTION_SERVICE_NAME: &str = "retentionServiceName";
+    pub const RETENTION_SERVICE_ARN: &str = "retentionServiceArn";
+    pub const RETENTION_TARGET_GROUP_NAME: &str = "retentionTargetGroupName";
+    pub const RETENTION_TARGET_GROUP_ARN: &str = "retentionTargetGroupArn";
+    pub const RETENTION_TASKS: &str = "retentionTasks";
+    pub const RETENTION_STARTED_AT: &str = "retentionStartedAt";
+    pub const RETENTION_HEALTHY_AT: &str = "retentionHealthyAt";
+    pub const LEFT_PRODUCTION_AT: &str = "leftProductionAt";
+    pub const RETAIN_UNTIL: &str = "retainUntil";
+    pub const IDLE_CHECKS: &str = "idleChecks";
+    pub const RETENTION_CLUSTER: &str = "retentionCluster";
 }
 
 /// Every attribute except `history`, which can grow long and is never needed to decide.
-const ENTRY_ATTRIBUTES: [&str; 20] = [
+const ENTRY_ATTRIBUTES: [&str; 31] = [
     attr::SERVICE_ARN,
     attr::DEPLOYMENT_ID,
     attr::STATUS,
@@ -60,6 +72,17 @@ const ENTRY_ATTRIBUTES: [&str; 20] = [
     attr::LAST_ERROR,
     attr::REASON,
     attr::VERSION,
+    attr::RETENTION_SERVICE_NAME,
+    attr::RETENTION_SERVICE_ARN,
+    attr::RETENTION_TARGET_GROUP_NAME,
+    attr::RETENTION_TARGET_GROUP_ARN,
+    attr::RETENTION_TASKS,
+    attr::RETENTION_STARTED_AT,
+    attr::RETENTION_HEALTHY_AT,
+    attr::LEFT_PRODUCTION_AT,
+    attr::RETAIN_UNTIL,
+    attr::IDLE_CHECKS,
+    attr::RETENTION_CLUSTER,
 ];
 
 /// TransactWriteItems takes at most 100 items.
@@ -369,6 +392,9 @@ fn update_of(table: &str, change: &Change) -> Result<Update, LedgerError> {
     );
     optional(attr::LAST_ERROR, e.last_error.as_ref().map(|m| s(m)));
     optional(attr::REASON, e.reason.as_ref().map(|m| s(m)));
+    for (name, value) in retention_attributes(e.retention.as_ref()) {
+        optional(name, value);
+    }
 
     let mut names = HashMap::new();
     let mut values = HashMap::new();
@@ -421,6 +447,46 @@ fn update_of(table: &str, change: &Change) -> Result<Update, LedgerError> {
         .map_err(|e| LedgerError::Request(e.to_string()))
 }
 
+/// The stored form of a retention copy: every attribute with its value, or `None` (removed)
+/// when the entry has no copy or the field no value.
+fn retention_attributes(
+    copy: Option<&RetainedCopy>,
+) -> [(&'static str, Option<AttributeValue>); 11] {
+    let time = |t: Option<OffsetDateTime>| t.map(|t| s(&rfc3339(t)));
+    let number = |n: u32| Some(AttributeValue::N(n.to_string()));
+    [
+        (
+            attr::RETENTION_SERVICE_NAME,
+            copy.map(|c| s(&c.service_name)),
+        ),
+        (
+            attr::RETENTION_SERVICE_ARN,
+            copy.and_then(|c| c.service_arn.as_deref().map(s)),
+        ),
+        (
+            attr::RETENTION_TARGET_GROUP_NAME,
+            copy.map(|c| s(&c.target_group_name)),
+        ),
+        (
+            attr::RETENTION_TARGET_GROUP_ARN,
+            copy.and_then(|c| c.target_group_arn.as_deref().map(s)),
+        ),
+        (attr::RETENTION_TASKS, copy.and_then(|c| number(c.tasks))),
+        (attr::RETENTION_STARTED_AT, time(copy.map(|c| c.started_at))),
+        (
+            attr::RETENTION_HEALTHY_AT,
+            time(copy.and_then(|c| c.healthy_at)),
+        ),
+        (
+            attr::LEFT_PRODUCTION_AT,
+            time(copy.map(|c| c.left_production_at)),
+        ),
+        (attr::RETAIN_UNTIL, time(copy.and_then(|c| c.retain_until))),
+        (attr::IDLE_CHECKS, copy.and_then(|c| number(c.idle_checks))),
+        (attr::RETENTION_CLUSTER, copy.map(|c| s(&c.cluster_arn))),
+    ]
+}
+
 fn entry_from_item(item: &HashMap<String, AttributeValue>) -> Result<LedgerEntry, LedgerError> {
     let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
     let service_arn = text(attr::SERVICE_ARN).unwrap_or_default();
@@ -449,6 +515,30 @@ fn entry_from_item(item: &HashMap<String, AttributeValue>) -> Result<LedgerEntry
             .transpose()
     };
     let status_raw = required(attr::STATUS)?;
+    let count = |k: &str| -> Result<u32, LedgerError> {
+        number(k)?
+            .unwrap_or(0)
+            .try_into()
+            .map_err(|e| corrupt(format!("`{k}` is out of range: {e}")))
+    };
+    let retention = match text(attr::RETENTION_SERVICE_NAME) {
+        None => None,
+        Some(service_name) => Some(RetainedCopy {
+            service_name,
+            service_arn: text(attr::RETENTION_SERVICE_ARN),
+            target_group_name: required(attr::RETENTION_TARGET_GROUP_NAME)?,
+            target_group_arn: text(attr::RETENTION_TARGET_GROUP_ARN),
+            tasks: count(attr::RETENTION_TASKS)?,
+            started_at: time(attr::RETENTION_STARTED_AT)?
+                .ok_or_else(|| corrupt(format!("`{}` is missing", attr::RETENTION_STARTED_AT)))?,
+            healthy_at: time(attr::RETENTION_HEALTHY_AT)?,
+            left_production_at: time(attr::LEFT_PRODUCTION_AT)?
+                .ok_or_else(|| corrupt(format!("`{}` is missing", attr::LEFT_PRODUCTION_AT)))?,
+            retain_until: time(attr::RETAIN_UNTIL)?,
+            idle_checks: count(attr::IDLE_CHECKS)?,
+            cluster_arn: required(attr::RETENTION_CLUSTER)?,
+        }),
+    };
     Ok(LedgerEntry {
         deployment_id: DeploymentId::parse(&raw_id).map_err(|e| corrupt(e.to_string()))?,
         status: Status::parse(&status_raw)
@@ -473,6 +563,7 @@ fn entry_from_item(item: &HashMap<String, AttributeValue>) -> Result<LedgerEntry
         expires_at: number(attr::EXPIRES_AT)?,
         last_error: text(attr::LAST_ERROR),
         reason: text(attr::REASON),
+        retention,
         version: number(attr::VERSION)?.unwrap_or(0).max(0) as u64,
         service_arn,
     })
@@ -584,6 +675,27 @@ mod tests {
         entry.drain_until = Some(now);
         entry.superseded_by = Some(DeploymentId::parse("def").unwrap());
         entry.version = 4;
+        round_trip(&entry);
+        entry.status = Status::Retained;
+        entry.retention = Some(RetainedCopy {
+            service_name: "web-sg-abc".into(),
+            service_arn: Some("arn:aws:ecs:us-east-1:1:service/c/web-sg-abc".into()),
+            target_group_name: "sg-0123456789abcdef".into(),
+            target_group_arn: None,
+            tasks: 2,
+            started_at: now,
+            healthy_at: Some(now),
+            left_production_at: now,
+            retain_until: None,
+            idle_checks: 1,
+            cluster_arn: "arn:aws:ecs:us-east-1:1:cluster/c".into(),
+        });
+        round_trip(&entry);
+    }
+
+    /// Stores `entry` through the update expression and reads the item back.
+    fn round_trip(entry: &LedgerEntry) {
+        let now = entry.created_at;
         let change = Change {
             expected_version: 3,
             entry: entry.clone(),
@@ -604,6 +716,83 @@ mod tests {
                 item.insert(name.clone(), v.clone());
             }
         }
-        assert_eq!(entry_from_item(&item).unwrap(), entry);
+        assert_eq!(&entry_from_item(&item).unwrap(), entry);
+    }
+
+    #[test]
+    fn an_entry_without_a_retention_copy_removes_its_attributes() {
+        let running = RunningVersion {
+            deployment_id: DeploymentId::parse("abc").unwrap(),
+            service_revision_arn: "rev".into(),
+            target_group_arn: "tg".into(),
+            task_definition_arn: "td".into(),
+        };
+        let wiring = ServiceWiring {
+            listener_arn: "l".into(),
+            production_rule_arn: "r".into(),
+        };
+        let now = datetime!(2026-01-01 0:00 UTC);
+        let entry = LedgerEntry::new("svc", &running, &wiring, Status::Retired, now);
+        let update = update_of(
+            "t",
+            &Change {
+                expected_version: 1,
+                entry,
+                history: HistoryRecord {
+                    at: now,
+                    stage: "S".into(),
+                    execution_id: "x".into(),
+                    actor: String::new(),
+                    change: "c".into(),
+                },
+            },
+        )
+        .unwrap();
+        let names = update.expression_attribute_names().unwrap();
+        let removed: Vec<&str> = update
+            .update_expression()
+            .split(" REMOVE ")
+            .nth(1)
+            .unwrap()
+            .split(", ")
+            .map(|n| names[n].as_str())
+            .collect();
+        for name in [
+            attr::RETENTION_SERVICE_NAME,
+            attr::RETENTION_TARGET_GROUP_ARN,
+            attr::RETAIN_UNTIL,
+            attr::RETENTION_CLUSTER,
+        ] {
+            assert!(removed.contains(&name), "{name} kept: {removed:?}");
+        }
+    }
+
+    #[test]
+    fn a_retention_copy_missing_its_target_group_name_is_corrupt_not_dropped() {
+        let mut item = HashMap::from([
+            (attr::SERVICE_ARN.to_owned(), s("svc")),
+            (attr::DEPLOYMENT_ID.to_owned(), s("abc")),
+            (attr::STATUS.to_owned(), s("retained")),
+            (attr::TARGET_GROUP_ARN.to_owned(), s("tg")),
+            (attr::RETENTION_SERVICE_NAME.to_owned(), s("web-sg-abc")),
+            (
+                attr::RETENTION_STARTED_AT.to_owned(),
+                s("2026-01-01T00:00:00Z"),
+            ),
+            (
+                attr::LEFT_PRODUCTION_AT.to_owned(),
+                s("2026-01-01T00:00:00Z"),
+            ),
+            (attr::RETENTION_CLUSTER.to_owned(), s("c")),
+        ]);
+        let err = entry_from_item(&item).unwrap_err().to_string();
+        assert!(err.contains(attr::RETENTION_TARGET_GROUP_NAME), "{err}");
+        item.insert(
+            attr::RETENTION_TARGET_GROUP_NAME.to_owned(),
+            s("sg-0123456789abcdef"),
+        );
+        let entry = entry_from_item(&item).unwrap();
+        assert_eq!(entry.status, Status::Retained);
+        assert_eq!(entry.retention.unwrap().tasks, 0);
     }
 }
