@@ -325,7 +325,7 @@ pub async fn deploy_measured(
         .await?;
     let expected = kind == "rolled back";
     if matches!(outcome, Outcome::RolledBack { .. }) != expected {
-        return Err(format!("the {kind} deployment ended {outcome:?}"));
+        return Err(metered.failure(format!("the {kind} deployment ended {outcome:?}")));
     }
     let records = metered.records.lock().expect("records")[mark..].to_vec();
     let reconciler = reconcile_after(reconciler, log, service, expected).await?;

@@ -203,6 +203,8 @@ pub struct Metered {
     phase: Mutex<(usize, bool)>,
     executions: Mutex<BTreeMap<String, usize>>,
     pub records: Mutex<Vec<Record>>,
+    /// The output of the last invocation that did not succeed (for the bench's error message).
+    pub last_failure: Mutex<Option<String>>,
 }
 
 impl Metered {
@@ -225,6 +227,15 @@ impl Metered {
             phase: Mutex::new((0, false)),
             executions: Mutex::new(BTreeMap::new()),
             records: Mutex::new(Vec::new()),
+            last_failure: Mutex::new(None),
+        }
+    }
+
+    /// `message`, with the output of the last invocation that did not succeed.
+    pub fn failure(&self, message: String) -> String {
+        match self.last_failure.lock().expect("last failure").as_ref() {
+            Some(logs) => format!("{message}\n{logs}"),
+            None => message,
         }
     }
 
@@ -322,6 +333,12 @@ impl Metered {
                 .to_owned(),
             Err(e) => format!("error: {e}"),
         };
+        if answer != "SUCCEEDED" && answer != "IN_PROGRESS" {
+            let logs = f.logs();
+            let tail = logs[logs.len().saturating_sub(20)..].join("\n");
+            *self.last_failure.lock().expect("last failure") =
+                Some(format!("{} answered {answer}:\n{tail}", f.name()));
+        }
         let stage = self.label(function, &event, &answer);
         let (deployment, first_deployment) = *self.phase.lock().expect("phase");
         self.records.lock().expect("records").push(Record {

@@ -161,9 +161,9 @@ async fn peer_deployments(
             .deploy(&service, &series_id(1, n), &[], Intervention::None)
             .await?;
         if outcome != Outcome::Succeeded {
-            return Err(format!(
+            return Err(metered.failure(format!(
                 "the peer's deployment {n} did not succeed: {outcome:?}"
-            ));
+            )));
         }
     }
     metered.reset().await;
@@ -568,7 +568,7 @@ async fn run(o: &Options) -> Result<String, String> {
             .deploy(&service, &ids[n], &[], Intervention::None)
             .await?;
         if outcome != Outcome::Succeeded {
-            return Err(format!("deployment {n} did not succeed: {outcome:?}"));
+            return Err(metered.failure(format!("deployment {n} did not succeed: {outcome:?}")));
         }
     }
     metered.set_phase(total + 1, false);
