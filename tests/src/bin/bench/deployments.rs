@@ -423,10 +423,10 @@ pub fn rows(runs: &[Measured], t: &Template, rows: &mut Vec<Row>, details: &mut 
     rows.push(Row::new(
         "deployment held open beyond what ECS needs",
         "service mode: until the retained copy is healthy",
-        "not measured: `retention: service` is not in this build",
+        "not measured: the hooks do not act on `retention: service` yet in this build (the setting only parses)",
         "-",
         Verdict::Info,
-        "pass `--modes hold,service` once the setting exists",
+        "pass `--modes hold,service` once the hooks act on the setting",
     ));
     for m in runs.iter().filter(|m| m.kind != "history") {
         let (units, complete) = m.units();
