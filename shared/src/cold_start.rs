@@ -7,6 +7,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 
+use crate::aws::cloudwatch::CloudWatch;
 use crate::aws::ecs::Ecs;
 use crate::aws::elb::Elb;
 use crate::aws::ledger_store::LedgerStore;
@@ -50,12 +51,14 @@ pub fn clients(sdk: &aws_config::SdkConfig, table: &str) -> Clients {
     let ecs = aws_sdk_ecs::config::Builder::from(sdk).interceptor(CountAwsCalls);
     let elb = aws_sdk_elasticloadbalancingv2::config::Builder::from(sdk).interceptor(CountAwsCalls);
     let ddb = aws_sdk_dynamodb::config::Builder::from(sdk).interceptor(CountAwsCalls);
+    let cloudwatch = aws_sdk_cloudwatch::config::Builder::from(sdk).interceptor(CountAwsCalls);
     Clients {
         ecs: Ecs::new(aws_sdk_ecs::Client::from_conf(ecs.build())),
         elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::from_conf(
             elb.build(),
         )),
         ledger: LedgerStore::new(aws_sdk_dynamodb::Client::from_conf(ddb.build()), table),
+        cloudwatch: CloudWatch::new(aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build())),
     }
 }
 

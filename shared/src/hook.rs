@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::DeploymentId;
 use crate::apply::{self, ApplyError, ListenerChanges};
+use crate::aws::cloudwatch::CloudWatch;
 use crate::aws::ecs::{DiscoveryError, Ecs, EcsError, running_version};
 use crate::aws::elb::Elb;
 use crate::aws::ledger_store::{LedgerError, LedgerStore};
@@ -64,6 +65,8 @@ pub struct Clients {
     pub ecs: Ecs,
     pub elb: Elb,
     pub ledger: LedgerStore,
+    /// The idle check of retained versions (the ALB's `RequestCount`).
+    pub cloudwatch: CloudWatch,
 }
 
 /// Everything read once at cold start.

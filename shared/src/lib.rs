@@ -24,6 +24,7 @@
 //! | `POST_PRODUCTION_TRAFFIC_SHIFT` | [`stages::post_shift`] |
 //! | a forward call for a deployment that already ended | [`stages::ended_deployment`]: nothing |
 //! | reconciler (schedule, deployment events, `skewguard reconcile`) | [`reconcile::decide`], [`reconcile::review_pins`] |
+//! | retirement of retained versions (the reconciler, `skewguard revoke` / `cutoff`) | [`retirement::decide`], [`retirement::next_step`], run by [`retirer::retire_service`] |
 //! | which pins exist, at which priorities | [`pins::plan`], [`pins::place`] |
 
 pub mod apply;
@@ -44,6 +45,7 @@ pub mod reconcile;
 pub mod reconciler;
 pub mod retention;
 pub mod retirement;
+pub mod retirer;
 pub mod retry;
 pub mod settings;
 pub mod stages;

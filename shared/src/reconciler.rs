@@ -28,6 +28,7 @@ use crate::reconcile::{
     self, DEPLOYMENTS_READ, DeploymentSummary, EcsView, Repair, ServiceSettingsError,
     SettingsSource,
 };
+use crate::retirer::{self, RetireError, RetireOptions, RetirementReport};
 use crate::retry::{self, Failure};
 use crate::settings::{EnvDefaults, Settings};
 use crate::stages::{Actor, Draft};
@@ -61,6 +62,9 @@ pub enum ReconcileError {
     /// Every attempt found the ledger or the listener changed underneath.
     #[error("gave up after {0} attempts: the ledger or the listener kept changing underneath")]
     Contention(u32),
+    /// Retiring the service's retained versions could not record its decision.
+    #[error("retirement: {0}")]
+    Retirement(#[from] RetireError),
 }
 
 impl From<EcsError> for ReconcileError {
@@ -104,6 +108,7 @@ impl ReconcileError {
             ReconcileError::Ledger(_) => "Ledger",
             ReconcileError::RuleQuota(_) => "RuleQuota",
             ReconcileError::Contention(_) => "Contention",
+            ReconcileError::Retirement(e) => e.kind(),
         }
     }
 
@@ -143,6 +148,9 @@ pub struct ServiceReport {
     pub repairs: Vec<Repair>,
     /// What was left alone, and why.
     pub notes: Vec<String>,
+    /// Retained versions retired by this run, and the idle checks it recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retirement: Option<RetirementReport>,
 }
 
 impl ServiceReport {
@@ -158,6 +166,24 @@ pub struct Observed {
     pub settings: Settings,
     pub source: SettingsSource,
     pub notes: Vec<String>,
+}
+
+/// The settings the service's hooks run with (its newest deployments' `hookDetails` over
+/// `defaults`), without reading what runs: for retirement and the CLI.
+pub async fn service_settings_of(
+    ecs: &Ecs,
+    service_arn: &str,
+    defaults: &EnvDefaults,
+) -> Result<(Settings, SettingsSource), ReconcileError> {
+    let arns = ecs
+        .list_service_deployments(service_arn, DEPLOYMENTS_READ)
+        .await?;
+    let deployments: Vec<DeploymentFacts> = if arns.is_empty() {
+        Vec::new()
+    } else {
+        ecs.describe_service_deployments(&arns).await?
+    };
+    Ok(reconcile::service_settings(&deployments, defaults)?)
 }
 
 /// Reads the service's recent deployments, what they run and where, and its settings.
@@ -285,8 +311,22 @@ pub async fn reconcile_service(
     )
     .await;
     match outcome {
-        Ok(mut report) => {
+        Ok((mut report, settings)) => {
             report.notes.extend(earlier);
+            if !options.dry_run {
+                let retire = RetireOptions {
+                    settings: retirer::retirement_settings(&settings),
+                    orders: Vec::new(),
+                    idle_check: true,
+                    stage: reconcile::STAGE.to_owned(),
+                    execution_id: options.execution_id.clone(),
+                    identity: options.identity.clone(),
+                };
+                let retired = retirer::retire_service(clients, service_arn, &retire).await?;
+                if retired != RetirementReport::default() {
+                    report.retirement = Some(retired);
+                }
+            }
             for repair in &report.repairs {
                 info!(
                     service = %service_arn,
@@ -354,7 +394,7 @@ async fn attempt_service(
     clients: &Clients,
     service_arn: &str,
     options: &ReconcileOptions,
-) -> Result<ServiceReport, Attempt> {
+) -> Result<(ServiceReport, Settings), Attempt> {
     let now = OffsetDateTime::now_utc();
     let entries = clients.ledger.load(service_arn).await?;
     let observed = observe_ecs(&clients.ecs, service_arn, &options.defaults).await?;
@@ -372,6 +412,7 @@ async fn attempt_service(
         settings: source,
         repairs: Vec::new(),
         notes: Vec::new(),
+        retirement: None,
     };
     let mut draft = Draft::new(service_arn, entries.clone());
     let mut repairs = reconcile::decide(&mut draft, &view, now);
@@ -381,7 +422,7 @@ async fn attempt_service(
                 .to_owned(),
         );
         report.notes = notes;
-        return Ok(report);
+        return Ok((report, settings));
     };
     let rules = clients
         .elb
@@ -422,7 +463,7 @@ async fn attempt_service(
     if options.dry_run {
         report.repairs = repairs;
         report.notes = notes;
-        return Ok(report);
+        return Ok((report, settings));
     }
 
     let mut created: BTreeMap<DeploymentId, Vec<String>> = BTreeMap::new();
@@ -470,7 +511,7 @@ async fn attempt_service(
     clients.ledger.commit(&changes).await?;
     report.repairs = repairs;
     report.notes = notes;
-    Ok(report)
+    Ok((report, settings))
 }
 
 /// What an invocation of the reconciler function covers.
