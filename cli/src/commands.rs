@@ -7,6 +7,7 @@ pub mod explain;
 pub mod history;
 pub mod reconcile;
 pub mod release;
+pub mod retire;
 pub mod status;
 pub mod wait;
 
@@ -23,6 +24,7 @@ pub use explain::Explanation;
 pub use history::{ChangeRef, HistoryView};
 pub use reconcile::ReconcileResult;
 pub use release::ReleaseView;
+pub use retire::RetireView;
 pub use status::{DeploymentRow, FINAL_SHOWN, PinRef, ServiceStatus};
 pub use wait::WaitResult;
 
@@ -34,6 +36,7 @@ pub enum Rendered {
     History(HistoryView),
     Explain(Box<Explanation>),
     Release(ReleaseView),
+    Retire(RetireView),
     Reconcile(Vec<ReconcileResult>),
     Wait(WaitResult),
     Doctor(DoctorReport),
@@ -59,6 +62,7 @@ impl Rendered {
             Rendered::History(h) => h.table(),
             Rendered::Explain(e) => e.table(),
             Rendered::Release(r) => r.table(),
+            Rendered::Retire(r) => r.table(),
             Rendered::Wait(w) => w.table(),
             Rendered::Doctor(d) => d.table(),
             Rendered::Reconcile(results) => results
@@ -75,6 +79,7 @@ impl Rendered {
             Rendered::Reconcile(results) => results.iter().any(|r| r.error.is_some()),
             Rendered::Wait(w) => !w.outcome.succeeded(),
             Rendered::Doctor(d) => d.failed(),
+            Rendered::Retire(r) => r.failed(),
             _ => false,
         }
     }
@@ -90,6 +95,12 @@ pub async fn dispatch(ctx: &Context, command: Command) -> Result<Rendered, CliEr
             .map(|e| Rendered::Explain(Box::new(e))),
         Command::Release(args) => release::run(ctx, args).await.map(Rendered::Release),
         Command::Reconcile(args) => reconcile::run(ctx, args).await.map(Rendered::Reconcile),
+        Command::Revoke(args) => retire::run(ctx, retire::Kind::Revoke, args)
+            .await
+            .map(Rendered::Retire),
+        Command::Cutoff(args) => retire::run(ctx, retire::Kind::Cutoff, args)
+            .await
+            .map(Rendered::Retire),
         Command::Wait(args) => wait::run(ctx, args).await.map(Rendered::Wait),
         Command::Doctor(args) => doctor::run(ctx, args).await.map(Rendered::Doctor),
     }

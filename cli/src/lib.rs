@@ -70,6 +70,12 @@ pub enum Command {
     Release(commands::release::Args),
     /// Compare ledger, listener and ECS, and repair drift (the reconciler, run locally).
     Reconcile(commands::reconcile::Args),
+    /// Retire a retained version now: its pins, then its retention service and target group.
+    /// The history records you as the actor.
+    Revoke(commands::retire::Args),
+    /// Retire every retained version older than the given deployment now (the kill switch
+    /// after a security fix). The history records you as the actor.
+    Cutoff(commands::retire::Args),
     /// Wait until the service's newest deployment can be called done: production shifted to
     /// green and green pinned (while skewguard still holds the deployment), or the deployment
     /// completed. Exits non-zero on a rollback, a stop or the timeout.

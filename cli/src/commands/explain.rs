@@ -267,6 +267,31 @@ pub fn explanation(
                 ),
                 None,
             ),
+            Some(e) if e.status == Status::Retained => match (&e.reason, &e.retention) {
+                (Some(reason), _) => (
+                    format!(
+                        "not for long: {} is retiring ({reason}); its pin goes first, then its retention copy",
+                        e.deployment_id
+                    ),
+                    None,
+                ),
+                (None, copy) => {
+                    let until = copy.as_ref().and_then(|c| c.retain_until);
+                    (
+                        format!(
+                            "while {} is retained (served by its retention service {}): until {}, or earlier when it is idle, revoked, cut off or beyond maxVersions",
+                            e.deployment_id,
+                            copy.as_ref().map_or("?", |c| c.service_name.as_str()),
+                            until.map_or("it retires".to_owned(), |t| format!(
+                                "{} ({} left) at the latest",
+                                stamp(t),
+                                short_duration((t - now).whole_seconds().max(0))
+                            ))
+                        ),
+                        until,
+                    )
+                }
+            },
             Some(e) => (
                 format!(
                     "not for long: {} is {}, so this pin should not exist (skewguard reconcile removes it)",

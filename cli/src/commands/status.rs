@@ -11,11 +11,15 @@ use skewguard_core::stages::short_arn;
 use time::OffsetDateTime;
 
 use super::{ChangeRef, name_of, resolve_all, rfc3339, rfc3339_opt, status_rank};
+use crate::pricing::PriceTable;
 use crate::render::{
     EMPHASIS, FAILURE, PLAIN, QUIET, Table, WARNING, clip, of_status, paint, relative,
     short_duration, stamp,
 };
 use crate::{CliError, Context};
+
+pub mod retained;
+pub use retained::RetainedRow;
 
 /// How many retired and rolled-back deployments `status` lists without `--all`.
 pub const FINAL_SHOWN: usize = 3;
@@ -27,6 +31,17 @@ pub struct Args {
     /// Also list every retired and rolled-back deployment (else the 3 most recent).
     #[arg(long)]
     pub all: bool,
+    /// A Fargate price table (JSON: `{"source": "...", "x86_64": {"vcpuHour": 0.04048,
+    /// "gbHour": 0.004445}, "arm64": {...}}`) for the retained versions' cost per day, instead
+    /// of the built-in US East list price.
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<std::path::PathBuf>,
+    /// USD per vCPU-hour, over the price table.
+    #[arg(long, value_name = "USD")]
+    pub vcpu_hour: Option<f64>,
+    /// USD per GB-hour of memory, over the price table.
+    #[arg(long, value_name = "USD")]
+    pub gb_hour: Option<f64>,
 }
 
 pub async fn run(
@@ -35,9 +50,17 @@ pub async fn run(
     now: OffsetDateTime,
 ) -> Result<Vec<ServiceStatus>, CliError> {
     let services = resolve_all(ctx, &args.services, true).await?;
+    let prices = match &args.prices {
+        Some(path) => PriceTable::from_file(path),
+        None => Ok(PriceTable::default()),
+    }
+    .and_then(|t| t.overridden(args.vcpu_hour, args.gb_hour))
+    .map_err(CliError::Usage)?;
     let mut out = Vec::new();
     for service in services {
-        out.push(status(ctx, &service, args.all, now).await?);
+        let mut one = status(ctx, &service, args.all, now).await?;
+        retained::observe(ctx, &mut one, &prices, now).await;
+        out.push(one);
     }
     Ok(out)
 }
@@ -51,6 +74,9 @@ pub struct ServiceStatus {
     /// Retired and rolled-back deployments not listed (see `--all`).
     pub hidden: usize,
     pub notes: Vec<String>,
+    /// Where the retained versions' costs come from, when any is listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prices: Option<String>,
     #[serde(skip)]
     pub now: OffsetDateTime,
 }
@@ -78,6 +104,9 @@ pub struct DeploymentRow {
     /// Why it stopped being pinned, when not at the end of its skew window (`superseded`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A retained version: its copy, tasks, age, time left, why it will retire, traffic, cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetainedRow>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,6 +173,7 @@ async fn status(
         deployments: rows,
         hidden,
         notes,
+        prices: None,
         now,
     })
 }
@@ -174,6 +204,7 @@ pub fn row_of(
         last_change: last.map(ChangeRef::from),
         last_error: entry.last_error.clone(),
         reason: entry.reason.clone(),
+        retention: None,
     }
 }
 
@@ -275,6 +306,7 @@ impl ServiceStatus {
                 self.hidden
             ));
         }
+        out.push_str(&retained::table(self));
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
         }

@@ -101,6 +101,7 @@ fn the_status() -> ServiceStatus {
         ],
         hidden: 2,
         notes: vec![],
+        prices: None,
         now: NOW,
     }
 }
@@ -287,6 +288,7 @@ fn reconcile_table() {
         latest_deployment: None,
         settled: true,
         settings: SettingsSource::Defaults,
+        retirement: None,
         repairs: vec![
             Repair {
                 kind: RepairKind::Finished,
@@ -351,4 +353,254 @@ fn services_are_named_by_arn_or_cluster_and_name() {
     assert!(resolve("arn:aws:ecs:us-east-1:123456789012:service/shop/new", false).is_ok());
     assert!(matches!(resolve("web", true), Err(CliError::Usage(_))));
     let _ = LedgerStore::table;
+}
+
+const TG_COPY: &str =
+    "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sg-0123456789abcdef/0c3";
+
+/// `v1` retained two hours ago in its copy `web-sg-v1`, retiring by maxAge in 7 days at most.
+fn retained_entry(id: &str, hours_ago: i64) -> LedgerEntry {
+    use skewguard_core::ledger::RetainedCopy;
+    let left = NOW - time::Duration::hours(hours_ago);
+    let mut e = entry(id, TG_COPY, Status::Retained);
+    e.rule_arns = vec![rule_arn(&format!("pin-{id}"))];
+    e.retention = Some(RetainedCopy {
+        service_name: format!("web-sg-{id}"),
+        service_arn: Some(format!(
+            "arn:aws:ecs:us-east-1:123456789012:service/shop/web-sg-{id}"
+        )),
+        target_group_name: "sg-0123456789abcdef".into(),
+        target_group_arn: Some(TG_COPY.into()),
+        tasks: 1,
+        started_at: left,
+        healthy_at: Some(left + time::Duration::minutes(2)),
+        left_production_at: left,
+        retain_until: Some(left + time::Duration::days(7)),
+        idle_checks: 0,
+        cluster_arn: "arn:aws:ecs:us-east-1:123456789012:cluster/shop".into(),
+    });
+    e
+}
+
+fn retained_status() -> ServiceStatus {
+    use skewguard_core::retirement::{self, RetirementSettings};
+    use skewguard_core::retirer;
+    let settings = RetirementSettings {
+        max_versions: 2,
+        max_age: std::time::Duration::from_secs(7 * 24 * 3600),
+        min_age: std::time::Duration::from_secs(30 * 60),
+        idle_window: std::time::Duration::from_secs(30 * 60),
+    };
+    let older = retained_entry("v0", 26);
+    let mut newer = retained_entry("v1", 2);
+    if let Some(copy) = newer.retention.as_mut() {
+        copy.idle_checks = 1;
+    }
+    let candidates: Vec<_> = [&older, &newer]
+        .into_iter()
+        .filter_map(retirer::candidate)
+        .collect();
+    let forecasts = retirement::forecast(&candidates, &settings, NOW);
+    let mut status = the_status();
+    status.deployments.truncate(1);
+    let none = BTreeMap::new();
+    for (e, running, rpm, cost) in [
+        (&newer, Some(1), Some(0.0), Some(1.18488)),
+        (&older, Some(0), None, Some(0.0)),
+    ] {
+        let mut row = row_of(e, &none, None, NOW);
+        row.retention = super::status::retained::row_of(
+            e,
+            forecasts.get(&e.deployment_id),
+            running,
+            rpm,
+            cost,
+            NOW,
+        );
+        status.deployments.push(row);
+    }
+    status.prices = Some(crate::pricing::PriceTable::default().source);
+    status
+}
+
+#[test]
+fn status_lists_retained_versions_with_tasks_age_time_left_reason_traffic_and_cost() {
+    let out = plain(&Rendered::Status(vec![retained_status()]).table());
+    println!("{out}");
+    let table: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("RETAINED"))
+        .collect();
+    assert_eq!(
+        table[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "RETAINED", "TASKS", "AGE", "TIME", "LEFT", "RETIRES", "FOR", "REQ/MIN", "(30M)",
+            "COST/DAY"
+        ]
+    );
+    let v1 = table[1];
+    assert!(v1.starts_with("v1 "), "{v1}");
+    assert!(v1.contains(" 2h 0m "), "age: {v1}");
+    assert!(v1.contains("6d 22h"), "time left: {v1}");
+    assert!(
+        v1.contains("idle: 1 of 2 checks measured no request"),
+        "{v1}"
+    );
+    assert!(v1.contains(" 0.0 ") && v1.contains("$1.18"), "{v1}");
+    let v0 = table[2];
+    assert!(v0.starts_with("v0 "), "{v0}");
+    assert!(v0.contains("0/1"), "tasks running/started: {v0}");
+    assert!(
+        v0.contains("max-versions"),
+        "the oldest of maxVersions: {v0}"
+    );
+    assert!(
+        v0.contains("no data"),
+        "no CloudWatch data is not zero: {v0}"
+    );
+    assert!(
+        out.contains("cost at AWS Fargate list price, US East (N. Virginia)"),
+        "{out}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&Rendered::Status(vec![retained_status()]).json()).unwrap();
+    let rows = &json["services"][0]["deployments"];
+    assert!(
+        rows[0].get("retention").is_none(),
+        "only retained rows carry it"
+    );
+    let r = &rows[1]["retention"];
+    assert_eq!(r["serviceName"], "web-sg-v1");
+    assert_eq!(r["ageSeconds"], 7200);
+    assert_eq!(r["secondsLeft"], 7 * 24 * 3600 - 7200);
+    assert_eq!(r["retiresFor"], "idle");
+    assert_eq!(r["idleChecks"], 1);
+    assert_eq!(r["requestsPerMinute"], 0.0);
+    assert_eq!(r["costPerDayUsd"], 1.18488);
+    assert_eq!(
+        rows[2]["retention"]["requestsPerMinute"],
+        serde_json::Value::Null
+    );
+    assert!(json["services"][0]["prices"].is_string());
+}
+
+#[test]
+fn status_shows_a_retiring_version_as_retiring_now() {
+    let mut e = retained_entry("v1", 2);
+    e.reason = Some("revoked".into());
+    let row = super::status::retained::row_of(&e, None, Some(1), None, None, NOW).unwrap();
+    assert!(row.retiring);
+    assert_eq!(row.retires_for, "revoked");
+    // Not retained (or no copy): no retained row.
+    let draining = entry("v2", TG1, Status::Draining);
+    assert!(super::status::retained::row_of(&draining, None, None, None, None, NOW).is_none());
+}
+
+#[test]
+fn revoke_and_cutoff_list_each_retirement_and_fail_when_one_stopped() {
+    use super::retire::{Kind, RetireView};
+    use skewguard_core::retirer::Retirement;
+    let mut view = RetireView {
+        service_arn: SVC.into(),
+        command: Kind::Cutoff,
+        deployment_id: "v3".into(),
+        actor: "arn:aws:iam::123456789012:user/ops".into(),
+        retirements: vec![
+            Retirement {
+                deployment_id: DeploymentId::parse("v1").unwrap(),
+                reason: "cutoff".into(),
+                done: true,
+                detail: "1 pin(s) removed; service web-sg-v1 and target group sg-01 deleted".into(),
+            },
+            Retirement {
+                deployment_id: DeploymentId::parse("v2").unwrap(),
+                reason: "cutoff".into(),
+                done: false,
+                detail: "AWS DeleteService failed (ThrottlingException)".into(),
+            },
+        ],
+        notes: vec![],
+        at: NOW,
+    };
+    assert!(Rendered::Retire(view.clone()).failed());
+    let out = plain(&Rendered::Retire(view.clone()).table());
+    println!("{out}");
+    assert!(
+        out.starts_with("web: cutoff 2 retained versions at 2026-03-01 12:00:00Z\n"),
+        "{out}"
+    );
+    assert!(out.contains("v1          cutoff  retired"), "{out}");
+    assert!(
+        out.contains("v2          cutoff  stopped  AWS DeleteService failed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the reconciler's next run carries on"),
+        "{out}"
+    );
+    let json = Rendered::Retire(view.clone()).json();
+    assert!(json.contains("\"command\": \"cutoff\""), "{json}");
+    assert!(
+        json.contains("\"actor\": \"arn:aws:iam::123456789012:user/ops\""),
+        "{json}"
+    );
+
+    view.retirements.clear();
+    assert!(!Rendered::Retire(view.clone()).failed());
+    assert_eq!(
+        plain(&Rendered::Retire(view).table()),
+        "web: no retained version is older than v3; nothing to retire\n"
+    );
+}
+
+#[test]
+fn explain_a_pin_of_a_retained_version() {
+    let retained = retained_entry("v1", 2);
+    let rules = vec![ListenerRule {
+        arn: rule_arn("pin-v1"),
+        priority: Priority::Number(99),
+        conditions: vec![Condition::HttpHeader {
+            name: "X-Deployment-ID".into(),
+            values: vec!["v1".into()],
+        }],
+        action: RuleAction::Forward(vec![WeightedTarget {
+            target_group_arn: TG_COPY.into(),
+            weight: 1,
+        }]),
+        uncopyable: vec![],
+    }];
+    let tags = BTreeMap::from([(
+        rule_arn("pin-v1"),
+        PinTags {
+            service_arn: SVC.into(),
+            deployment_id: "v1".into(),
+        },
+    )]);
+    let request = Request::get("/api/cart").with_header("X-Deployment-ID", "v1");
+    let matched = route(&rules, &request);
+    let e = explanation(LISTENER, &request, matched, &tags, &[retained.clone()], NOW);
+    let out = plain(&e.table());
+    println!("{out}");
+    assert!(
+        out.contains("sg-0123456789abcdef weight 1: v1 (retained)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("while v1 is retained (served by its retention service web-sg-v1): until 2026-03-08 10:00:00Z"),
+        "{out}"
+    );
+    assert_eq!(
+        e.holds_until,
+        Some(NOW - time::Duration::hours(2) + time::Duration::days(7))
+    );
+
+    let mut retiring = retained;
+    retiring.reason = Some("revoked".into());
+    let e = explanation(LISTENER, &request, matched, &tags, &[retiring], NOW);
+    assert!(
+        e.holds.contains("not for long: v1 is retiring (revoked)"),
+        "{}",
+        e.holds
+    );
 }
