@@ -22,7 +22,7 @@ use crate::aws::ledger_store::LedgerError;
 use crate::aws::{AwsError, DisplayErrorContext};
 use crate::event::MalformedEvent;
 use crate::hook::Clients;
-use crate::ledger::LedgerEntry;
+use crate::ledger::{LedgerEntry, Status};
 use crate::pins::{self, PinError, PinTags};
 use crate::reconcile::{
     self, DEPLOYMENTS_READ, DeploymentSummary, EcsView, Repair, ServiceSettingsError,
@@ -311,9 +311,11 @@ pub async fn reconcile_service(
     )
     .await;
     match outcome {
-        Ok((mut report, settings)) => {
+        Ok((mut report, settings, retained)) => {
             report.notes.extend(earlier);
-            if !options.dry_run {
+            // Retirement is its own pipeline (its own read, decisions and conditional writes),
+            // run only when this run's read found a retained version.
+            if !options.dry_run && retained {
                 let retire = RetireOptions {
                     settings: retirer::retirement_settings(&settings),
                     orders: Vec::new(),
@@ -394,9 +396,10 @@ async fn attempt_service(
     clients: &Clients,
     service_arn: &str,
     options: &ReconcileOptions,
-) -> Result<(ServiceReport, Settings), Attempt> {
+) -> Result<(ServiceReport, Settings, bool), Attempt> {
     let now = OffsetDateTime::now_utc();
     let entries = clients.ledger.load(service_arn).await?;
+    let retained = entries.iter().any(|e| e.status == Status::Retained);
     let observed = observe_ecs(&clients.ecs, service_arn, &options.defaults).await?;
     let Observed {
         view,
@@ -422,7 +425,7 @@ async fn attempt_service(
                 .to_owned(),
         );
         report.notes = notes;
-        return Ok((report, settings));
+        return Ok((report, settings, retained));
     };
     let rules = clients
         .elb
@@ -463,7 +466,7 @@ async fn attempt_service(
     if options.dry_run {
         report.repairs = repairs;
         report.notes = notes;
-        return Ok((report, settings));
+        return Ok((report, settings, retained));
     }
 
     let mut created: BTreeMap<DeploymentId, Vec<String>> = BTreeMap::new();
@@ -511,7 +514,7 @@ async fn attempt_service(
     clients.ledger.commit(&changes).await?;
     report.repairs = repairs;
     report.notes = notes;
-    Ok((report, settings))
+    Ok((report, settings, retained))
 }
 
 /// What an invocation of the reconciler function covers.

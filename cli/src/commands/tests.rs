@@ -579,7 +579,14 @@ fn explain_a_pin_of_a_retained_version() {
     )]);
     let request = Request::get("/api/cart").with_header("X-Deployment-ID", "v1");
     let matched = route(&rules, &request);
-    let e = explanation(LISTENER, &request, matched, &tags, &[retained.clone()], NOW);
+    let e = explanation(
+        LISTENER,
+        &request,
+        matched,
+        &tags,
+        std::slice::from_ref(&retained),
+        NOW,
+    );
     let out = plain(&e.table());
     println!("{out}");
     assert!(
