@@ -234,7 +234,10 @@ impl LedgerEntry {
     /// Whether this version must be reachable through a pin right now.
     pub fn wants_pin(&self) -> bool {
         match self.status {
-            Status::Live | Status::Draining | Status::Retained => true,
+            Status::Live | Status::Draining => true,
+            // Once its retirement is decided (its `reason` recorded), a retained version loses
+            // its pins first, before its retention copy goes.
+            Status::Retained => self.reason.is_none(),
             Status::Testing => self.shifted_at.is_some(),
             Status::Retired | Status::RolledBack => false,
         }
@@ -344,6 +347,9 @@ mod tests {
         assert!(entry(Status::Live).wants_pin());
         assert!(entry(Status::Draining).wants_pin());
         assert!(entry(Status::Retained).wants_pin());
+        let mut retiring = entry(Status::Retained);
+        retiring.reason = Some("revoked".into());
+        assert!(!retiring.wants_pin(), "a retiring version's pins go first");
         assert!(
             !Status::Retained.is_final(),
             "a retained version is in play"
