@@ -527,3 +527,181 @@ async fn a_reconciler_running_throughout_deployments_never_interferes() {
     assert_eq!(entry(&ledger, "v5").status, Status::Live);
     assert_eq!(entry(&ledger, "v4").status, Status::RolledBack);
 }
+
+/// Retirement over a retention copy made by hand (its tagged service in the ECS emulator, its
+/// target group in moto, a pin forwarding to it and a `retained` entry): `revoke` removes the
+/// pin, then the service, then the target group, and the entry ends `retired` with its reason
+/// and the caller as actor; a second run finds nothing to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_copy_leaves_no_pin_service_or_target_group_behind() {
+    use aws_sdk_ecs::types::{LaunchType, Tag};
+    use skewguard_core::ledger::RetainedCopy;
+    use skewguard_core::retirement::{Order, RetirementSettings};
+    use skewguard_core::retirer::{self, RetireOptions};
+
+    let world = World::start().await;
+    let (service, _) = world.service("web", "v1", quick()).await;
+    let outcome = world
+        .engine
+        .deploy(&service, "v2", &[], Intervention::None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+
+    // The copy of v1: a tagged plain service and a target group, pinned.
+    let tg_name = "sg-00000000000000v1";
+    let tg = world
+        .clients
+        .elbv2
+        .create_target_group()
+        .name(tg_name)
+        .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
+        .port(80)
+        .vpc_id(&world.vpc.vpc_id)
+        .target_type(aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum::Ip)
+        .tags(
+            aws_sdk_elasticloadbalancingv2::types::Tag::builder()
+                .key("skewguard:managed")
+                .value("true")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .target_groups()[0]
+        .target_group_arn()
+        .unwrap()
+        .to_owned();
+    let v1 = entry(&entries(&world, &service).await, "v1").clone();
+    let td = v1.task_definition_arn.clone();
+    world
+        .clients
+        .ecs
+        .create_service()
+        .cluster(skewguard_world::world::CLUSTER)
+        .service_name("web-sg-v1")
+        .task_definition(&td)
+        .desired_count(0)
+        .launch_type(LaunchType::Fargate)
+        .tags(
+            Tag::builder()
+                .key("skewguard:managed")
+                .value("true")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let pin = world
+        .elb()
+        .create_rule(&NewRule {
+            listener_arn: world.alb.listener_arn.clone(),
+            priority: 60,
+            conditions: vec![Condition::HttpHeader {
+                name: "X-Deployment-ID".into(),
+                values: vec!["v1".into()],
+            }],
+            action: RuleAction::Forward(vec![WeightedTarget {
+                target_group_arn: tg.clone(),
+                weight: 1,
+            }]),
+            tags: PinTags {
+                service_arn: service.clone(),
+                deployment_id: "v1".into(),
+            },
+        })
+        .await
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    tamper(&world, &service, "v1", |e| {
+        e.restart_testing();
+        e.status = Status::Retained;
+        e.target_group_arn = tg.clone();
+        e.rule_arns = vec![pin.clone()];
+        e.retention = Some(RetainedCopy {
+            service_name: "web-sg-v1".into(),
+            service_arn: None,
+            target_group_name: tg_name.into(),
+            target_group_arn: None,
+            tasks: 1,
+            started_at: now,
+            healthy_at: Some(now),
+            left_production_at: now,
+            retain_until: None,
+            idle_checks: 0,
+            cluster_arn: skewguard_world::world::CLUSTER.into(),
+        });
+    })
+    .await;
+
+    let options = RetireOptions {
+        settings: RetirementSettings {
+            max_versions: 3,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            min_age: Duration::from_secs(1800),
+            idle_window: Duration::from_secs(1800),
+        },
+        orders: vec![Order::Revoke(DeploymentId::parse("v1").unwrap())],
+        idle_check: false,
+        stage: "revoke".into(),
+        execution_id: "cli".into(),
+        identity: "arn:aws:iam::123456789012:user/ops".into(),
+    };
+    let report = retirer::retire_service(&world.hook_clients, &service, &options)
+        .await
+        .unwrap();
+    assert_eq!(report.retirements.len(), 1, "{report:?}");
+    assert!(report.retirements[0].done, "{report:?}");
+    assert_eq!(report.retirements[0].reason, "revoked");
+
+    let after = entries(&world, &service).await;
+    let v1 = entry(&after, "v1");
+    assert_eq!(v1.status, Status::Retired);
+    assert_eq!(v1.reason.as_deref(), Some("revoked"));
+    assert!(v1.rule_arns.is_empty());
+    let history = world
+        .ledger()
+        .history(&service, &DeploymentId::parse("v1").unwrap())
+        .await
+        .unwrap();
+    let last = history.last().unwrap();
+    assert!(last.change.starts_with("retired (revoked)"), "{last:?}");
+    assert_eq!(last.actor, "arn:aws:iam::123456789012:user/ops");
+    // Nothing of the copy is left: no pin of v1, no active service, no target group.
+    assert!(
+        observe(&world, &service)
+            .await
+            .pins_of(&service, "v1")
+            .is_empty()
+    );
+    let services = world
+        .clients
+        .ecs
+        .describe_services()
+        .cluster(skewguard_world::world::CLUSTER)
+        .services("web-sg-v1")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        services
+            .services()
+            .iter()
+            .all(|s| s.status() != Some("ACTIVE")),
+        "{services:?}"
+    );
+    assert_eq!(
+        world.elb().target_group_arn_by_name(tg_name).await.unwrap(),
+        None
+    );
+    world.check("after revoke").await;
+    world.assert_no_violations();
+
+    // The production version was never a candidate; a second run has nothing to do.
+    let again = retirer::retire_service(&world.hook_clients, &service, &options).await;
+    assert!(again.is_err(), "v1 is no longer retained: revoke refuses");
+    assert_eq!(
+        entry(&entries(&world, &service).await, "v2").status,
+        Status::Live
+    );
+}
