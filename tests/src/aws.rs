@@ -26,6 +26,7 @@ pub const FUNCTION_MAX_ATTEMPTS: u32 = 2;
 pub const ECS_SERVICE_ID: &str = "ECS";
 pub const ELBV2_SERVICE_ID: &str = "Elastic Load Balancing v2";
 pub const DYNAMODB_SERVICE_ID: &str = "DynamoDB";
+pub const CLOUDWATCH_SERVICE_ID: &str = "CloudWatch";
 
 /// Where each service's stand-in listens (`http://127.0.0.1:PORT`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub struct Endpoints {
     pub ecs: String,
     pub elbv2: String,
     pub dynamodb: String,
+    /// CloudWatch metrics: the world's own stand-in ([`crate::cloudwatch`]); moto until one is
+    /// named (moto does not speak the SDK's protocol, so calls fail clearly).
+    pub cloudwatch: String,
 }
 
 impl Endpoints {
@@ -42,8 +46,15 @@ impl Endpoints {
         Self {
             ecs: ecs_emulator.into(),
             elbv2: moto.clone(),
+            cloudwatch: moto.clone(),
             dynamodb: moto,
         }
+    }
+
+    /// The same with CloudWatch at `cloudwatch`.
+    pub fn with_cloudwatch(mut self, cloudwatch: impl Into<String>) -> Self {
+        self.cloudwatch = cloudwatch.into();
+        self
     }
 }
 
@@ -93,6 +104,10 @@ pub fn dynamodb_client(config: &SdkConfig) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(config)
 }
 
+pub fn cloudwatch_client(config: &SdkConfig) -> aws_sdk_cloudwatch::Client {
+    aws_sdk_cloudwatch::Client::new(config)
+}
+
 /// The three clients the hooks use, all pointed at the stand-ins.
 #[derive(Debug, Clone)]
 pub struct Clients {
@@ -100,6 +115,7 @@ pub struct Clients {
     pub ecs: aws_sdk_ecs::Client,
     pub elbv2: aws_sdk_elasticloadbalancingv2::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
 }
 
 impl Clients {
@@ -109,6 +125,7 @@ impl Clients {
             ecs: ecs_client(&config),
             elbv2: elbv2_client(&config),
             dynamodb: dynamodb_client(&config),
+            cloudwatch: cloudwatch_client(&config),
             config,
         }
     }
@@ -124,6 +141,7 @@ pub fn function_env(endpoints: &Endpoints) -> Vec<(String, String)> {
             endpoints.elbv2.as_str(),
         ),
         ("AWS_ENDPOINT_URL_DYNAMODB", endpoints.dynamodb.as_str()),
+        ("AWS_ENDPOINT_URL_CLOUDWATCH", endpoints.cloudwatch.as_str()),
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
         ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
         ("AWS_REGION", REGION),
@@ -148,6 +166,7 @@ impl LoadServiceConfig for StandInEndpoints {
             ECS_SERVICE_ID => Some(self.0.ecs.clone()),
             ELBV2_SERVICE_ID => Some(self.0.elbv2.clone()),
             DYNAMODB_SERVICE_ID => Some(self.0.dynamodb.clone()),
+            CLOUDWATCH_SERVICE_ID => Some(self.0.cloudwatch.clone()),
             _ => None,
         }
     }

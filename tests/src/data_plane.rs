@@ -40,7 +40,7 @@
 //! hop-by-hop headers, plus `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
 //! `X-Forwarded-Port`. Bodies are buffered whole, which is fine for tests.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -65,6 +65,8 @@ use skewguard_core::listener::{
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use crate::clock::WorldClock;
 
 /// How old (from the start of its fetch) a cached rule set or target list may be when a request
 /// arrives.
@@ -96,6 +98,7 @@ pub struct DataPlane {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: JoinHandle<()>,
+    publisher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -139,13 +142,59 @@ impl DataPlane {
             round_robin: AtomicUsize::new(0),
             rng: AtomicU64::new(RandomState::new().build_hasher().finish() | 1),
             counters: Counters::default(),
+            metrics: Mutex::new(None),
         });
         let server = tokio::spawn(serve(listener, Arc::clone(&shared)));
         Ok(DataPlane {
             addr,
             shared,
             server,
+            publisher: Mutex::new(None),
         })
+    }
+
+    /// Publishes, per target group, the requests it served into CloudWatch as an ALB does:
+    /// namespace `AWS/ApplicationELB`, metric `RequestCount`, dimensions `TargetGroup`
+    /// (`targetgroup/<name>/<id>`) and `LoadBalancer` (`app/<name>/<id>`), unit `Count`, one
+    /// datapoint per minute (stamped at the minute's start, world time from `clock`), and
+    /// nothing for a minute without requests. Counts are sent every
+    /// [`METRICS_FLUSH_INTERVAL`] (and by [`DataPlane::flush_metrics`]); a minute's counts may
+    /// arrive as several datapoints, which CloudWatch sums.
+    ///
+    /// A request counts once a target of the group answered it (a target's own 5xx included);
+    /// the data plane's own 502/503/504 answers do not.
+    pub fn publish_metrics(&self, cloudwatch: aws_sdk_cloudwatch::Client, clock: WorldClock) {
+        *self
+            .shared
+            .metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Metrics {
+            clock,
+            cloudwatch,
+            served: BTreeMap::new(),
+        });
+        let shared = Arc::clone(&self.shared);
+        let publisher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(METRICS_FLUSH_INTERVAL).await;
+                if let Err(e) = flush(&shared).await {
+                    tracing::warn!(error = %e, "the data plane could not publish RequestCount");
+                }
+            }
+        });
+        if let Some(old) = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(publisher)
+        {
+            old.abort();
+        }
+    }
+
+    /// Sends the counts not yet published now.
+    pub async fn flush_metrics(&self) -> Result<(), String> {
+        flush(&self.shared).await
     }
 
     /// `http://127.0.0.1:PORT`
@@ -187,7 +236,122 @@ impl DataPlane {
 impl Drop for DataPlane {
     fn drop(&mut self) {
         self.server.abort();
+        if let Some(publisher) = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            publisher.abort();
+        }
     }
+}
+
+/// How often the counts of served requests are sent to CloudWatch.
+pub const METRICS_FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+struct Metrics {
+    clock: WorldClock,
+    cloudwatch: aws_sdk_cloudwatch::Client,
+    /// Requests served per (target group ARN, minute start in world seconds since the epoch),
+    /// not yet published.
+    served: BTreeMap<(String, u64), u64>,
+}
+
+/// `targetgroup/<name>/<id>` of a target-group ARN (its `TargetGroup` dimension).
+pub fn target_group_dimension(target_group_arn: &str) -> Option<String> {
+    let (_, rest) = target_group_arn.split_once(":targetgroup/")?;
+    Some(format!("targetgroup/{rest}"))
+}
+
+/// `app/<name>/<id>` of a load balancer's or listener's ARN (its `LoadBalancer` dimension).
+pub fn load_balancer_dimension(arn: &str) -> Option<String> {
+    let (_, rest) = arn
+        .split_once(":loadbalancer/")
+        .or_else(|| arn.split_once(":listener/"))?;
+    let mut parts = rest.split('/');
+    let (kind, name, id) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(format!("{kind}/{name}/{id}"))
+}
+
+fn record_served(shared: &Shared, target_group_arn: &str) {
+    let mut metrics = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(metrics) = metrics.as_mut() {
+        let secs = metrics
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        *metrics
+            .served
+            .entry((target_group_arn.to_owned(), secs - secs % 60))
+            .or_default() += 1;
+    }
+}
+
+async fn flush(shared: &Shared) -> Result<(), String> {
+    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+    let (served, cloudwatch) = {
+        let mut metrics = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(metrics) = metrics.as_mut() else {
+            return Ok(());
+        };
+        (
+            std::mem::take(&mut metrics.served),
+            metrics.cloudwatch.clone(),
+        )
+    };
+    if served.is_empty() {
+        return Ok(());
+    }
+    let load_balancer = load_balancer_dimension(&shared.listener_arn)
+        .ok_or_else(|| format!("no load balancer in {}", shared.listener_arn))?;
+    let data: Vec<MetricDatum> = served
+        .iter()
+        .filter_map(|((tg, minute), count)| {
+            Some(
+                MetricDatum::builder()
+                    .metric_name("RequestCount")
+                    .dimensions(
+                        Dimension::builder()
+                            .name("TargetGroup")
+                            .value(target_group_dimension(tg)?)
+                            .build(),
+                    )
+                    .dimensions(
+                        Dimension::builder()
+                            .name("LoadBalancer")
+                            .value(&load_balancer)
+                            .build(),
+                    )
+                    .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                        i64::try_from(*minute).unwrap_or(i64::MAX),
+                    ))
+                    .value(*count as f64)
+                    .unit(StandardUnit::Count)
+                    .storage_resolution(60)
+                    .build(),
+            )
+        })
+        .collect();
+    let sent = cloudwatch
+        .put_metric_data()
+        .namespace("AWS/ApplicationELB")
+        .set_metric_data(Some(data))
+        .send()
+        .await;
+    if let Err(e) = sent {
+        // Kept for the next flush.
+        let mut metrics = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(metrics) = metrics.as_mut() {
+            for (key, count) in served {
+                *metrics.served.entry(key).or_default() += count;
+            }
+        }
+        return Err(aws_sdk_cloudwatch::error::DisplayErrorContext(&e).to_string());
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -214,6 +378,7 @@ struct Shared {
     round_robin: AtomicUsize,
     rng: AtomicU64,
     counters: Counters,
+    metrics: Mutex<Option<Metrics>>,
 }
 
 impl Shared {
@@ -433,6 +598,9 @@ async fn decide_and_forward(shared: &Shared, peer: SocketAddr, req: Request<Inco
             ),
             Some(group) => {
                 let mut answer = forward(shared, peer, req, &group.target_group_arn, arrived).await;
+                if !answer.headers().contains_key(ERROR_HEADER) {
+                    record_served(shared, &group.target_group_arn);
+                }
                 if let Ok(value) = HeaderValue::from_str(&group.target_group_arn) {
                     answer.headers_mut().insert(TARGET_GROUP_HEADER, value);
                 }

@@ -40,6 +40,8 @@ pub enum Service {
     Ecs,
     DynamoDb,
     Elbv2,
+    /// CloudWatch metrics (Smithy RPC v2 CBOR, told by the request path).
+    CloudWatch,
 }
 
 /// One call seen by the proxy.
@@ -200,6 +202,7 @@ impl std::fmt::Debug for FaultProxy {
 struct Upstreams {
     ecs: String,
     moto: String,
+    cloudwatch: String,
     client: Client<HttpConnector, Full<Bytes>>,
     /// moto applies a DynamoDB write in place without a lock, so two conditional writes racing
     /// each other can both pass their condition, and a read racing a write can see half an
@@ -221,6 +224,7 @@ impl FaultProxy {
         let upstreams = Arc::new(Upstreams {
             ecs: upstream.ecs.clone(),
             moto: upstream.dynamodb.clone(),
+            cloudwatch: upstream.cloudwatch.clone(),
             client: Client::builder(TokioExecutor::new()).build_http(),
             dynamodb: tokio::sync::Mutex::new(()),
         });
@@ -244,6 +248,7 @@ impl FaultProxy {
             ecs: self.endpoint(),
             elbv2: self.endpoint(),
             dynamodb: self.endpoint(),
+            cloudwatch: self.endpoint(),
         }
     }
 
@@ -369,6 +374,15 @@ impl std::error::Error for Dropped {}
 
 /// The service and operation of a call, as AWS identifies them.
 pub fn identify(target: Option<&str>, body: &[u8]) -> (Service, String) {
+    identify_request("/", target, body)
+}
+
+/// [`identify`] with the request's path, which names the operation in the RPC v2 CBOR protocol
+/// (CloudWatch: `/service/GraniteServiceVersion20100801/operation/<Operation>`).
+pub fn identify_request(path: &str, target: Option<&str>, body: &[u8]) -> (Service, String) {
+    if let Some(operation) = path.strip_prefix(crate::cloudwatch::PATH_PREFIX) {
+        return (Service::CloudWatch, operation.to_owned());
+    }
     if let Some(target) = target {
         let (prefix, operation) = target.split_once('.').unwrap_or(("", target));
         let service = if prefix.starts_with("DynamoDB") {
@@ -418,6 +432,9 @@ pub fn error_response_with(
     message: &str,
 ) -> Response<Full<Bytes>> {
     let (content_type, code, body) = match service {
+        Service::CloudWatch => {
+            return crate::cloudwatch::error_response(status, code, message);
+        }
         Service::Elbv2 => (
             "text/xml",
             code.to_owned(),
@@ -499,7 +516,7 @@ async fn handle(
         .map(str::to_owned);
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
-    let (service, operation) = identify(target.as_deref(), &body);
+    let (service, operation) = identify_request(parts.uri.path(), target.as_deref(), &body);
 
     let plan = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -585,10 +602,10 @@ async fn forward(
     } else {
         None
     };
-    let base = if service == Service::Ecs {
-        &upstreams.ecs
-    } else {
-        &upstreams.moto
+    let base = match service {
+        Service::Ecs => &upstreams.ecs,
+        Service::CloudWatch => &upstreams.cloudwatch,
+        Service::DynamoDb | Service::Elbv2 => &upstreams.moto,
     };
     let path = parts
         .uri

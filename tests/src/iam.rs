@@ -7,8 +7,8 @@
 //! `Fn::If` with `Fn::Equals` conditions) with the world's values ([`WorldValues`]). Anything it
 //! cannot resolve or evaluate — another intrinsic, a `Ref` or `GetAtt` it has no value for, a
 //! managed policy from outside the template, `NotAction`/`NotResource`, a condition operator
-//! other than `StringEquals`, `StringLike` and `Null` — is an error when the roles are loaded,
-//! never a guess.
+//! other than `StringEquals`, `StringLike` (each also with `ForAllValues:` or `ForAnyValue:`)
+//! and `Null` — is an error when the roles are loaded, never a guess.
 //!
 //! [`AuthorisingProxy`] stands between one function process and the stand-ins. It derives from
 //! each call the IAM requests AWS would authorise (action, resource ARN, condition keys) and
@@ -25,14 +25,23 @@
 //!   `DeleteItem`/`ConditionCheckItem` per item; ELBv2 `CreateRule` on the listener, and, when it
 //!   carries tags, `AddTags` on the new rule (an ARN under the listener) with
 //!   `elasticloadbalancing:CreateAction = CreateRule`; `DeleteRule` and `AddTags` on the rule;
+//! - for retention: ECS `CreateService` on the new service's ARN (with its tags, and
+//!   `ecs:TagResource` with `ecs:CreateAction = CreateService` when it carries tags),
+//!   `UpdateService`/`DeleteService`/`DescribeServices`/`TagResource`/`UntagResource`/
+//!   `ListTagsForResource` on the service; ELBv2 `CreateTargetGroup` on a target-group ARN of
+//!   that name (and `AddTags` with `elasticloadbalancing:CreateAction = CreateTargetGroup` when
+//!   tagged), `DeleteTargetGroup`/`ModifyTargetGroup(Attributes)`/`(De)RegisterTargets` on the
+//!   group, `ModifyRule` on the rule; CloudWatch `GetMetricData`/`GetMetricStatistics`/
+//!   `ListMetrics` on `*`, `PutMetricData` on `*` with `cloudwatch:namespace`;
 //! - the condition keys the template uses: `aws:RequestTag/KEY` and `aws:TagKeys` (the tags in
-//!   a `CreateRule` or `AddTags` request), `aws:ResourceTag/KEY` (the rule's tags, read from
-//!   moto just before a `DeleteRule`: a rule that is gone has none) and
-//!   `elasticloadbalancing:CreateAction`.
+//!   a create or tagging request), `aws:ResourceTag/KEY` (the resource's tags just before the
+//!   call: rules and target groups from moto, services from the ECS emulator; a resource that is
+//!   gone has none), `elasticloadbalancing:CreateAction` and `ecs:CreateAction`; with
+//!   `ForAllValues:` (true when the key is absent, as IAM documents) and `ForAnyValue:`.
 //!
 //! What it does not model: resource-based policies, permission boundaries, SCPs and session
 //! policies; condition keys other than those (an unknown key is simply absent, so a condition
-//! on it fails closed); `…IfExists`, `ForAnyValue:`/`ForAllValues:` and the other operators; the
+//! on it fails closed); `…IfExists` and the other operators; the
 //! difference between "not found" and "denied" for resources that do not exist (beyond what the
 //! tag lookup gives); the calls the functions do not make (any other operation is denied with
 //! a message saying it is not modelled). Calls the test process itself makes do not go through
@@ -53,7 +62,7 @@ use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
 
 use crate::aws::{ACCOUNT_ID, Endpoints, REGION};
-use crate::faults::{Service, error_response_with, identify};
+use crate::faults::{Service, error_response_with, identify_request};
 
 /// A template the evaluator cannot read faithfully.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -372,13 +381,25 @@ enum Operator {
     Null,
 }
 
+/// How a condition treats a key with several values (`aws:TagKeys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetQualifier {
+    /// No qualifier: the key must be present and every value it has must match.
+    Single,
+    /// `ForAllValues:`: every value the key has matches; true when the key is absent or empty
+    /// (as IAM documents, which makes it permissive on its own).
+    ForAll,
+    /// `ForAnyValue:`: at least one value matches; false when the key is absent.
+    ForAny,
+}
+
 #[derive(Debug, Clone)]
 struct Statement {
     allow: bool,
     actions: Vec<String>,
     resources: Vec<String>,
-    /// (operator, lower-cased key, values)
-    conditions: Vec<(Operator, String, Vec<String>)>,
+    /// (set qualifier, operator, lower-cased key, values)
+    conditions: Vec<(SetQualifier, Operator, String, Vec<String>)>,
 }
 
 impl Statement {
@@ -410,11 +431,19 @@ impl Statement {
             None => {}
             Some(V::Map(operators)) => {
                 for (operator, tests) in operators {
-                    let operator = match operator.as_str() {
+                    let (qualifier, bare) = match operator.split_once(':') {
+                        Some(("ForAllValues", bare)) => (SetQualifier::ForAll, bare),
+                        Some(("ForAnyValue", bare)) => (SetQualifier::ForAny, bare),
+                        Some(_) => {
+                            return err(format!("condition operator {operator} is not modelled"));
+                        }
+                        None => (SetQualifier::Single, operator.as_str()),
+                    };
+                    let operator = match bare {
                         "StringEquals" => Operator::StringEquals,
                         "StringLike" => Operator::StringLike,
-                        "Null" => Operator::Null,
-                        other => return err(format!("condition operator {other} is not modelled")),
+                        "Null" if qualifier == SetQualifier::Single => Operator::Null,
+                        _ => return err(format!("condition operator {operator} is not modelled")),
                     };
                     let V::Map(tests) = tests else {
                         return err(format!("condition {operator:?} is not a map"));
@@ -424,7 +453,7 @@ impl Statement {
                             V::Bool(b) => vec![b.to_string()],
                             v => v.strings(key)?,
                         };
-                        conditions.push((operator, key.to_lowercase(), values));
+                        conditions.push((qualifier, operator, key.to_lowercase(), values));
                     }
                 }
             }
@@ -446,24 +475,37 @@ impl Statement {
                 .resources
                 .iter()
                 .any(|r| wildcard_match(r, &request.resource))
-            && self.conditions.iter().all(|(operator, key, wanted)| {
-                let present = request.context.get(key);
-                match operator {
-                    Operator::Null => {
-                        let must_be_absent = wanted.iter().any(|w| w == "true");
-                        present.is_none() == must_be_absent
-                    }
-                    Operator::StringEquals => present.is_some_and(|values| {
-                        !values.is_empty() && values.iter().all(|v| wanted.contains(v))
-                    }),
-                    Operator::StringLike => present.is_some_and(|values| {
-                        !values.is_empty()
-                            && values
-                                .iter()
-                                .all(|v| wanted.iter().any(|w| wildcard_match(w, v)))
-                    }),
-                }
-            })
+            && self
+                .conditions
+                .iter()
+                .all(|(qualifier, operator, key, wanted)| {
+                    condition_holds(*qualifier, *operator, request.context.get(key), wanted)
+                })
+    }
+}
+
+/// Whether one condition holds for the values a request has for its key (`None`: absent).
+fn condition_holds(
+    qualifier: SetQualifier,
+    operator: Operator,
+    present: Option<&Vec<String>>,
+    wanted: &[String],
+) -> bool {
+    let one = |value: &String| match operator {
+        Operator::StringEquals => wanted.contains(value),
+        Operator::StringLike => wanted.iter().any(|w| wildcard_match(w, value)),
+        Operator::Null => false,
+    };
+    match (operator, qualifier) {
+        (Operator::Null, _) => {
+            let must_be_absent = wanted.iter().any(|w| w == "true");
+            present.is_none_or(Vec::is_empty) == must_be_absent
+        }
+        (_, SetQualifier::Single) => {
+            present.is_some_and(|values| !values.is_empty() && values.iter().all(one))
+        }
+        (_, SetQualifier::ForAll) => present.is_none_or(|values| values.iter().all(one)),
+        (_, SetQualifier::ForAny) => present.is_some_and(|values| values.iter().any(one)),
     }
 }
 
@@ -778,7 +820,51 @@ fn with_request_tags(mut request: AuthzRequest, tags: &[(String, String)]) -> Au
     request
 }
 
-/// What an ELBv2 `DeleteRule` or `AddTags` needs to know about the resource: its tags.
+/// `…:service/<cluster>/<name>` of a service named in an ECS request (by name or ARN).
+fn ecs_service_arn(body: &Json, service: &str) -> String {
+    if service.starts_with("arn:") {
+        return service.to_owned();
+    }
+    let cluster = body
+        .get("cluster")
+        .and_then(Json::as_str)
+        .unwrap_or("default");
+    let cluster = cluster.rsplit('/').next().unwrap_or(cluster);
+    format!("arn:aws:ecs:{REGION}:{ACCOUNT_ID}:service/{cluster}/{service}")
+}
+
+/// Tags in an ECS request (`tags: [{key, value}]`), in order.
+fn ecs_tags(body: &Json) -> Vec<(String, String)> {
+    body.get("tags")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some((
+                t.get("key")?.as_str()?.to_owned(),
+                t.get("value")
+                    .and_then(Json::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// `request` with `aws:ResourceTag/KEY` for each tag the resource has now.
+async fn with_resource_tags(
+    mut request: AuthzRequest,
+    resource_tags: &dyn ResourceTags,
+    arn: &str,
+) -> AuthzRequest {
+    for (k, v) in resource_tags.tags(arn).await {
+        request = request.with(&format!("aws:ResourceTag/{k}"), vec![v]);
+    }
+    request
+}
+
+/// What a call on an existing resource needs to know about it: its tags (ELBv2 rules and
+/// target groups from moto, ECS services from the emulator).
 pub trait ResourceTags: Send + Sync {
     fn tags<'a>(&'a self, arn: &'a str) -> crate::engine::BoxFuture<'a, Vec<(String, String)>>;
 }
@@ -823,6 +909,58 @@ pub async fn requests_for(
                     out.push(AuthzRequest::new(&action, &arn));
                 }
                 "DescribeTaskDefinition" => out.push(AuthzRequest::new(&action, "*")),
+                "CreateService" => {
+                    let name = body
+                        .get("serviceName")
+                        .and_then(Json::as_str)
+                        .ok_or("no serviceName")?;
+                    let arn = ecs_service_arn(&body, name);
+                    let tags = ecs_tags(&body);
+                    out.push(with_request_tags(AuthzRequest::new(&action, &arn), &tags));
+                    if !tags.is_empty() {
+                        // Tags on create need ecs:TagResource too, with ecs:CreateAction.
+                        out.push(
+                            with_request_tags(AuthzRequest::new("ecs:TagResource", &arn), &tags)
+                                .with("ecs:CreateAction", vec!["CreateService".into()]),
+                        );
+                    }
+                }
+                "UpdateService" | "DeleteService" | "DescribeServices" => {
+                    let services = if operation == "DescribeServices" {
+                        json_strings(&body, "services")
+                    } else {
+                        body.get("service")
+                            .and_then(Json::as_str)
+                            .map(|s| vec![s.to_owned()])
+                            .unwrap_or_default()
+                    };
+                    for service in services {
+                        let arn = ecs_service_arn(&body, &service);
+                        out.push(
+                            with_resource_tags(
+                                AuthzRequest::new(&action, &arn),
+                                resource_tags,
+                                &arn,
+                            )
+                            .await,
+                        );
+                    }
+                }
+                "TagResource" | "UntagResource" | "ListTagsForResource" => {
+                    let arn = body
+                        .get("resourceArn")
+                        .and_then(Json::as_str)
+                        .ok_or("no resourceArn")?
+                        .to_owned();
+                    let mut request = AuthzRequest::new(&action, &arn);
+                    if operation == "TagResource" {
+                        request = with_request_tags(request, &ecs_tags(&body));
+                    }
+                    if operation == "UntagResource" {
+                        request = request.with("aws:TagKeys", json_strings(&body, "tagKeys"));
+                    }
+                    out.push(with_resource_tags(request, resource_tags, &arn).await);
+                }
                 other => return Err(format!("ecs:{other} is not modelled")),
             }
             Ok(out)
@@ -904,6 +1042,45 @@ pub async fn requests_for(
                     }
                     Ok(vec![request])
                 }
+                "ModifyRule" => {
+                    let rule = form.get("RuleArn").ok_or("no RuleArn")?;
+                    Ok(vec![
+                        with_resource_tags(AuthzRequest::new(&action, rule), resource_tags, rule)
+                            .await,
+                    ])
+                }
+                "CreateTargetGroup" => {
+                    let name = form.get("Name").ok_or("no Name")?;
+                    // The new group's ID is not known before it exists: any ID of that name.
+                    let arn = format!(
+                        "arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT_ID}:targetgroup/{name}/0000000000000000"
+                    );
+                    let tags = form_tags(&form);
+                    let mut out = vec![with_request_tags(AuthzRequest::new(&action, &arn), &tags)];
+                    if !tags.is_empty() {
+                        out.push(
+                            with_request_tags(
+                                AuthzRequest::new("elasticloadbalancing:AddTags", &arn),
+                                &tags,
+                            )
+                            .with(
+                                "elasticloadbalancing:CreateAction",
+                                vec!["CreateTargetGroup".into()],
+                            ),
+                        );
+                    }
+                    Ok(out)
+                }
+                "DeleteTargetGroup"
+                | "ModifyTargetGroup"
+                | "ModifyTargetGroupAttributes"
+                | "RegisterTargets"
+                | "DeregisterTargets" => {
+                    let tg = form.get("TargetGroupArn").ok_or("no TargetGroupArn")?;
+                    Ok(vec![
+                        with_resource_tags(AuthzRequest::new(&action, tg), resource_tags, tg).await,
+                    ])
+                }
                 "AddTags" => {
                     let tags = form_tags(&form);
                     let mut out = Vec::new();
@@ -922,6 +1099,30 @@ pub async fn requests_for(
                 other => Err(format!("elasticloadbalancing:{other} is not modelled")),
             }
         }
+        Service::CloudWatch => {
+            // CloudWatch's metric actions have no resource types: authorised on `*`.
+            let action = format!("cloudwatch:{operation}");
+            match operation {
+                "GetMetricData" | "GetMetricStatistics" | "ListMetrics" => {
+                    Ok(vec![AuthzRequest::new(&action, "*")])
+                }
+                "PutMetricData" => {
+                    let input: ciborium::Value =
+                        ciborium::from_reader(body).map_err(|e| e.to_string())?;
+                    let namespace = input
+                        .as_map()
+                        .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("Namespace")))
+                        .and_then(|(_, v)| v.as_text())
+                        .unwrap_or_default()
+                        .to_owned();
+                    Ok(vec![
+                        AuthzRequest::new(&action, "*")
+                            .with("cloudwatch:namespace", vec![namespace]),
+                    ])
+                }
+                other => Err(format!("cloudwatch:{other} is not modelled")),
+            }
+        }
     }
 }
 
@@ -936,15 +1137,33 @@ pub struct Denial {
     pub message: String,
 }
 
-/// Reads a resource's tags from moto (not through any fault proxy, so no call is counted or
-/// faulted twice).
+/// Reads a resource's tags from the stand-ins themselves (not through any fault proxy, so no
+/// call is counted or faulted twice): ELBv2 from moto, ECS services from the emulator (its
+/// `ListTagsForResource`, which shows in the emulator's call log).
 struct MotoTags {
     elbv2: aws_sdk_elasticloadbalancingv2::Client,
+    ecs: aws_sdk_ecs::Client,
 }
 
 impl ResourceTags for MotoTags {
     fn tags<'a>(&'a self, arn: &'a str) -> crate::engine::BoxFuture<'a, Vec<(String, String)>> {
         Box::pin(async move {
+            if arn.starts_with("arn:aws:ecs:") {
+                return match self
+                    .ecs
+                    .list_tags_for_resource()
+                    .resource_arn(arn)
+                    .send()
+                    .await
+                {
+                    Ok(answer) => answer
+                        .tags()
+                        .iter()
+                        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+            }
             match self.elbv2.describe_tags().resource_arns(arn).send().await {
                 Ok(answer) => answer
                     .tag_descriptions()
@@ -1014,6 +1233,7 @@ impl AuthorisingProxy {
             forward: forward.clone(),
             tags: MotoTags {
                 elbv2: crate::aws::elbv2_client(&config),
+                ecs: crate::aws::ecs_client(&config),
             },
             client: Client::builder(TokioExecutor::new()).build_http(),
             denials: Mutex::new(Vec::new()),
@@ -1033,6 +1253,7 @@ impl AuthorisingProxy {
         Endpoints {
             ecs: url.clone(),
             elbv2: url.clone(),
+            cloudwatch: url.clone(),
             dynamodb: url,
         }
     }
@@ -1101,7 +1322,7 @@ async fn handle(
         .await
         .map_err(|e| Broken(e.to_string()))?
         .to_bytes();
-    let (service, operation) = identify(target.as_deref(), &body);
+    let (service, operation) = identify_request(parts.uri.path(), target.as_deref(), &body);
     let refused = match requests_for(service, &operation, &body, &shared.tags).await {
         Err(why) => Some((operation.clone(), "*".to_owned(), why)),
         Ok(requests) => requests
@@ -1127,6 +1348,7 @@ async fn handle(
         let (status, code) = match service {
             Service::Elbv2 => (403, "AccessDenied"),
             Service::Ecs | Service::DynamoDb => (400, "AccessDeniedException"),
+            Service::CloudWatch => (403, "AccessDenied"),
         };
         return Ok(error_response_with(service, status, code, &message));
     }
@@ -1144,6 +1366,7 @@ async fn forward(
         Service::Ecs => &shared.forward.ecs,
         Service::Elbv2 => &shared.forward.elbv2,
         Service::DynamoDb => &shared.forward.dynamodb,
+        Service::CloudWatch => &shared.forward.cloudwatch,
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri: hyper::Uri = format!("{base}{path}")
@@ -1206,6 +1429,316 @@ mod tests {
         assert!(wildcard_match("*", ""));
         assert!(wildcard_match("a*b*c", "aXbYbc"));
         assert!(!wildcard_match("abc", "abcd"));
+    }
+
+    /// A template with one function whose role holds the retention statements as skewguard
+    /// scopes them by tag.
+    const RETENTION_TEMPLATE: &str = r#"
+Resources:
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: functions/reconciler
+      Role: !GetAtt FnRole.Arn
+  FnRole:
+    Type: AWS::IAM::Role
+    Properties:
+      Policies:
+        - PolicyName: retention
+          PolicyDocument:
+            Statement:
+              - Effect: Allow
+                Action: ecs:CreateService
+                Resource: !Sub arn:aws:ecs:${AWS::Region}:${AWS::AccountId}:service/shop/*
+                Condition:
+                  StringEquals:
+                    aws:RequestTag/skewguard:managed: "true"
+                  ForAllValues:StringEquals:
+                    aws:TagKeys: [skewguard:managed, skewguard:retains]
+              - Effect: Allow
+                Action: ecs:TagResource
+                Resource: "*"
+                Condition:
+                  StringEquals:
+                    ecs:CreateAction: CreateService
+              - Effect: Allow
+                Action: [ecs:DeleteService, ecs:UpdateService]
+                Resource: "*"
+                Condition:
+                  StringEquals:
+                    aws:ResourceTag/skewguard:managed: "true"
+              - Effect: Allow
+                Action: elasticloadbalancing:CreateTargetGroup
+                Resource: "*"
+                Condition:
+                  StringLike:
+                    aws:RequestTag/skewguard:retains: "*"
+              - Effect: Allow
+                Action: elasticloadbalancing:AddTags
+                Resource: "*"
+                Condition:
+                  StringEquals:
+                    elasticloadbalancing:CreateAction: CreateTargetGroup
+              - Effect: Allow
+                Action: elasticloadbalancing:DeleteTargetGroup
+                Resource: "*"
+                Condition:
+                  "Null":
+                    aws:ResourceTag/skewguard:managed: "false"
+              - Effect: Allow
+                Action: cloudwatch:GetMetricData
+                Resource: "*"
+"#;
+
+    fn retention_role() -> Role {
+        Roles::from_yaml(RETENTION_TEMPLATE, &WorldValues::world())
+            .unwrap()
+            .role("reconciler")
+            .unwrap()
+            .clone()
+    }
+
+    /// Tags a test says each resource has.
+    struct Tagged(BTreeMap<String, Vec<(String, String)>>);
+
+    impl ResourceTags for Tagged {
+        fn tags<'a>(&'a self, arn: &'a str) -> crate::engine::BoxFuture<'a, Vec<(String, String)>> {
+            Box::pin(async move { self.0.get(arn).cloned().unwrap_or_default() })
+        }
+    }
+
+    fn tag(k: &str, v: &str) -> (String, String) {
+        (k.to_owned(), v.to_owned())
+    }
+
+    async fn allowed(
+        role: &Role,
+        service: Service,
+        operation: &str,
+        body: &[u8],
+        tags: &Tagged,
+    ) -> Result<bool, String> {
+        let requests = requests_for(service, operation, body, tags).await?;
+        assert!(!requests.is_empty());
+        Ok(requests.iter().all(|r| role.allows(r)))
+    }
+
+    #[tokio::test]
+    async fn request_tags_and_tag_keys_scope_create_service() {
+        let role = retention_role();
+        let none = Tagged(BTreeMap::new());
+        let create = |tags: serde_json::Value| {
+            serde_json::json!({"cluster": "shop", "serviceName": "web-v1", "taskDefinition": "web:1", "tags": tags})
+                .to_string()
+        };
+        let ok = create(serde_json::json!([
+            {"key": "skewguard:managed", "value": "true"},
+            {"key": "skewguard:retains", "value": "v1"},
+        ]));
+        assert_eq!(
+            allowed(&role, Service::Ecs, "CreateService", ok.as_bytes(), &none).await,
+            Ok(true)
+        );
+        // The tag missing, another value, or a key outside the ForAllValues set: denied.
+        for tags in [
+            serde_json::json!([]),
+            serde_json::json!([{"key": "skewguard:managed", "value": "yes"}]),
+            serde_json::json!([
+                {"key": "skewguard:managed", "value": "true"},
+                {"key": "owner", "value": "me"},
+            ]),
+        ] {
+            let body = create(tags.clone());
+            assert_eq!(
+                allowed(&role, Service::Ecs, "CreateService", body.as_bytes(), &none).await,
+                Ok(false),
+                "{tags}"
+            );
+        }
+        // Another cluster is outside the resource.
+        let other = ok.replace("\"shop\"", "\"other\"");
+        assert_eq!(
+            allowed(
+                &role,
+                Service::Ecs,
+                "CreateService",
+                other.as_bytes(),
+                &none
+            )
+            .await,
+            Ok(false)
+        );
+    }
+
+    #[tokio::test]
+    async fn resource_tags_scope_delete_service_and_delete_target_group() {
+        let role = retention_role();
+        let managed = ecs_service_arn(&serde_json::json!({"cluster": "shop"}), "web-v1");
+        let users = ecs_service_arn(&serde_json::json!({"cluster": "shop"}), "web");
+        let tg = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-v1/0123456789abcdef";
+        let users_tg = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-tg1/0123456789abcdef";
+        let tags = Tagged(BTreeMap::from([
+            (managed.clone(), vec![tag("skewguard:managed", "true")]),
+            (users.clone(), vec![tag("team", "shop")]),
+            (tg.to_owned(), vec![tag("skewguard:managed", "true")]),
+        ]));
+        let delete = |service: &str| {
+            serde_json::json!({"cluster": "shop", "service": service, "force": true}).to_string()
+        };
+        assert_eq!(
+            allowed(
+                &role,
+                Service::Ecs,
+                "DeleteService",
+                delete("web-v1").as_bytes(),
+                &tags
+            )
+            .await,
+            Ok(true)
+        );
+        assert_eq!(
+            allowed(
+                &role,
+                Service::Ecs,
+                "DeleteService",
+                delete(&users).as_bytes(),
+                &tags
+            )
+            .await,
+            Ok(false),
+            "the user's own service is not skewguard's to delete"
+        );
+        let form = |arn: &str| format!("Action=DeleteTargetGroup&TargetGroupArn={arn}");
+        assert_eq!(
+            allowed(
+                &role,
+                Service::Elbv2,
+                "DeleteTargetGroup",
+                form(tg).as_bytes(),
+                &tags
+            )
+            .await,
+            Ok(true)
+        );
+        assert_eq!(
+            allowed(
+                &role,
+                Service::Elbv2,
+                "DeleteTargetGroup",
+                form(users_tg).as_bytes(),
+                &tags
+            )
+            .await,
+            Ok(false),
+            "Null false: the tag must be there"
+        );
+    }
+
+    #[tokio::test]
+    async fn create_target_group_authorises_its_tags_and_metrics_are_read_on_any_resource() {
+        let role = retention_role();
+        let none = Tagged(BTreeMap::new());
+        let tagged = "Action=CreateTargetGroup&Name=web-v1&Tags.member.1.Key=skewguard%3Aretains&Tags.member.1.Value=v1";
+        let requests = requests_for(
+            Service::Elbv2,
+            "CreateTargetGroup",
+            tagged.as_bytes(),
+            &none,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            requests
+                .iter()
+                .map(|r| r.action.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "elasticloadbalancing:CreateTargetGroup",
+                "elasticloadbalancing:AddTags"
+            ]
+        );
+        assert!(requests.iter().all(|r| role.allows(r)));
+        let untagged = "Action=CreateTargetGroup&Name=web-v1";
+        assert_eq!(
+            allowed(
+                &role,
+                Service::Elbv2,
+                "CreateTargetGroup",
+                untagged.as_bytes(),
+                &none
+            )
+            .await,
+            Ok(false)
+        );
+        let mut cbor = Vec::new();
+        ciborium::into_writer(
+            &ciborium::Value::Map(vec![(
+                ciborium::Value::Text("Namespace".into()),
+                ciborium::Value::Text("AWS/ApplicationELB".into()),
+            )]),
+            &mut cbor,
+        )
+        .unwrap();
+        assert_eq!(
+            allowed(&role, Service::CloudWatch, "GetMetricData", &cbor, &none).await,
+            Ok(true)
+        );
+        assert_eq!(
+            allowed(&role, Service::CloudWatch, "PutMetricData", &cbor, &none).await,
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn set_qualifiers_follow_iam() {
+        let wanted = ["a".to_owned(), "b".to_owned()];
+        let some = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        use Operator::StringEquals as Eq;
+        // ForAllValues holds vacuously for an absent key; ForAnyValue does not.
+        assert!(condition_holds(SetQualifier::ForAll, Eq, None, &wanted));
+        assert!(!condition_holds(SetQualifier::ForAny, Eq, None, &wanted));
+        assert!(!condition_holds(SetQualifier::Single, Eq, None, &wanted));
+        assert!(condition_holds(
+            SetQualifier::ForAll,
+            Eq,
+            Some(&some(&["a", "b"])),
+            &wanted
+        ));
+        assert!(!condition_holds(
+            SetQualifier::ForAll,
+            Eq,
+            Some(&some(&["a", "c"])),
+            &wanted
+        ));
+        assert!(condition_holds(
+            SetQualifier::ForAny,
+            Eq,
+            Some(&some(&["a", "c"])),
+            &wanted
+        ));
+        assert!(condition_holds(
+            SetQualifier::Single,
+            Operator::StringLike,
+            Some(&some(&["v1-blue"])),
+            &["v1-*".to_owned()]
+        ));
+        let yes = ["true".to_owned()];
+        assert!(condition_holds(
+            SetQualifier::Single,
+            Operator::Null,
+            None,
+            &yes
+        ));
+        assert!(!condition_holds(
+            SetQualifier::Single,
+            Operator::Null,
+            Some(&some(&["x"])),
+            &yes
+        ));
+        // Null with ForAllValues is refused when the template is read.
+        let bad = RETENTION_TEMPLATE.replacen("\"Null\":", "ForAllValues:Null:", 1);
+        let err = Roles::from_yaml(&bad, &WorldValues::world()).unwrap_err();
+        assert!(err.0.contains("ForAllValues:Null is not modelled"), "{err}");
     }
 
     #[test]

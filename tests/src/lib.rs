@@ -1,6 +1,8 @@
 pub mod aws;
 pub mod backend;
 pub mod chaos;
+pub mod clock;
+pub mod cloudwatch;
 pub mod console;
 pub mod data_plane;
 pub mod ecs_emulator;

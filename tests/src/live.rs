@@ -499,6 +499,10 @@ impl LiveWorld {
         )
         .await
         .map_err(WorldError::io("starting the ALB data plane"))?;
+        plane.publish_metrics(
+            stand_ins.clients.cloudwatch.clone(),
+            stand_ins.clock.clone(),
+        );
         let traffic = Arc::new(Traffic::new(&plane.url(), Duration::from_millis(20)));
         let observer = Arc::new(LiveObserver {
             checker: stand_ins.checker.clone(),

@@ -11,6 +11,8 @@ use skewguard_core::listener::Request;
 use skewguard_core::settings::EnvDefaults;
 
 use crate::aws::{Clients, Endpoints};
+use crate::clock::WorldClock;
+use crate::cloudwatch::CloudWatchStandIn;
 use crate::ecs_emulator::EcsEmulator;
 use crate::engine::{
     BoxFuture, Engine, HookRegistration, InProcess, Invoker, Observer, ServiceSetup, StopHandle,
@@ -94,6 +96,10 @@ impl Observer for InvariantChecker {
 pub struct World {
     pub moto: MotoServer,
     pub ecs: Arc<EcsEmulator>,
+    /// CloudWatch metrics (moto does not speak the SDK's protocol for them).
+    pub cloudwatch: Arc<CloudWatchStandIn>,
+    /// World time: what the data plane stamps metrics with and CloudWatch answers in.
+    pub clock: WorldClock,
     pub clients: Clients,
     pub endpoints: Endpoints,
     pub vpc: Vpc,
@@ -111,6 +117,8 @@ pub struct World {
 pub struct StandIns {
     pub moto: MotoServer,
     pub ecs: Arc<EcsEmulator>,
+    pub cloudwatch: Arc<CloudWatchStandIn>,
+    pub clock: WorldClock,
     pub clients: Clients,
     pub endpoints: Endpoints,
     pub vpc: Vpc,
@@ -132,7 +140,14 @@ impl StandIns {
     /// The same on a running moto that holds nothing yet.
     pub async fn on(moto: MotoServer, production_path: &str) -> StandIns {
         let ecs = Arc::new(EcsEmulator::start().await.expect("ECS emulator starts"));
-        let endpoints = Endpoints::new(ecs.endpoint(), moto.endpoint());
+        let clock = WorldClock::real();
+        let cloudwatch = Arc::new(
+            CloudWatchStandIn::start(clock.clone())
+                .await
+                .expect("CloudWatch stand-in starts"),
+        );
+        let endpoints =
+            Endpoints::new(ecs.endpoint(), moto.endpoint()).with_cloudwatch(cloudwatch.endpoint());
         let clients = Clients::new(&endpoints).await;
         ecs.use_elbv2(clients.elbv2.clone());
         create_ledger_table(&clients.dynamodb, TABLE)
@@ -161,6 +176,8 @@ impl StandIns {
         StandIns {
             moto,
             ecs,
+            cloudwatch,
+            clock,
             clients,
             endpoints,
             vpc,
@@ -197,6 +214,8 @@ impl StandIns {
         World {
             moto: self.moto,
             ecs: self.ecs,
+            cloudwatch: self.cloudwatch,
+            clock: self.clock,
             clients: self.clients,
             endpoints: self.endpoints,
             vpc: self.vpc,

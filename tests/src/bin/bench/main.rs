@@ -451,6 +451,7 @@ async fn run(o: &Options) -> Result<String, String> {
         ecs: ecs_proxy.endpoint(),
         elbv2: proxy.endpoint(),
         dynamodb: proxy.endpoint(),
+        cloudwatch: stand_ins.endpoints.cloudwatch.clone(),
     };
     let mut env = function_env(&endpoints);
     env.push(("SKEWGUARD_TABLE".to_owned(), TABLE.to_owned()));
