@@ -87,13 +87,12 @@ async fn the_stand_in_answers_put_and_get_metric_data_through_the_sdk() {
         "targetgroup/web-tg1/0123456789abcdef",
         "app/web/fedcba9876543210",
     );
-    let minute = |m: i64| {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        DateTime::from_secs(now - now % 60 - 60 * m)
-    };
+    // Minutes counted back from the current one, fixed once (a minute may turn meanwhile).
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let minute = |m: i64| DateTime::from_secs(now - now % 60 - 60 * m);
     let datum = |value: f64, at: DateTime| {
         MetricDatum::builder()
             .metric_name("RequestCount")
