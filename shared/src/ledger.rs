@@ -243,6 +243,28 @@ impl LedgerEntry {
         }
     }
 
+    /// Where this version's pins forward, each with its weight: its target group alone; while
+    /// a `draining` version's retention copy starts, its target group at weight 1 and the copy's
+    /// at weight 0 (ECS attaches a target group to a service only once a listener rule uses
+    /// it, and weight 0 sends it nothing until its targets are healthy).
+    pub fn pin_targets(&self) -> Vec<crate::listener::WeightedTarget> {
+        let target = |arn: &str, weight| crate::listener::WeightedTarget {
+            target_group_arn: arn.to_owned(),
+            weight,
+        };
+        let mut targets = vec![target(&self.target_group_arn, 1)];
+        if self.status == Status::Draining
+            && let Some(copy) = self
+                .retention
+                .as_ref()
+                .and_then(|c| c.target_group_arn.as_deref())
+                .filter(|arn| *arn != self.target_group_arn)
+        {
+            targets.push(target(copy, 0));
+        }
+        targets
+    }
+
     /// The listener wiring recorded for this version.
     pub fn wiring(&self) -> ServiceWiring {
         ServiceWiring {

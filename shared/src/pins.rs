@@ -49,15 +49,21 @@ impl PinSpec {
         matches!(self.action, RuleAction::FixedResponse { .. })
     }
 
-    /// Whether an existing rule already is this rule (its priority aside).
+    /// Whether an existing rule already is this rule (its priority aside). Forwards compare by
+    /// target group and by whether each gets traffic at all: a relative weight of 1 or 5 on a
+    /// single target sends the same requests, weight 0 sends none.
     fn is_met_by(&self, rule: &ListenerRule) -> bool {
         let same_action = match (&self.action, &rule.action) {
             (RuleAction::Forward(want), RuleAction::Forward(have)) => {
-                have.len() == 1
-                    && have[0].weight > 0
-                    && want
-                        .first()
-                        .is_some_and(|w| w.target_group_arn == have[0].target_group_arn)
+                let shape = |targets: &[WeightedTarget]| {
+                    let mut shape: Vec<(String, bool)> = targets
+                        .iter()
+                        .map(|t| (t.target_group_arn.clone(), t.weight > 0))
+                        .collect();
+                    shape.sort();
+                    shape
+                };
+                !want.is_empty() && shape(want) == shape(have)
             }
             (want @ RuleAction::FixedResponse { .. }, have) => want == have,
             _ => false,
@@ -99,13 +105,6 @@ pub fn retired_spec(
             body: Some(retired_body(current)),
         },
     })
-}
-
-fn forward(target_group_arn: &str) -> RuleAction {
-    RuleAction::Forward(vec![WeightedTarget {
-        target_group_arn: target_group_arn.to_owned(),
-        weight: 1,
-    }])
 }
 
 fn check_copyable(production_rule: &ListenerRule) -> Result<(), PinError> {
@@ -158,10 +157,29 @@ pub enum PinError {
     },
 }
 
-/// The pin rules a deployment needs under these settings.
+/// The pin rules a deployment needs under these settings, forwarding to its target group.
 pub fn pin_specs(
     deployment_id: &DeploymentId,
     target_group_arn: &str,
+    production_rule: &ListenerRule,
+    settings: &Settings,
+) -> Result<Vec<PinSpec>, PinError> {
+    pin_specs_to(
+        deployment_id,
+        &[WeightedTarget {
+            target_group_arn: target_group_arn.to_owned(),
+            weight: 1,
+        }],
+        production_rule,
+        settings,
+    )
+}
+
+/// The pin rules a deployment needs under these settings, forwarding to `targets` (a
+/// [`LedgerEntry::pin_targets`]: one target group, or one and a retention copy's at weight 0).
+pub fn pin_specs_to(
+    deployment_id: &DeploymentId,
+    targets: &[WeightedTarget],
     production_rule: &ListenerRule,
     settings: &Settings,
 ) -> Result<Vec<PinSpec>, PinError> {
@@ -199,7 +217,7 @@ pub fn pin_specs(
             Ok(PinSpec {
                 deployment_id: deployment_id.clone(),
                 conditions,
-                action: forward(target_group_arn),
+                action: RuleAction::Forward(targets.to_vec()),
             })
         })
         .collect()
@@ -441,9 +459,9 @@ pub fn plan(
     let mut create = Vec::new();
     let mut specs = Vec::new();
     for entry in entries.iter().filter(|e| e.wants_pin()) {
-        specs.extend(pin_specs(
+        specs.extend(pin_specs_to(
             &entry.deployment_id,
-            &entry.target_group_arn,
+            &entry.pin_targets(),
             production_rule,
             settings,
         )?);
@@ -857,6 +875,75 @@ mod tests {
         assert_eq!(plan.create.len(), 1);
         assert_eq!(plan.create[0].deployment_id.as_str(), "bbb");
         assert_eq!(plan.create[0].target_group_arn(), Some("tg2"));
+    }
+
+    #[test]
+    fn a_starting_retention_copy_joins_the_pin_at_weight_0_then_takes_it_alone() {
+        use crate::ledger::RetainedCopy;
+        let mut rules = listener();
+        let s = settings(json!({}));
+        let p = prod(&rules);
+        let mut blue = entry("aaa", "tg1", Status::Draining);
+        let plain = pin_specs(&blue.deployment_id, "tg1", &p, &s)
+            .unwrap()
+            .remove(0);
+        rules.push(rule(
+            "pin-blue",
+            Priority::Number(99),
+            plain.conditions.clone(),
+            forward(&[("tg1", 1)]),
+        ));
+        blue.rule_arns = vec!["pin-blue".into()];
+        let t = datetime!(2026-01-01 0:00 UTC);
+        let mut copy = RetainedCopy {
+            service_name: "web-sg-aaa".into(),
+            service_arn: None,
+            target_group_name: "sg-0123456789abcdef".into(),
+            target_group_arn: None,
+            tasks: 1,
+            started_at: t,
+            healthy_at: None,
+            left_production_at: t,
+            retain_until: None,
+            idle_checks: 0,
+            cluster_arn: "c".into(),
+        };
+        // Recorded before it exists: no ARN yet, the pin stays as it is.
+        blue.retention = Some(copy.clone());
+        let unchanged = plan(SVC, &[blue.clone()], &rules, &BTreeMap::new(), &p, &s).unwrap();
+        assert!(unchanged.is_noop(), "{unchanged:?}");
+        // Created: the pin forwards to blue and to the copy at weight 0.
+        copy.target_group_arn = Some("tg-ret".into());
+        blue.retention = Some(copy.clone());
+        let joined = plan(SVC, &[blue.clone()], &rules, &BTreeMap::new(), &p, &s).unwrap();
+        assert_eq!(joined.delete, vec!["pin-blue".to_owned()]);
+        assert_eq!(joined.create.len(), 1);
+        assert_eq!(
+            joined.create[0].action,
+            forward(&[("tg1", 1), ("tg-ret", 0)])
+        );
+        // That rule on the listener is what the plan wants: kept, by the reconciler too.
+        rules.retain(|r| r.arn != "pin-blue");
+        rules.push(rule(
+            "pin-both",
+            Priority::Number(99),
+            plain.conditions.clone(),
+            forward(&[("tg1", 1), ("tg-ret", 0)]),
+        ));
+        blue.rule_arns = vec!["pin-both".into()];
+        let kept = plan(SVC, &[blue.clone()], &rules, &BTreeMap::new(), &p, &s).unwrap();
+        assert!(kept.is_noop(), "{kept:?}");
+        // A weight the other way round is not the same forward.
+        let mut flipped = rules.clone();
+        flipped.last_mut().unwrap().action = forward(&[("tg1", 0), ("tg-ret", 1)]);
+        let fixed = plan(SVC, &[blue.clone()], &flipped, &BTreeMap::new(), &p, &s).unwrap();
+        assert_eq!(fixed.delete, vec!["pin-both".to_owned()]);
+        // Retained: the pin forwards to the copy alone.
+        blue.status = Status::Retained;
+        blue.target_group_arn = "tg-ret".into();
+        let moved = plan(SVC, &[blue], &rules, &BTreeMap::new(), &p, &s).unwrap();
+        assert_eq!(moved.delete, vec!["pin-both".to_owned()]);
+        assert_eq!(moved.create[0].action, forward(&[("tg-ret", 1)]));
     }
 
     #[test]

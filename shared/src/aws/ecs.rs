@@ -964,3 +964,171 @@ mod tests {
         assert_eq!(image_tag("web@sha256:00ff").as_deref(), None);
     }
 }
+
+/// How a service revision launches its tasks (DescribeServiceRevisions): what a retention
+/// service copies so that the previous version runs exactly as it did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionLaunch {
+    /// The revision's task definition.
+    pub task_definition_arn: String,
+    /// Its `awsvpc` network configuration (subnets, security groups, public IP), if any.
+    pub network_configuration: Option<ecs::types::NetworkConfiguration>,
+    /// `FARGATE`, `EC2`, `EXTERNAL`, when it uses a launch type.
+    pub launch_type: Option<ecs::types::LaunchType>,
+    /// Its capacity provider strategy, when it uses one instead of a launch type.
+    pub capacity_provider_strategy: Vec<ecs::types::CapacityProviderStrategyItem>,
+    /// Its Fargate platform version, if set.
+    pub platform_version: Option<String>,
+    /// The load-balanced container and port, per the revision's load balancers.
+    pub container_name: Option<String>,
+    pub container_port: Option<i32>,
+}
+
+/// A retention service to create: an ordinary rolling service (no lifecycle hooks, no service
+/// registries or Service Connect) in the user's cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRetentionService<'a> {
+    pub cluster: &'a str,
+    pub name: &'a str,
+    pub launch: &'a RevisionLaunch,
+    pub target_group_arn: &'a str,
+    pub desired_count: u32,
+    pub tags: &'a [(&'static str, String)],
+    /// The same for every attempt to create this service, so ECS answers a retried request
+    /// with the service the first made (at most 36 ASCII characters).
+    pub client_token: &'a str,
+}
+
+impl Ecs {
+    /// How the revision `arn` launches its tasks.
+    ///
+    /// Errors: any AWS error, classified by code; a revision ECS does not return.
+    pub async fn revision_launch(&self, arn: &str) -> Result<RevisionLaunch, EcsError> {
+        let answer = self
+            .client
+            .describe_service_revisions()
+            .service_revision_arns(arn)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeServiceRevisions", e))?;
+        let revision = answer
+            .service_revisions()
+            .iter()
+            .find(|r| r.service_revision_arn() == Some(arn))
+            .ok_or_else(|| {
+                EcsError::Discovery(DiscoveryError::Missing {
+                    what: "service revision",
+                    arn: arn.to_owned(),
+                })
+            })?;
+        let lb = revision
+            .load_balancers()
+            .iter()
+            .find(|lb| lb.container_name().is_some());
+        Ok(RevisionLaunch {
+            task_definition_arn: revision.task_definition().unwrap_or_default().to_owned(),
+            network_configuration: revision.network_configuration().cloned(),
+            launch_type: revision.launch_type().cloned(),
+            capacity_provider_strategy: revision.capacity_provider_strategy().to_vec(),
+            platform_version: revision.platform_version().map(str::to_owned),
+            container_name: lb.and_then(|lb| lb.container_name()).map(str::to_owned),
+            container_port: lb.and_then(|lb| lb.container_port()),
+        })
+    }
+
+    /// Creates a retention service with its tags in the same request (skewguard's policy
+    /// allows creating only with them) and a client token, and answers its ARN.
+    ///
+    /// Errors: any AWS error, classified by code (`InvalidParameterException` when its target
+    /// group is not yet used by a listener rule).
+    pub async fn create_retention_service(
+        &self,
+        service: &NewRetentionService<'_>,
+    ) -> Result<String, AwsError> {
+        use ecs::types::{DeploymentControllerType, LoadBalancer, PropagateTags, Tag};
+        let launch = service.launch;
+        let answer = self
+            .client
+            .create_service()
+            .cluster(service.cluster)
+            .service_name(service.name)
+            .task_definition(&launch.task_definition_arn)
+            .desired_count(service.desired_count.min(i32::MAX as u32) as i32)
+            .load_balancers(
+                LoadBalancer::builder()
+                    .target_group_arn(service.target_group_arn)
+                    .set_container_name(launch.container_name.clone())
+                    .set_container_port(launch.container_port)
+                    .build(),
+            )
+            .set_network_configuration(launch.network_configuration.clone())
+            .set_launch_type(launch.launch_type.clone())
+            .set_capacity_provider_strategy(
+                (!launch.capacity_provider_strategy.is_empty())
+                    .then(|| launch.capacity_provider_strategy.clone()),
+            )
+            .set_platform_version(launch.platform_version.clone())
+            .deployment_controller(
+                ecs::types::DeploymentController::builder()
+                    .r#type(DeploymentControllerType::Ecs)
+                    .build()
+                    .map_err(|e| {
+                        AwsError::concluded(
+                            "CreateService",
+                            "InvalidRequest",
+                            AwsErrorKind::Invalid,
+                            &e.to_string(),
+                        )
+                    })?,
+            )
+            .propagate_tags(PropagateTags::Service)
+            .set_tags(Some(
+                service
+                    .tags
+                    .iter()
+                    .map(|(key, value)| Tag::builder().key(*key).value(value).build())
+                    .collect(),
+            ))
+            .client_token(service.client_token)
+            .send()
+            .await
+            .map_err(|e| classify("CreateService", e))?;
+        answer
+            .service()
+            .and_then(|s| s.service_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                AwsError::concluded(
+                    "CreateService",
+                    "EmptyAnswer",
+                    AwsErrorKind::Transient,
+                    "CreateService answered without a service ARN",
+                )
+            })
+    }
+
+    /// The ARN of the service `name` in `cluster`, if ECS knows it and it is `ACTIVE` (a
+    /// draining or deleted service of that name is none).
+    ///
+    /// Errors: any AWS error, classified by code.
+    pub async fn active_service_arn(
+        &self,
+        cluster: &str,
+        name: &str,
+    ) -> Result<Option<String>, AwsError> {
+        let answer = self
+            .client
+            .describe_services()
+            .cluster(cluster)
+            .services(name)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeServices", e))?;
+        Ok(answer
+            .services()
+            .iter()
+            .find(|s| s.service_name() == Some(name) && s.status() == Some("ACTIVE"))
+            .and_then(|s| s.service_arn())
+            .map(str::to_owned))
+    }
+}

@@ -579,3 +579,149 @@ mod tests {
         assert!(matches!(condition_from_sdk(&c), Condition::Unsupported(_)));
     }
 }
+
+/// How a target group receives and health-checks its targets: what a retention copy's target
+/// group copies from the previous version's (DescribeTargetGroups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetGroupShape {
+    pub vpc_id: Option<String>,
+    pub protocol: Option<String>,
+    pub protocol_version: Option<String>,
+    pub port: Option<i32>,
+    pub target_type: Option<String>,
+    pub health_check_protocol: Option<String>,
+    pub health_check_port: Option<String>,
+    pub health_check_path: Option<String>,
+    pub health_check_interval_seconds: Option<i32>,
+    pub health_check_timeout_seconds: Option<i32>,
+    pub healthy_threshold_count: Option<i32>,
+    pub unhealthy_threshold_count: Option<i32>,
+    /// The HTTP codes a healthy target answers (`200`, `200-299`).
+    pub matcher_http_code: Option<String>,
+    /// The load balancers the group is associated with.
+    pub load_balancer_arns: Vec<String>,
+}
+
+impl Elb {
+    /// How the target group `arn` receives and health-checks its targets.
+    ///
+    /// Errors: any AWS error, classified by code; `TargetGroupNotFound` when it is gone.
+    pub async fn target_group_shape(&self, arn: &str) -> Result<TargetGroupShape, AwsError> {
+        let answer = self
+            .client
+            .describe_target_groups()
+            .target_group_arns(arn)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeTargetGroups", e))?;
+        let tg = answer.target_groups().first().ok_or_else(|| {
+            AwsError::concluded(
+                "DescribeTargetGroups",
+                "TargetGroupNotFound",
+                super::AwsErrorKind::Invalid,
+                "DescribeTargetGroups answered no target group",
+            )
+        })?;
+        Ok(TargetGroupShape {
+            vpc_id: tg.vpc_id().map(str::to_owned),
+            protocol: tg.protocol().map(|p| p.as_str().to_owned()),
+            protocol_version: tg.protocol_version().map(str::to_owned),
+            port: tg.port(),
+            target_type: tg.target_type().map(|t| t.as_str().to_owned()),
+            health_check_protocol: tg.health_check_protocol().map(|p| p.as_str().to_owned()),
+            health_check_port: tg.health_check_port().map(str::to_owned),
+            health_check_path: tg.health_check_path().map(str::to_owned),
+            health_check_interval_seconds: tg.health_check_interval_seconds(),
+            health_check_timeout_seconds: tg.health_check_timeout_seconds(),
+            healthy_threshold_count: tg.healthy_threshold_count(),
+            unhealthy_threshold_count: tg.unhealthy_threshold_count(),
+            matcher_http_code: tg.matcher().and_then(|m| m.http_code()).map(str::to_owned),
+            load_balancer_arns: tg.load_balancer_arns().to_vec(),
+        })
+    }
+
+    /// Creates the target group `name` shaped like `shape`, with `tags` in the same request so
+    /// it never exists untagged (skewguard's policy allows creating only with them). ELB
+    /// answers the existing group for a repeated request with the same name and settings, so
+    /// a retry after a lost answer finds what the first attempt made.
+    ///
+    /// Errors: any AWS error, classified by code (`DuplicateTargetGroupName` when a group of
+    /// that name exists with other settings; `TooManyTargetGroups` at the account quota).
+    pub async fn create_target_group(
+        &self,
+        name: &str,
+        shape: &TargetGroupShape,
+        tags: &[(&str, String)],
+    ) -> Result<String, AwsError> {
+        use elb::types::{Matcher, ProtocolEnum, TargetTypeEnum};
+        let answer = self
+            .client
+            .create_target_group()
+            .name(name)
+            .set_protocol(shape.protocol.as_deref().map(ProtocolEnum::from))
+            .set_protocol_version(shape.protocol_version.clone())
+            .set_port(shape.port)
+            .set_vpc_id(shape.vpc_id.clone())
+            .set_target_type(shape.target_type.as_deref().map(TargetTypeEnum::from))
+            .set_health_check_protocol(
+                shape
+                    .health_check_protocol
+                    .as_deref()
+                    .map(ProtocolEnum::from),
+            )
+            .set_health_check_port(shape.health_check_port.clone())
+            .set_health_check_path(shape.health_check_path.clone())
+            .set_health_check_interval_seconds(shape.health_check_interval_seconds)
+            .set_health_check_timeout_seconds(shape.health_check_timeout_seconds)
+            .set_healthy_threshold_count(shape.healthy_threshold_count)
+            .set_unhealthy_threshold_count(shape.unhealthy_threshold_count)
+            .set_matcher(
+                shape
+                    .matcher_http_code
+                    .as_ref()
+                    .map(|code| Matcher::builder().http_code(code).build()),
+            )
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(key, value)| Tag::builder().key(*key).value(value).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| classify("CreateTargetGroup", e))?;
+        answer
+            .target_groups()
+            .first()
+            .and_then(|tg| tg.target_group_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                AwsError::concluded(
+                    "CreateTargetGroup",
+                    "EmptyAnswer",
+                    super::AwsErrorKind::Transient,
+                    "CreateTargetGroup answered without a target group ARN",
+                )
+            })
+    }
+
+    /// How many targets of the target group `arn` are `healthy` (DescribeTargetHealth).
+    ///
+    /// Errors: any AWS error, classified by code.
+    pub async fn healthy_targets(&self, arn: &str) -> Result<usize, AwsError> {
+        let answer = self
+            .client
+            .describe_target_health()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeTargetHealth", e))?;
+        Ok(answer
+            .target_health_descriptions()
+            .iter()
+            .filter(|d| {
+                d.target_health().and_then(|h| h.state())
+                    == Some(&elb::types::TargetHealthStateEnum::Healthy)
+            })
+            .count())
+    }
+}

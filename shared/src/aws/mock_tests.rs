@@ -250,3 +250,218 @@ async fn a_revision_ecs_does_not_return_is_missing() {
     );
     assert_eq!(describe.num_calls(), 1);
 }
+
+fn tags_of(tags: &[(&'static str, String)]) -> Vec<(String, String)> {
+    tags.iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_retention_target_group_copies_blues_shape_and_carries_its_tags_in_the_request() {
+    use aws_sdk_elasticloadbalancingv2::operation::create_target_group::CreateTargetGroupOutput;
+    use aws_sdk_elasticloadbalancingv2::types::{ProtocolEnum, TargetGroup, TargetTypeEnum};
+    let id = DeploymentId::parse("abc1234").unwrap();
+    let name = crate::retention::target_group_name(SERVICE, &id);
+    let tags = crate::retention::tags(SERVICE, &id);
+    let want_tags = tags_of(&tags);
+    let expected_tags = want_tags.clone();
+    let want_name = name.clone();
+    let create = mock!(aws_sdk_elasticloadbalancingv2::Client::create_target_group)
+        .match_requests(move |r| {
+            let sent: Vec<(String, String)> = r
+                .tags()
+                .iter()
+                .map(|t| {
+                    (
+                        t.key().unwrap_or_default().to_owned(),
+                        t.value().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            r.name() == Some(want_name.as_str())
+                && r.vpc_id() == Some("vpc-1")
+                && r.protocol() == Some(&ProtocolEnum::Http)
+                && r.port() == Some(8080)
+                && r.target_type() == Some(&TargetTypeEnum::Ip)
+                && r.health_check_path() == Some("/healthz")
+                && r.matcher().and_then(|m| m.http_code()) == Some("200-299")
+                && sent == want_tags
+        })
+        .then_output(|| {
+            CreateTargetGroupOutput::builder()
+                .target_groups(TargetGroup::builder().target_group_arn("tg-ret").build())
+                .build()
+        });
+    let client = mock_client!(
+        aws_sdk_elasticloadbalancingv2,
+        RuleMode::MatchAny,
+        [&create]
+    );
+    let shape = super::elb::TargetGroupShape {
+        vpc_id: Some("vpc-1".into()),
+        protocol: Some("HTTP".into()),
+        protocol_version: None,
+        port: Some(8080),
+        target_type: Some("ip".into()),
+        health_check_protocol: None,
+        health_check_port: None,
+        health_check_path: Some("/healthz".into()),
+        health_check_interval_seconds: None,
+        health_check_timeout_seconds: None,
+        healthy_threshold_count: None,
+        unhealthy_threshold_count: None,
+        matcher_http_code: Some("200-299".into()),
+        load_balancer_arns: vec![],
+    };
+    let arn = Elb::new(client)
+        .create_target_group(&name, &shape, &tags)
+        .await
+        .unwrap();
+    assert_eq!(arn, "tg-ret");
+    assert_eq!(create.num_calls(), 1);
+    assert_eq!(
+        expected_tags,
+        [
+            ("skewguard:managed".to_owned(), "true".to_owned()),
+            ("skewguard:service".to_owned(), "web".to_owned()),
+            ("skewguard:deployment-id".to_owned(), "abc1234".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_retention_service_is_a_tagged_rolling_copy_of_blues_launch_with_a_client_token() {
+    use aws_sdk_ecs::operation::create_service::CreateServiceOutput;
+    use aws_sdk_ecs::types::{
+        AssignPublicIp, AwsVpcConfiguration, DeploymentControllerType, LaunchType,
+        NetworkConfiguration, Service,
+    };
+    let id = DeploymentId::parse("abc1234").unwrap();
+    let tags = crate::retention::tags(SERVICE, &id);
+    let want_tags = tags_of(&tags);
+    let create = mock!(aws_sdk_ecs::Client::create_service)
+        .match_requests(move |r| {
+            let sent: Vec<(String, String)> = r
+                .tags()
+                .iter()
+                .map(|t| {
+                    (
+                        t.key().unwrap_or_default().to_owned(),
+                        t.value().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            let lb = r.load_balancers().first();
+            r.cluster() == Some("shop")
+                && r.service_name() == Some("web-sg-abc1234")
+                && r.task_definition() == Some("td:1")
+                && r.desired_count() == Some(2)
+                && r.client_token() == Some("sg-0123456789abcdef")
+                && r.launch_type() == Some(&LaunchType::Fargate)
+                && r.platform_version() == Some("1.4.0")
+                && r.capacity_provider_strategy().is_empty()
+                && r.service_registries().is_empty()
+                && r.service_connect_configuration().is_none()
+                && r.deployment_controller().map(|d| d.r#type())
+                    == Some(&DeploymentControllerType::Ecs)
+                && r.network_configuration()
+                    .and_then(|n| n.awsvpc_configuration())
+                    .map(|a| a.subnets().to_vec())
+                    == Some(vec!["subnet-1".to_owned()])
+                && lb.and_then(|l| l.target_group_arn()) == Some("tg-ret")
+                && lb.and_then(|l| l.container_name()) == Some("web")
+                && lb.and_then(|l| l.container_port()) == Some(8080)
+                && sent == want_tags
+        })
+        .then_output(|| {
+            CreateServiceOutput::builder()
+                .service(Service::builder().service_arn("svc-ret").build())
+                .build()
+        });
+    let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&create]);
+    let launch = super::ecs::RevisionLaunch {
+        task_definition_arn: "td:1".into(),
+        network_configuration: Some(
+            NetworkConfiguration::builder()
+                .awsvpc_configuration(
+                    AwsVpcConfiguration::builder()
+                        .subnets("subnet-1")
+                        .assign_public_ip(AssignPublicIp::Disabled)
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        ),
+        launch_type: Some(LaunchType::Fargate),
+        capacity_provider_strategy: vec![],
+        platform_version: Some("1.4.0".into()),
+        container_name: Some("web".into()),
+        container_port: Some(8080),
+    };
+    let arn = Ecs::new(client)
+        .create_retention_service(&super::ecs::NewRetentionService {
+            cluster: "shop",
+            name: "web-sg-abc1234",
+            launch: &launch,
+            target_group_arn: "tg-ret",
+            desired_count: 2,
+            tags: &tags,
+            client_token: "sg-0123456789abcdef",
+        })
+        .await
+        .unwrap();
+    assert_eq!(arn, "svc-ret");
+    assert_eq!(create.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn only_an_active_service_and_only_healthy_targets_count() {
+    use aws_sdk_ecs::operation::describe_services::DescribeServicesOutput;
+    use aws_sdk_ecs::types::Service;
+    use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeTargetHealthOutput;
+    use aws_sdk_elasticloadbalancingv2::types::{
+        TargetHealth, TargetHealthDescription, TargetHealthStateEnum,
+    };
+    let describe = mock!(aws_sdk_ecs::Client::describe_services)
+        .match_requests(|r| r.cluster() == Some("shop") && r.services() == ["web-sg-a"])
+        .then_output(|| {
+            DescribeServicesOutput::builder()
+                .services(
+                    Service::builder()
+                        .service_name("web-sg-a")
+                        .service_arn("svc-draining")
+                        .status("DRAINING")
+                        .build(),
+                )
+                .build()
+        });
+    let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&describe]);
+    assert_eq!(
+        Ecs::new(client)
+            .active_service_arn("shop", "web-sg-a")
+            .await
+            .unwrap(),
+        None
+    );
+    let health = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_health)
+        .match_requests(|r| r.target_group_arn() == Some("tg-ret"))
+        .then_output(|| {
+            let described = |state| {
+                TargetHealthDescription::builder()
+                    .target_health(TargetHealth::builder().state(state).build())
+                    .build()
+            };
+            DescribeTargetHealthOutput::builder()
+                .target_health_descriptions(described(TargetHealthStateEnum::Healthy))
+                .target_health_descriptions(described(TargetHealthStateEnum::Initial))
+                .target_health_descriptions(described(TargetHealthStateEnum::Unhealthy))
+                .build()
+        });
+    let client = mock_client!(
+        aws_sdk_elasticloadbalancingv2,
+        RuleMode::MatchAny,
+        [&health]
+    );
+    assert_eq!(Elb::new(client).healthy_targets("tg-ret").await.unwrap(), 1);
+}
