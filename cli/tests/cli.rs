@@ -593,7 +593,7 @@ async fn wait_returns_once_production_shifted_while_the_hold_runs() {
         result["lifecycleStage"],
         json!("POST_PRODUCTION_TRAFFIC_SHIFT")
     );
-    let entries = world.ledger().load(&service).await.unwrap();
+    let entries = world.ledger().load_with_archive(&service).await.unwrap();
     let entry = |id: &str| {
         entries
             .iter()

@@ -112,11 +112,12 @@ data "aws_iam_policy_document" "pin_rules" {
   }
 }
 
-# The ledger: conditional updates (TransactWriteItems is authorised as UpdateItem per item).
+# The ledger: conditional writes (TransactWriteItems is authorised per item as UpdateItem,
+# PutItem or DeleteItem: entries in play, history items and archives, the services directory).
 data "aws_iam_policy_document" "ledger_write" {
   statement {
     sid       = "LedgerTableOnly"
-    actions   = ["dynamodb:Query", "dynamodb:UpdateItem"]
+    actions   = ["dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.ledger.arn]
   }
 }

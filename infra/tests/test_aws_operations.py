@@ -32,7 +32,7 @@ def template() -> dict:
 def test_the_scan_finds_the_calls_of_every_aws_client(calls_by_function):
     # The scan itself works: the ECS, ELBv2 and DynamoDB calls each function is built with.
     for crate, calls in calls_by_function.items():
-        assert {"describe_service_revisions", "create_rule", "delete_rule", "update_item", "query"} <= set(calls), crate
+        assert {"describe_service_revisions", "create_rule", "delete_rule", "transact_write_items", "query"} <= set(calls), crate
         assert all(":" in where for sites in calls.values() for where in sites)
 
 

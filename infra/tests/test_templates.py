@@ -154,7 +154,7 @@ def _write_on_star(example, template):
 
 
 def _extra_write_action(example, template):
-    _statements(template, "LedgerWritePolicy")[0]["Action"].append("dynamodb:DeleteItem")
+    _statements(template, "LedgerWritePolicy")[0]["Action"].append("dynamodb:BatchWriteItem")
 
 
 def _ledger_on_every_table(example, template):

@@ -373,10 +373,7 @@ async fn record_continued_error(
         clients.ledger.load(&event.service_arn).await?,
     );
     if let Some(green) = draft.by_revision(&event.target_revision_arn) {
-        clients
-            .ledger
-            .record_error(&event.service_arn, &green.deployment_id, record)
-            .await?;
+        clients.ledger.record_error(green, record).await?;
         return Ok(());
     }
     let discovered = match settings {
@@ -389,12 +386,18 @@ async fn record_continued_error(
         Some(found) => found,
         None => unidentified_version(&event.target_revision_arn)?,
     };
-    if let Some(existing) = draft.get(&running.deployment_id) {
-        // The ID has an entry from an earlier revision: note the error there.
-        clients
-            .ledger
-            .record_error(&event.service_arn, &existing.deployment_id, record)
-            .await?;
+    let existing = match draft.get(&running.deployment_id) {
+        Some(existing) => Some(existing.clone()),
+        None => {
+            clients
+                .ledger
+                .archived(&event.service_arn, &running.deployment_id)
+                .await?
+        }
+    };
+    if let Some(existing) = existing {
+        // The ID has an entry (from an earlier revision, or ended): note the error there.
+        clients.ledger.record_error(&existing, record).await?;
         return Ok(());
     }
     let mut entry = LedgerEntry::new(
@@ -657,6 +660,25 @@ async fn observe(
                 }
                 Err(err) => return Err(err.into()),
             };
+            // A late call of a deployment that ended must not finish what a newer one put on
+            // these target groups: green's archive tells (looked up only when something would
+            // be finished, as green's ID needs ECS to read).
+            let would_finish = draft
+                .entries()
+                .any(|e| !e.status.is_final() && target_groups.contains(&e.target_group_arn));
+            if would_finish && draft.by_revision(&event.target_revision_arn).is_none() {
+                match discover(&event.target_revision_arn, settings, clients).await {
+                    Ok((green, _)) => {
+                        if let Some(ended) = ended_in_archive(event, draft, &green, clients).await?
+                        {
+                            return Ok(Seen::Ended(Box::new(ended)));
+                        }
+                    }
+                    Err(err) => {
+                        warn!(stage = %event.stage, error = %DisplayErrorContext(&err), "green unknown before its scale-up; not looking for an ended deployment of it");
+                    }
+                }
+            }
             let pinned_there = rules.iter().any(|r| {
                 matches!(r.forward_targets().as_slice(), [one] if target_groups.iter().any(|tg| tg == one))
             });
@@ -668,6 +690,9 @@ async fn observe(
         }
         LifecycleStage::PostTestTrafficShift => {
             let green = green_version(event, draft, settings, clients).await?;
+            if let Some(ended) = ended_in_archive(event, draft, &green.0, clients).await? {
+                return Ok(Seen::Ended(Box::new(ended)));
+            }
             let blue = blue_before_shift(event, draft, &green.0, settings, clients).await?;
             Seen::PostTestTraffic { green, blue }
         }
@@ -686,15 +711,22 @@ async fn observe(
                 Seen::Rollback { green, blue }
             } else {
                 let green = green_version(event, draft, settings, clients).await?;
+                if let Some(ended) = ended_in_archive(event, draft, &green.0, clients).await? {
+                    return Ok(Seen::Ended(Box::new(ended)));
+                }
                 let blue = blue_from_weights(event, &others, draft, settings, clients)
                     .await?
                     .map(|(b, _)| b);
                 Seen::ProductionShift { green, blue }
             }
         }
-        LifecycleStage::PostProductionTrafficShift => Seen::PostShift {
-            green: green_version(event, draft, settings, clients).await?,
-        },
+        LifecycleStage::PostProductionTrafficShift => {
+            let green = green_version(event, draft, settings, clients).await?;
+            if let Some(ended) = ended_in_archive(event, draft, &green.0, clients).await? {
+                return Ok(Seen::Ended(Box::new(ended)));
+            }
+            Seen::PostShift { green }
+        }
         other => {
             return Err(HookError::Inconsistent(format!(
                 "stage {other} has no skewguard behaviour"
@@ -845,6 +877,25 @@ pub async fn discover(
         settings.container.as_deref(),
         &settings.deployment_id_from,
     )?)
+}
+
+/// The archived entry of green, when its deployment ID has no entry in play and its archive
+/// was this very revision: the deployment ended, and this forward call came late. One GetItem,
+/// made only when the entries in play do not know green's ID.
+async fn ended_in_archive(
+    event: &HookEvent,
+    draft: &Draft,
+    green: &RunningVersion,
+    clients: &Clients,
+) -> Result<Option<LedgerEntry>, HookError> {
+    if draft.get(&green.deployment_id).is_some() {
+        return Ok(None);
+    }
+    let archived = clients
+        .ledger
+        .archived(&event.service_arn, &green.deployment_id)
+        .await?;
+    Ok(stages::ended_in_archive(archived.as_ref(), &event.target_revision_arn).cloned())
 }
 
 /// Green: from the ledger when this revision was seen before, else from ECS.

@@ -361,19 +361,26 @@ fn sync_pins(
     .map_err(|e| e.to_string())
 }
 
-/// The ledger table: entries with their versions and histories.
+/// The ledger table as [`crate::aws::ledger_store`] lays it out: entries in play with their
+/// versions, final entries in the archive, and every deployment ID's history.
 #[derive(Default)]
 struct Ledger {
     entries: BTreeMap<DeploymentId, LedgerEntry>,
+    archive: BTreeMap<DeploymentId, LedgerEntry>,
     histories: BTreeMap<DeploymentId, Vec<HistoryRecord>>,
+    /// Versions an ID's earlier entries reached before they were archived and the ID started
+    /// over in play (its history counts their lines too).
+    archived_versions: BTreeMap<DeploymentId, u64>,
 }
 
 impl Ledger {
+    /// What the hooks read: the entries in play only.
     fn load(&self) -> Vec<LedgerEntry> {
         self.entries.values().cloned().collect()
     }
 
-    /// The conditional write: every change must be based on the version stored.
+    /// The conditional write: every change must be based on the version stored in play (0 when
+    /// the ID has no entry in play); a final entry moves to the archive.
     fn commit(&mut self, changes: &[stages::Change]) -> Result<(), String> {
         for change in changes {
             let stored = self
@@ -389,12 +396,23 @@ impl Ledger {
         }
         for change in changes {
             let mut entry = change.entry.clone();
+            let id = entry.deployment_id.clone();
             entry.version = change.expected_version + 1;
+            if change.expected_version == 0
+                && let Some(earlier) = self.archive.get(&id)
+            {
+                *self.archived_versions.entry(id.clone()).or_default() += earlier.version;
+            }
             self.histories
-                .entry(entry.deployment_id.clone())
+                .entry(id.clone())
                 .or_default()
                 .push(change.history.clone());
-            self.entries.insert(entry.deployment_id.clone(), entry);
+            if entry.status.is_final() {
+                self.entries.remove(&id);
+                self.archive.insert(id, entry);
+            } else {
+                self.entries.insert(id, entry);
+            }
         }
         Ok(())
     }
@@ -825,6 +843,16 @@ impl Model {
             }
         }
         for e in self.ledger.entries.values() {
+            if e.status.is_final() {
+                return fail(format!("{} is final but still in play", e.deployment_id));
+            }
+        }
+        for e in self
+            .ledger
+            .entries
+            .values()
+            .chain(self.ledger.archive.values())
+        {
             for arn in &e.rule_arns {
                 if !self.listener.tags.contains_key(arn) {
                     return fail(format!("{} lists {arn}, which is gone", e.deployment_id));
@@ -839,7 +867,13 @@ impl Model {
         }
         // 5: histories only grow: one line per committed change, none lost.
         for (id, history) in &self.ledger.histories {
-            let version = self.ledger.entries.get(id).map_or(0, |e| e.version);
+            let latest = self
+                .ledger
+                .entries
+                .get(id)
+                .or_else(|| self.ledger.archive.get(id))
+                .map_or(0, |e| e.version);
+            let version = latest + self.ledger.archived_versions.get(id).copied().unwrap_or(0);
             if history.len() as u64 != version {
                 return fail(format!(
                     "{id} has {} history lines for version {version}",

@@ -384,6 +384,16 @@ pub fn ended_deployment<'a>(draft: &'a Draft, revision_arn: &str) -> Option<&'a 
         .filter(|e| e.status.is_final() || e.status == Status::Draining)
 }
 
+/// The archived entry of green's deployment ID, when it was archived for this very revision: a
+/// forward call of a deployment that ended (rolled back or retired) after its entry left the
+/// entries in play. `archived` is looked up only when green's ID has no entry in play.
+pub fn ended_in_archive<'a>(
+    archived: Option<&'a LedgerEntry>,
+    revision_arn: &str,
+) -> Option<&'a LedgerEntry> {
+    archived.filter(|e| e.service_revision_arn == revision_arn && e.status.is_final())
+}
+
 /// Why a version lost its pins when a newer deployment took its target group.
 pub const SUPERSEDED: &str = "superseded";
 

@@ -55,7 +55,10 @@ impl Observation {
         let mut ledgers = BTreeMap::new();
         let mut histories = BTreeMap::new();
         for service in services {
-            let entries = ledger.load(service).await.map_err(|e| e.to_string())?;
+            let entries = ledger
+                .load_with_archive(service)
+                .await
+                .map_err(|e| e.to_string())?;
             for entry in &entries {
                 let history = ledger
                     .history(service, &entry.deployment_id)

@@ -367,7 +367,7 @@ async fn persistent_errors_give_the_on_error_answer_and_nothing_half_done() {
         let entries = world
             .world
             .ledger()
-            .load(&service)
+            .load_with_archive(&service)
             .await
             .unwrap_or_default();
         world.proxy.clear_faults();

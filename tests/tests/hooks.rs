@@ -25,7 +25,11 @@ fn quick() -> Value {
 }
 
 async fn entries(world: &World, service: &str) -> Vec<LedgerEntry> {
-    world.ledger().load(service).await.expect("ledger reads")
+    world
+        .ledger()
+        .load_with_archive(service)
+        .await
+        .expect("ledger reads")
 }
 
 fn status(entries: &[LedgerEntry], id: &str) -> Option<Status> {
@@ -394,9 +398,9 @@ impl Invoker for Twice {
     fn invoke<'a>(&'a self, function: HookFunction, event: Value) -> BoxFuture<'a, Invocation> {
         Box::pin(async move {
             let first = self.inner.invoke(function, event.clone()).await;
-            let before = self.ledger.load(&self.service).await.unwrap();
+            let before = self.ledger.load_with_archive(&self.service).await.unwrap();
             let second = self.inner.invoke(function, event.clone()).await;
-            let after = self.ledger.load(&self.service).await.unwrap();
+            let after = self.ledger.load_with_archive(&self.service).await.unwrap();
             if before != after {
                 self.changed_on_repeat.lock().unwrap().push(format!(
                     "{} at {}",
@@ -903,6 +907,25 @@ async fn a_late_forward_call_after_a_rollback_changes_nothing_and_removes_its_pi
         .iter()
         .find(|e| e.deployment_id.as_str() == "v2")
         .unwrap();
+    // Rolled back, v2 left the entries in play for its archive: only the archive tells the late
+    // calls below that their deployment ended.
+    assert!(
+        !world
+            .ledger()
+            .load(&service)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.deployment_id.as_str() == "v2")
+    );
+    assert!(
+        world
+            .ledger()
+            .archived(&service, &v2.deployment_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let rules = world
         .elb()
         .describe_listener_rules(&v2.listener_arn)

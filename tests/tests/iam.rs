@@ -119,9 +119,13 @@ fn the_roles_of_the_template_allow_what_each_function_does_and_no_more() {
         reconciler,
         AuthzRequest::new("dynamodb:Scan", TABLE_ARN)
     ));
-    assert!(!allows(
+    assert!(allows(
         hook,
         AuthzRequest::new("dynamodb:DeleteItem", TABLE_ARN)
+    ));
+    assert!(!allows(
+        hook,
+        AuthzRequest::new("dynamodb:BatchWriteItem", TABLE_ARN)
     ));
     let other_table = TABLE_ARN.replace("skewguard-ledger", "orders");
     assert!(!allows(

@@ -159,7 +159,12 @@ async fn rollbacks_at_every_point_leave_old_tabs_on_their_version() {
         matches!(&outcome, Outcome::RolledBack { reason } if reason.contains("bake")),
         "{outcome:?}"
     );
-    let entries = live.world.ledger().load(&service).await.unwrap();
+    let entries = live
+        .world
+        .ledger()
+        .load_with_archive(&service)
+        .await
+        .unwrap();
     let status = |id: &str| {
         entries
             .iter()
@@ -465,7 +470,12 @@ async fn a_deployment_started_during_a_hold_never_sends_an_old_tab_to_the_new_ve
         a.fell_back > 0,
         "once A's pin was gone, A's tab reached production: {a:?}"
     );
-    let ledger = live.world.ledger().load(&service).await.unwrap();
+    let ledger = live
+        .world
+        .ledger()
+        .load_with_archive(&service)
+        .await
+        .unwrap();
     let a_entry = ledger
         .iter()
         .find(|e| e.deployment_id.as_str() == A)

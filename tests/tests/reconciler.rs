@@ -65,7 +65,11 @@ async fn converges(world: &World, service: &str, label: &str) -> ServiceReport {
 }
 
 async fn entries(world: &World, service: &str) -> Vec<LedgerEntry> {
-    world.ledger().load(service).await.expect("ledger reads")
+    world
+        .ledger()
+        .load_with_archive(service)
+        .await
+        .expect("ledger reads")
 }
 
 fn entry<'a>(entries: &'a [LedgerEntry], id: &str) -> &'a LedgerEntry {
@@ -92,8 +96,21 @@ async fn observe(world: &World, service: &str) -> Observation {
 
 /// Rewrites one entry as a crash or a person would have left it.
 async fn tamper(world: &World, service: &str, id: &str, edit: impl FnOnce(&mut LedgerEntry)) {
-    let mut draft = Draft::new(service, entries(world, service).await);
-    edit(draft.get_mut(&DeploymentId::parse(id).unwrap()).unwrap());
+    let id = DeploymentId::parse(id).unwrap();
+    let mut entries = world.ledger().load(service).await.unwrap();
+    if !entries.iter().any(|e| e.deployment_id == id) {
+        // An ended entry is in its archive: the edit puts it back in play, as a new entry.
+        let mut archived = world
+            .ledger()
+            .archived(service, &id)
+            .await
+            .unwrap()
+            .expect("the entry exists");
+        archived.version = 0;
+        entries.push(archived);
+    }
+    let mut draft = Draft::new(service, entries);
+    edit(draft.get_mut(&id).unwrap());
     let actor = Actor {
         stage: "test-drift".into(),
         execution_id: "test".into(),

@@ -1312,7 +1312,7 @@ async fn read_listener(
     let recorded = ctx
         .clients
         .ledger
-        .load(service_arn)
+        .load_with_archive(service_arn)
         .await
         .map(|entries| entries.into_iter().flat_map(|e| e.rule_arns).collect())
         .unwrap_or_default();

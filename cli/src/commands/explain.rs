@@ -116,7 +116,7 @@ async fn entries_on(ctx: &Context, listener: &str) -> Result<Vec<LedgerEntry>, C
         let entries = ctx
             .clients
             .ledger
-            .load(&service)
+            .load_with_archive(&service)
             .await
             .map_err(|e| ctx.ledger_error(e))?;
         found.extend(entries.into_iter().filter(|e| e.listener_arn == listener));

@@ -68,7 +68,7 @@ async fn history(ctx: &Context, service: &str, id: &DeploymentId) -> Result<Hist
         let entries = ctx
             .clients
             .ledger
-            .load(service)
+            .load_with_archive(service)
             .await
             .map_err(|e| ctx.ledger_error(e))?;
         if !entries.iter().any(|e| &e.deployment_id == id) {

@@ -126,7 +126,7 @@ async fn status(
     let mut entries = ctx
         .clients
         .ledger
-        .load(service)
+        .load_with_archive(service)
         .await
         .map_err(|e| ctx.ledger_error(e))?;
     entries.sort_by(|a, b| {

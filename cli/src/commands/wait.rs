@@ -484,7 +484,7 @@ async fn observe(
     let entries = ctx
         .clients
         .ledger
-        .load(&deployment.service_arn)
+        .load_with_archive(&deployment.service_arn)
         .await
         .map_err(|e| ctx.ledger_error(e))?;
     let green = match entries

@@ -220,7 +220,8 @@ export class Skewguard extends Construct {
       description: 'skewguard - read and conditionally update the ledger table',
       statements: [new iam.PolicyStatement({
         sid: 'LedgerTableOnly',
-        actions: ['dynamodb:Query', 'dynamodb:UpdateItem'],
+        // TransactWriteItems is authorised per item as UpdateItem, PutItem or DeleteItem.
+        actions: ['dynamodb:Query', 'dynamodb:UpdateItem', 'dynamodb:PutItem', 'dynamodb:DeleteItem'],
         resources: [this.table.tableArn],
       })],
     });

@@ -3,7 +3,6 @@
 //! the ECS emulator) check the same operations against working services.
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput;
-use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ecs::operation::describe_service_revisions::DescribeServiceRevisionsOutput;
 use aws_sdk_ecs::types::ServiceRevision;
@@ -166,57 +165,63 @@ fn change(id: &str, expected_version: u64) -> Change {
 }
 
 #[tokio::test]
-async fn a_commit_writes_one_change_with_update_item_and_several_in_one_transaction() {
+async fn a_commit_is_one_transaction_of_entries_history_items_and_archives() {
     let expected = |values: Option<&std::collections::HashMap<String, AttributeValue>>, v: &str| {
         values.and_then(|v| v.get(":expected")) == Some(&AttributeValue::N(v.into()))
     };
-    let update = mock!(aws_sdk_dynamodb::Client::update_item)
-        .match_requests(move |r| {
-            r.table_name() == Some("ledger")
-                && r.condition_expression() == Some("#v = :expected")
-                && expected(r.expression_attribute_values(), "3")
-        })
-        .then_output(|| UpdateItemOutput::builder().build());
+    let update = mock!(aws_sdk_dynamodb::Client::update_item).then_output(|| {
+        aws_sdk_dynamodb::operation::update_item::UpdateItemOutput::builder().build()
+    });
     let transact = mock!(aws_sdk_dynamodb::Client::transact_write_items)
         .match_requests(move |r| {
-            let updates: Vec<_> = r
-                .transact_items()
-                .iter()
-                .filter_map(|i| i.update())
-                .collect();
-            updates.len() == 2
-                && updates.iter().all(|u| {
-                    u.table_name() == "ledger" && u.condition_expression() == Some("#v = :expected")
-                })
+            let items = r.transact_items();
+            let updates: Vec<_> = items.iter().filter_map(|i| i.update()).collect();
+            let puts: Vec<_> = items.iter().filter_map(|i| i.put()).collect();
+            let deletes: Vec<_> = items.iter().filter_map(|i| i.delete()).collect();
+            let sort_key = |p: &&aws_sdk_dynamodb::types::Put| {
+                p.item()["deploymentId"].as_s().unwrap().clone()
+            };
+            // a1 stays in play (an update on its version); b2 ends: deleted on its version and
+            // archived; one history item each; nothing carries a history list.
+            items.len() == 5
+                && updates.len() == 1
                 && expected(updates[0].expression_attribute_values(), "3")
-                && expected(updates[1].expression_attribute_values(), "5")
+                && !updates[0].update_expression().contains("history")
+                && deletes.len() == 1
+                && expected(deletes[0].expression_attribute_values(), "5")
+                && puts.iter().any(|p| sort_key(p) == "~archive#b2")
+                && puts
+                    .iter()
+                    .filter(|p| sort_key(p).starts_with("~history#"))
+                    .count()
+                    == 2
+                && puts.iter().all(|p| !p.item().contains_key("history"))
         })
         .then_output(|| TransactWriteItemsOutput::builder().build());
     let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&update, &transact]);
     let ledger = LedgerStore::new(client, "ledger");
 
     ledger.commit(&[]).await.unwrap();
-    assert_eq!((update.num_calls(), transact.num_calls()), (0, 0));
-    ledger.commit(&[change("a1", 3)]).await.unwrap();
-    assert_eq!((update.num_calls(), transact.num_calls()), (1, 0));
-    ledger
-        .commit(&[change("a1", 3), change("b2", 5)])
-        .await
-        .unwrap();
-    assert_eq!((update.num_calls(), transact.num_calls()), (1, 1));
+    assert_eq!(transact.num_calls(), 0);
+    let mut ended = change("b2", 5);
+    ended
+        .entry
+        .finish(Status::Retired, datetime!(2026-01-02 0:00 UTC));
+    ledger.commit(&[change("a1", 3), ended]).await.unwrap();
+    assert_eq!((update.num_calls(), transact.num_calls()), (0, 1));
 }
 
 #[tokio::test]
 async fn a_lost_conditional_write_is_a_conflict() {
-    let update = mock!(aws_sdk_dynamodb::Client::update_item).then_error(|| {
-        UpdateItemError::generic(
+    let transact = mock!(aws_sdk_dynamodb::Client::transact_write_items).then_error(|| {
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::generic(
             ErrorMetadata::builder()
-                .code("ConditionalCheckFailedException")
-                .message("The conditional request failed")
+                .code("TransactionCanceledException")
+                .message("Transaction cancelled, please refer cancellation reasons for specific reasons [ConditionalCheckFailed, None]")
                 .build(),
         )
     });
-    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&update]);
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&transact]);
     let err = LedgerStore::new(client, "ledger")
         .commit(&[change("a1", 3)])
         .await

@@ -108,12 +108,12 @@ async fn a_role_allowed_everything_passes_and_each_action_is_asked_with_its_reso
     assert!(
         found
             .message
-            .contains(&format!("role {ROLE} may make all 11 calls")),
+            .contains(&format!("role {ROLE} may make all 13 calls")),
         "{}",
         found.message
     );
     assert_eq!(create.num_calls(), 1);
-    assert_eq!(simulate.num_calls() + create.num_calls(), 11);
+    assert_eq!(simulate.num_calls() + create.num_calls(), 13);
 }
 
 #[tokio::test]

@@ -244,7 +244,10 @@ pub async fn ledger_shape(
     ledger: &LedgerStore,
     service_arn: &str,
 ) -> Result<(usize, usize), String> {
-    let entries = ledger.load(service_arn).await.map_err(|e| e.to_string())?;
+    let entries = ledger
+        .load_with_archive(service_arn)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut most = 0;
     for e in &entries {
         let h = ledger

@@ -18,7 +18,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use serde_json::{Value, json};
 use skewguard_core::DeploymentId;
 use skewguard_core::aws::elb::Elb;
-use skewguard_core::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, Status};
+use skewguard_core::ledger::{LedgerEntry, RunningVersion, ServiceWiring, Status};
 use skewguard_core::settings::{EnvDefaults, Settings};
 use skewguard_core::stages::Draft;
 use skewguard_world::aws::{ACCOUNT_ID, Clients, REGION};
@@ -158,7 +158,7 @@ impl Fleet {
             &self.services[self.services.len() - 1],
         ] {
             let mut read = store
-                .load(&seeded.service_arn)
+                .load_with_archive(&seeded.service_arn)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut written = seeded.entries.clone();
@@ -357,12 +357,26 @@ const CHANGES: [(&str, &str); 5] = [
     ),
 ];
 
-/// The ledger item of `entry` with `history` records, in the table's public attribute names.
-pub fn item(entry: &LedgerEntry, history: usize) -> HashMap<String, AttributeValue> {
-    use skewguard_core::aws::ledger_store::attr;
+/// The ledger items of `entry` with `history` records, in the table's layout
+/// ([`skewguard_core::aws::ledger_store`]): the entry (in play, or archived when final) and one
+/// item per history record.
+pub fn items(entry: &LedgerEntry, history: usize) -> Vec<HashMap<String, AttributeValue>> {
+    let mut items = vec![entry_item(entry, history)];
+    items.extend((0..history).map(|n| history_item(entry, n)));
+    items
+}
+
+/// The entry's own item: what the hooks and the sweep read when it is in play.
+pub fn entry_item(entry: &LedgerEntry, history: usize) -> HashMap<String, AttributeValue> {
+    use skewguard_core::aws::ledger_store::{attr, key};
     let mut item: HashMap<String, AttributeValue> = HashMap::new();
     item.insert(attr::SERVICE_ARN.into(), s(&entry.service_arn));
-    item.insert(attr::DEPLOYMENT_ID.into(), s(entry.deployment_id.as_str()));
+    let sort_key = if entry.status.is_final() {
+        key::archive(&entry.deployment_id)
+    } else {
+        entry.deployment_id.as_str().to_owned()
+    };
+    item.insert(attr::DEPLOYMENT_ID.into(), s(&sort_key));
     item.insert(attr::STATUS.into(), s(entry.status.as_str()));
     item.insert(attr::TARGET_GROUP_ARN.into(), s(&entry.target_group_arn));
     item.insert(
@@ -405,26 +419,58 @@ pub fn item(entry: &LedgerEntry, history: usize) -> HashMap<String, AttributeVal
         attr::VERSION.into(),
         AttributeValue::N(history.max(1).to_string()),
     );
-    let records = (0..history)
-        .map(|n| {
-            let (stage, change) = CHANGES[n % CHANGES.len()];
-            let record = HistoryRecord {
-                at: entry.created_at + time::Duration::minutes(n as i64),
-                stage: stage.to_owned(),
-                execution_id: format!("{:08x}-5c1e-4b7a-9d3f-{:012x}", n, n * 7919),
-                actor: String::new(),
-                change: change.to_owned(),
-            };
-            AttributeValue::M(HashMap::from([
-                ("at".to_owned(), s(&rfc3339(record.at))),
-                ("stage".to_owned(), s(&record.stage)),
-                ("executionId".to_owned(), s(&record.execution_id)),
-                ("change".to_owned(), s(&record.change)),
-            ]))
-        })
-        .collect();
-    item.insert(attr::HISTORY.into(), AttributeValue::L(records));
     item
+}
+
+/// History record `n` of `entry`, as an item of its own.
+fn history_item(entry: &LedgerEntry, n: usize) -> HashMap<String, AttributeValue> {
+    use skewguard_core::aws::ledger_store::{HISTORY_TTL, attr, key};
+    let (stage, change) = CHANGES[n % CHANGES.len()];
+    let at = entry.created_at + time::Duration::minutes(n as i64);
+    HashMap::from([
+        (attr::SERVICE_ARN.to_owned(), s(&entry.service_arn)),
+        (
+            attr::DEPLOYMENT_ID.to_owned(),
+            s(&key::history(
+                &entry.deployment_id,
+                at,
+                &format!("v{:020}", n + 1),
+            )),
+        ),
+        (attr::AT.to_owned(), s(&rfc3339(at))),
+        (attr::STAGE.to_owned(), s(stage)),
+        (
+            attr::EXECUTION_ID.to_owned(),
+            s(&format!("{:08x}-5c1e-4b7a-9d3f-{:012x}", n, n * 7919)),
+        ),
+        (attr::CHANGE.to_owned(), s(change)),
+        (
+            attr::EXPIRES_AT.to_owned(),
+            AttributeValue::N((at + HISTORY_TTL).unix_timestamp().to_string()),
+        ),
+    ])
+}
+
+/// The services directory: one item per service, and the marker saying it is complete.
+fn directory_items(services: &[Seeded]) -> Vec<HashMap<String, AttributeValue>> {
+    use skewguard_core::aws::ledger_store::{attr, key};
+    services
+        .iter()
+        .map(|svc| {
+            HashMap::from([
+                (attr::SERVICE_ARN.to_owned(), s(key::SERVICES)),
+                (attr::DEPLOYMENT_ID.to_owned(), s(&svc.service_arn)),
+            ])
+        })
+        .chain([HashMap::from([
+            (attr::SERVICE_ARN.to_owned(), s(key::SERVICES)),
+            (attr::DEPLOYMENT_ID.to_owned(), s(key::LAYOUT_MARKER)),
+            (
+                attr::LAYOUT.to_owned(),
+                AttributeValue::N(key::LAYOUT.to_string()),
+            ),
+        ])])
+        .collect()
 }
 
 /// DynamoDB's size of an item (attribute names plus values, by the documented rules).
@@ -451,7 +497,8 @@ async fn write_ledger(
 ) -> Result<(), String> {
     let items: Vec<HashMap<String, AttributeValue>> = services
         .iter()
-        .flat_map(|s| s.entries.iter().map(|e| item(e, history)))
+        .flat_map(|s| s.entries.iter().flat_map(|e| items(e, history)))
+        .chain(directory_items(services))
         .collect();
     for batch in items.chunks(25) {
         let mut requests: Vec<WriteRequest> = batch
@@ -594,10 +641,18 @@ pub async fn sweep(
         .get("errors")
         .and_then(Value::as_array)
         .map_or(0, Vec::len);
+    // What the sweep reads of each service: its entries in play (history and archive are never
+    // read).
     let sizes: Vec<usize> = fleet
         .services
         .iter()
-        .map(|s| s.entries.iter().map(|e| item_size(&item(e, history))).sum())
+        .map(|s| {
+            s.entries
+                .iter()
+                .filter(|e| !e.status.is_final())
+                .map(|e| item_size(&entry_item(e, history)))
+                .sum()
+        })
         .collect();
     let total: usize = sizes.iter().sum();
     Ok(Sweep {
