@@ -4,7 +4,7 @@ infra/template.yaml (read here, so it cannot drift), the Terraform module (infra
 parsed by infra/terraform/check) and the CDK construct (infra/cdk, synthesized alone) are each
 normalised to a set of (role, effect, action, resource, condition) for the same inputs: the
 listeners and the cluster of skewguard_infra's samples. References to the ledger, the log groups,
-the functions and the dead-letter queue become names (table, log-group:<crate>:*, …).
+the functions, the dead-letter queue and the sweep queue become names (table, log-group:<crate>:*, …).
 
 Run by infra/check-iac, which writes the Terraform JSON and the CDK template to
 $SKEWGUARD_IAC_OUT first.
@@ -101,7 +101,7 @@ def sam_grants() -> set[Grant]:
         elif r["Type"] == "AWS::DynamoDB::Table":
             names[logical] = "table"
         elif r["Type"] == "AWS::SQS::Queue":
-            names[logical] = "dead-letter-queue"
+            names[logical] = "sweep-queue" if logical == "SweepQueue" else "dead-letter-queue"
 
     def role_name(logical):
         if logical in role_of_function:
@@ -134,6 +134,8 @@ def cdk_grants() -> set[Grant]:
             return "table"
         if p == "skewguard/Skewguard/ReconcilerDeadLetters/Resource":
             return "dead-letter-queue"
+        if p == "skewguard/Skewguard/SweepQueue/Resource":
+            return "sweep-queue"
         return f"getatt:{logical}"
 
     return cfn_grants(template, role_name, target_name)
@@ -193,6 +195,7 @@ class Hcl:
             "data.aws_caller_identity.current.account_id": ACCOUNT,
             "aws_dynamodb_table.ledger.arn": "table",
             "aws_sqs_queue.reconciler_dead_letters.arn": "dead-letter-queue",
+            "aws_sqs_queue.sweep.arn": "sweep-queue",
         }
         if e in fixed:
             return fixed[e]

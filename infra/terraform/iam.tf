@@ -200,7 +200,8 @@ data "aws_iam_policy_document" "post_shift" {
 }
 
 # The hooks' calls plus ListServiceDeployments, DescribeServiceDeployments and a Scan for every
-# service in the ledger; and its dead-letter queue.
+# service in the ledger; its dead-letter queue; and the sweep queue (SendMessage on a schedule;
+# its event source mapping receives and deletes with this role).
 data "aws_iam_policy_document" "reconciler" {
   statement {
     sid       = "OwnLogGroup"
@@ -267,6 +268,16 @@ data "aws_iam_policy_document" "reconciler" {
     sid       = "FailedEventsToTheDeadLetterQueue"
     actions   = ["sqs:SendMessage"]
     resources = [aws_sqs_queue.reconciler_dead_letters.arn]
+  }
+  statement {
+    sid       = "EnqueueTheSweep"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.sweep.arn]
+  }
+  statement {
+    sid       = "WorkTheSweepQueue"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]
+    resources = [aws_sqs_queue.sweep.arn]
   }
 }
 

@@ -12,7 +12,8 @@ locals {
     "post-test-traffic" = { timeout = 120, description = "skewguard hook at RECONCILE_SERVICE, PRE_SCALE_UP and POST_TEST_TRAFFIC_SHIFT - unpins what a new green replaces, records green, pins the production version" }
     "production-shift"  = { timeout = 120, description = "skewguard hook at TEST_TRAFFIC_SHIFT and PRODUCTION_TRAFFIC_SHIFT - pins green, unpins it on rollback" }
     "post-shift"        = { timeout = 120, description = "skewguard hook at POST_PRODUCTION_TRAFFIC_SHIFT - holds the previous version pinned for the skew window" }
-    "reconciler"        = { timeout = 300, description = "skewguard reconciler - repairs pins and the ledger after deployments end, and periodically" }
+    # The sweep queue's visibility timeout is six times this timeout (reconciler.tf).
+    "reconciler" = { timeout = 300, description = "skewguard reconciler - repairs pins and the ledger after deployments end, and periodically through the sweep queue" }
   }
   hooks = {
     "post-test-traffic" = ["RECONCILE_SERVICE", "PRE_SCALE_UP", "POST_TEST_TRAFFIC_SHIFT"]
@@ -114,10 +115,13 @@ resource "aws_lambda_function" "function" {
   source_code_hash = filebase64sha256(local.zips[each.key])
 
   environment {
-    variables = {
-      SKEWGUARD_TABLE       = aws_dynamodb_table.ledger.name
-      SKEWGUARD_SKEW_WINDOW = var.skew_window
-    }
+    variables = merge(
+      {
+        SKEWGUARD_TABLE       = aws_dynamodb_table.ledger.name
+        SKEWGUARD_SKEW_WINDOW = var.skew_window
+      },
+      each.key == "reconciler" ? { SKEWGUARD_SWEEP_QUEUE_URL = aws_sqs_queue.sweep.url } : {},
+    )
   }
 
   logging_config {

@@ -18,6 +18,16 @@ output "hook_timeout_minutes" {
   value       = local.hook_timeout_minutes[var.skew_window]
 }
 
+output "sweep_queue_url" {
+  description = "The sweep queue (one message per service and scheduled sweep)."
+  value       = aws_sqs_queue.sweep.url
+}
+
+output "sweep_dead_letter_queue_arn" {
+  description = "Sweep messages whose service failed every receive."
+  value       = aws_sqs_queue.sweep_dead_letters.arn
+}
+
 output "reconciler_dead_letter_queue_arn" {
   description = "Reconciler events that failed every retry."
   value       = aws_sqs_queue.reconciler_dead_letters.arn

@@ -78,9 +78,20 @@ variable "log_retention_in_days" {
 }
 
 variable "reconcile_schedule" {
-  description = "How often the reconciler runs besides on ECS deployment state changes."
+  description = "How often the reconciler sweeps every service in the ledger (besides reconciling a service on its ECS deployment state changes): each sweep puts one message per service on the sweep queue, worked through sweep_concurrency invocations at a time."
   type        = string
   default     = "rate(5 minutes)"
+}
+
+variable "sweep_concurrency" {
+  description = "At most this many reconciler invocations work the sweep queue at once, 10 services each (the event source mapping's scaling_config maximum_concurrency; 2 is Lambda's minimum). See docs/benchmarks.md for how long a sweep takes."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.sweep_concurrency >= 2 && var.sweep_concurrency <= 1000
+    error_message = "sweep_concurrency: between 2 and 1000 (Lambda's limits for maximum_concurrency)."
+  }
 }
 
 variable "lambda_build_dir" {

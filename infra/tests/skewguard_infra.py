@@ -557,6 +557,7 @@ def operation_variables(template: dict, function_logical: str) -> dict[str, str]
         "Table": SAMPLE_TABLE_ARN,
         "LogGroup": log_group_arn,
         "DeadLetterQueue": attributes.get("ReconcilerDeadLetterQueue.Arn", "<no dead-letter queue>"),
+        "SweepQueue": attributes.get("SweepQueue.Arn", "<no sweep queue>"),
     }
 
 
@@ -618,7 +619,8 @@ def check_role_grants(template: dict, operations: dict | None = None) -> list[st
                 if not role_allows(granted, action, "*", context):
                     problems.append(f"{role_logical} ({crate}): does not allow {action} on Resource '*'")
                 continue
-            for rt, arn in on.items():
+            # A resource type may list several ARNs (one action on several resources).
+            for rt, arn in ((rt, one) for rt, arns in on.items() for one in as_list(arns)):
                 if rt not in types:
                     continue
                 arn = substitute(arn, variables)
@@ -1032,9 +1034,11 @@ def check_operations_cover_the_code(calls_by_function: dict[str, dict[str, list[
         if call in every_call and not actions & made:
             problems.append(f"aws-operations.yaml: {call}() is called, but no function lists {sorted(actions)}")
     for action, spec in operations["actions"].items():
-        # Lambda itself writes the logs and sends failed asynchronous events to the
-        # dead-letter queue, with the function's role: no SDK call of the code.
-        if not spec.get("calls") and not action.startswith("logs:") and action != "sqs:SendMessage":
+        # Lambda itself writes the logs, sends failed asynchronous events to the dead-letter
+        # queue and polls the sweep queue (the event source mapping), with the function's role:
+        # no SDK call of the code.
+        made_by_lambda = {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
+        if not spec.get("calls") and not action.startswith("logs:") and action not in made_by_lambda:
             problems.append(f"aws-operations.yaml: {action} names no SDK call")
         if action not in made:
             problems.append(f"aws-operations.yaml: no function makes {action}")

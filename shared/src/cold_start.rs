@@ -11,12 +11,19 @@ use crate::aws::cloudwatch::CloudWatch;
 use crate::aws::ecs::Ecs;
 use crate::aws::elb::Elb;
 use crate::aws::ledger_store::LedgerStore;
+use crate::aws::sweep_queue::SweepQueue;
 use crate::hook::{Clients, HookConfig, HookFunction};
 use crate::metrics::CountAwsCalls;
 use crate::settings::{EnvDefaults, Settings};
 
 /// The environment variable naming the ledger table.
 pub const TABLE_ENV: &str = "SKEWGUARD_TABLE";
+
+/// The environment variable giving the reconciler the sweep queue's URL.
+pub const SWEEP_QUEUE_ENV: &str = "SKEWGUARD_SWEEP_QUEUE_URL";
+
+/// The longest one AWS call may take, the SDK's retries included ([`sdk_config`]).
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// Why a function cannot start: its configuration is missing or invalid. The function stops at
 /// its cold start (Lambda reports an init error) rather than failing every invocation.
@@ -25,6 +32,9 @@ pub enum ColdStartError {
     /// [`TABLE_ENV`] is unset or blank.
     #[error("{TABLE_ENV} is not set: it must name the skewguard ledger table")]
     NoTable,
+    /// [`SWEEP_QUEUE_ENV`] is unset or blank (the reconciler only).
+    #[error("{SWEEP_QUEUE_ENV} is not set: it must be the URL of the reconciler's sweep queue")]
+    NoSweepQueue,
     /// A `SKEWGUARD_*` settings default is invalid.
     #[error("a function-level default is invalid: {0}")]
     Defaults(#[from] crate::settings::SettingsError),
@@ -38,7 +48,7 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3))
                 .operation_attempt_timeout(Duration::from_secs(10))
-                .operation_timeout(Duration::from_secs(40))
+                .operation_timeout(OPERATION_TIMEOUT)
                 .build(),
         )
         .load()
@@ -79,4 +89,18 @@ pub fn reconciler_config() -> Result<(EnvDefaults, String), ColdStartError> {
     let defaults = EnvDefaults::from_env();
     Settings::resolve(&Default::default(), &defaults)?;
     Ok((defaults, table))
+}
+
+/// The reconciler's sweep queue ([`SWEEP_QUEUE_ENV`]), its client counting its calls like the
+/// others' ([`CountAwsCalls`]).
+pub fn sweep_queue(sdk: &aws_config::SdkConfig) -> Result<SweepQueue, ColdStartError> {
+    let url = std::env::var(SWEEP_QUEUE_ENV)
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .ok_or(ColdStartError::NoSweepQueue)?;
+    let config = aws_sdk_sqs::config::Builder::from(sdk).interceptor(CountAwsCalls);
+    Ok(SweepQueue::new(
+        aws_sdk_sqs::Client::from_conf(config.build()),
+        url.trim(),
+    ))
 }

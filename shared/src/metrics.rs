@@ -50,8 +50,7 @@ use time::OffsetDateTime;
 
 use crate::event::{HookAnswer, HookEvent, HookStatus};
 use crate::hook::{self, Clients, HookConfig};
-use crate::reconciler::{self, ReconcileError, Trigger};
-use crate::settings::EnvDefaults;
+use crate::reconciler::{self, ReconcileError, ReconcilerConfig, Trigger};
 
 /// The CloudWatch namespace of every skewguard metric.
 pub const NAMESPACE: &str = "skewguard";
@@ -174,10 +173,11 @@ pub async fn run_hook(
     answer
 }
 
-/// Runs one reconciler invocation ([`reconciler::handle`]) and writes its metrics.
+/// Runs one reconciler invocation ([`reconciler::handle`]), writes its metrics and returns the
+/// function's answer.
 pub async fn run_reconciler(
     clients: &Clients,
-    defaults: &EnvDefaults,
+    config: &ReconcilerConfig,
     raw: Value,
     invocation: &Invocation,
 ) -> Result<Value, ReconcileError> {
@@ -185,19 +185,20 @@ pub async fn run_reconciler(
     let stage = match reconciler::trigger_of(&raw) {
         Ok(Trigger::Service(_)) => "deployment-event",
         Ok(Trigger::AllServices) => "schedule",
+        Ok(Trigger::Queued(_)) => "sweep-queue",
         Err(_) => UNKNOWN_STAGE,
     };
     // Boxed: the handler's future is deep, and the runtime nests it further.
     let handling = Box::pin(reconciler::handle(
         clients,
-        defaults,
+        config,
         raw,
         &invocation.request_id,
     ));
     let (result, counts) = counting(invocation, handling).await;
     let run = ReconcilerRun {
         stage,
-        result: result.as_ref().map_err(|e| e.kind()),
+        result: result.as_ref().map(|h| &h.summary).map_err(|e| e.kind()),
         duration: started.elapsed(),
     };
     write_lines(&reconciler_lines(
@@ -206,7 +207,7 @@ pub async fn run_reconciler(
         invocation,
         OffsetDateTime::now_utc(),
     ));
-    result
+    result.map(|handled| handled.answer)
 }
 
 /// How a hook invocation ended.
@@ -226,9 +227,11 @@ pub struct HookOutcome<'a> {
 /// How a reconciler invocation ended.
 #[derive(Debug, Clone)]
 pub struct ReconcilerRun<'a> {
-    /// `deployment-event`, `schedule` or `unknown`.
+    /// `deployment-event`, `schedule`, `sweep-queue` or `unknown`.
     pub stage: &'a str,
-    /// The function's answer (`{"services": [...], "errors": [...]}`), or the error kind.
+    /// The run's summary ([`reconciler::Handled::summary`]: `{"services": [...], "errors":
+    /// [...]}`, or for a scheduled run `{"enqueued": n, "notEnqueued": [...]}`), or the error
+    /// kind.
     pub result: Result<&'a Value, &'static str>,
     pub duration: Duration,
 }
@@ -291,8 +294,9 @@ pub fn hook_lines(
     lines
 }
 
-/// The EMF lines of one reconciler invocation: the run's line (pins, calls, repairs, errors),
-/// one line per service that was repaired or failed, and one line per repair and error kind.
+/// The EMF lines of one reconciler invocation: the run's line (pins, calls, repairs, errors,
+/// and for a scheduled run the services enqueued and not enqueued), one line per service that
+/// was repaired, failed or could not be enqueued, and one line per repair and error kind.
 pub fn reconciler_lines(
     run: &ReconcilerRun<'_>,
     counts: &Counts,
@@ -304,6 +308,7 @@ pub fn reconciler_lines(
     let mut repair_kinds: BTreeMap<String, u64> = BTreeMap::new();
     let mut error_kinds = counts.errors.clone();
     let mut services = 0;
+    let (mut enqueued, mut not_enqueued) = (None, 0u64);
     match run.result {
         Ok(answer) => {
             for report in answer["services"].as_array().into_iter().flatten() {
@@ -321,6 +326,18 @@ pub fn reconciler_lines(
                         .0 += repairs.len() as u64;
                 }
             }
+            for failed in answer["notEnqueued"].as_array().into_iter().flatten() {
+                not_enqueued += 1;
+                let kind = failed["errorKind"].as_str().unwrap_or("unknown");
+                *error_kinds.entry(kind.to_owned()).or_default() += 1;
+                if let Some(service) = failed["serviceArn"].as_str() {
+                    by_service
+                        .entry(service_name(service).to_owned())
+                        .or_default()
+                        .1 += 1;
+                }
+            }
+            enqueued = answer["enqueued"].as_u64();
             for error in answer["errors"].as_array().into_iter().flatten() {
                 services += 1;
                 let kind = error["errorKind"].as_str().unwrap_or("unknown");
@@ -341,19 +358,21 @@ pub fn reconciler_lines(
     let mut line = Line::new(at, invocation);
     line.member("Function", FUNCTION);
     line.member("Stage", run.stage);
-    line.directive(
-        &[&["Function"], &["Function", "Stage"]],
-        &[
-            ("Invocations", Unit::Count, 1.0),
-            ("Duration", Unit::Milliseconds, millis(run.duration)),
-            ("AwsCalls", Unit::Count, counts.aws_calls as f64),
-            ("PinsCreated", Unit::Count, counts.pins_created as f64),
-            ("PinsRemoved", Unit::Count, counts.pins_removed as f64),
-            ("ServicesReconciled", Unit::Count, services as f64),
-            ("Repairs", Unit::Count, repairs as f64),
-            ("Errors", Unit::Count, errors as f64),
-        ],
-    );
+    let mut metrics = vec![
+        ("Invocations", Unit::Count, 1.0),
+        ("Duration", Unit::Milliseconds, millis(run.duration)),
+        ("AwsCalls", Unit::Count, counts.aws_calls as f64),
+        ("PinsCreated", Unit::Count, counts.pins_created as f64),
+        ("PinsRemoved", Unit::Count, counts.pins_removed as f64),
+        ("ServicesReconciled", Unit::Count, services as f64),
+        ("Repairs", Unit::Count, repairs as f64),
+        ("Errors", Unit::Count, errors as f64),
+    ];
+    if let Some(enqueued) = enqueued {
+        metrics.push(("ServicesEnqueued", Unit::Count, enqueued as f64));
+        metrics.push(("EnqueueFailures", Unit::Count, not_enqueued as f64));
+    }
+    line.directive(&[&["Function"], &["Function", "Stage"]], &metrics);
     let mut lines = vec![line.into_value()];
     for (service, (repairs, errors)) in &by_service {
         let mut line = Line::new(at, invocation);

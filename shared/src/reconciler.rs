@@ -1,7 +1,8 @@
 //! Running the reconciler against AWS: read the ledger, ECS and the listener, decide
 //! ([`crate::reconcile`]), bring the listener in line, write the ledger conditionally, and
-//! report every repair. Used by the `reconciler` function (EventBridge deployment events and a
-//! schedule) and by `skewguard reconcile`.
+//! report every repair. Used by the `reconciler` function (EventBridge deployment events, and a
+//! schedule that fans the sweep out over the sweep queue, [`crate::aws::sweep_queue`]) and by
+//! `skewguard reconcile`.
 //!
 //! Safe to run concurrently with a hook: every ledger write is conditional on the version read
 //! (a conflict means reading and deciding again); the ledger is read again right before the
@@ -9,6 +10,7 @@
 //! to the hooks.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -19,6 +21,7 @@ use crate::DeploymentId;
 use crate::apply::{self, ApplyError, ListenerChanges};
 use crate::aws::ecs::{DeploymentFacts, DiscoveryError, Ecs, EcsError, running_version};
 use crate::aws::ledger_store::LedgerError;
+use crate::aws::sweep_queue::SweepQueue;
 use crate::aws::{AwsError, DisplayErrorContext};
 use crate::event::MalformedEvent;
 use crate::hook::Clients;
@@ -520,18 +523,34 @@ async fn attempt_service(
 /// What an invocation of the reconciler function covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
-    /// An `ECS Deployment State Change` event: that service.
+    /// An `ECS Deployment State Change` event (or a manual `{"serviceArn": …}`): that service.
     Service(String),
-    /// A scheduled event: every service in the ledger.
+    /// A scheduled event: one sweep-queue message per service in the ledger.
     AllServices,
+    /// A batch of sweep-queue messages (an SQS event): each message's service.
+    Queued(Vec<QueuedService>),
+}
+
+/// One sweep-queue message of an SQS event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedService {
+    /// The SQS message ID: what a partial batch failure names.
+    pub message_id: String,
+    /// The message's service, or why the message names none.
+    pub service: Result<String, MalformedEvent>,
 }
 
 /// Reads an EventBridge event: `ECS Deployment State Change` (its `resources[0]` is the service
-/// ARN) or `Scheduled Event`. `{"serviceArn": …}` is accepted too, for a manual invocation.
+/// ARN) or `Scheduled Event`; or an SQS event of sweep-queue messages (`Records`, each with
+/// `eventSource` `aws:sqs`, a `messageId` and a body `{"serviceArn": …}`).
+/// `{"serviceArn": …}` is accepted too, for a manual invocation.
 pub fn trigger_of(raw: &Value) -> Result<Trigger, MalformedEvent> {
     let malformed = |why: &str| MalformedEvent(why.to_owned());
     if let Some(service) = raw.get("serviceArn").and_then(Value::as_str) {
         return service_trigger(service);
+    }
+    if let Some(records) = raw.get("Records").and_then(Value::as_array) {
+        return queued(records).map(Trigger::Queued);
     }
     match raw.get("detail-type").and_then(Value::as_str) {
         Some("Scheduled Event") => Ok(Trigger::AllServices),
@@ -557,9 +576,50 @@ pub fn trigger_of(raw: &Value) -> Result<Trigger, MalformedEvent> {
             other.chars().take(60).collect::<String>()
         ))),
         None => Err(malformed(
-            "not an EventBridge event (no detail-type) and no serviceArn",
+            "not an EventBridge event (no detail-type), not an SQS event (no Records) and no serviceArn",
         )),
     }
+}
+
+/// The messages of an SQS event. The event itself is malformed (and the whole batch is retried)
+/// only when it is not SQS's or a record has no `messageId` to report a failure by; a message
+/// whose body names no service is that message's failure alone.
+fn queued(records: &[Value]) -> Result<Vec<QueuedService>, MalformedEvent> {
+    records
+        .iter()
+        .map(|record| {
+            if record.get("eventSource").and_then(Value::as_str) != Some("aws:sqs") {
+                return Err(MalformedEvent(
+                    "a record of the event does not come from SQS (eventSource aws:sqs)".to_owned(),
+                ));
+            }
+            let message_id = record
+                .get("messageId")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| MalformedEvent("an SQS record has no messageId".to_owned()))?;
+            let service = record
+                .get("body")
+                .and_then(Value::as_str)
+                .and_then(|body| serde_json::from_str::<Value>(body).ok())
+                .and_then(|body| {
+                    body.get("serviceArn")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .ok_or_else(|| {
+                    MalformedEvent("the message's body is not {\"serviceArn\": …}".to_owned())
+                })
+                .and_then(|service| match service_trigger(&service)? {
+                    Trigger::Service(service) => Ok(service),
+                    _ => Err(MalformedEvent("not a service".to_owned())),
+                });
+            Ok(QueuedService {
+                message_id: message_id.to_owned(),
+                service,
+            })
+        })
+        .collect()
 }
 
 fn service_trigger(service: &str) -> Result<Trigger, MalformedEvent> {
@@ -573,20 +633,58 @@ fn service_trigger(service: &str) -> Result<Trigger, MalformedEvent> {
     }
 }
 
-/// Handles one invocation of the reconciler function. A single-service event that fails is an
-/// error (Lambda retries the asynchronous invocation); a scheduled run reports each service's failure and succeeds,
-/// since the next run comes in minutes.
+/// What the reconciler function was given besides its clients: the settings defaults and the
+/// sweep queue scheduled runs fill.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    pub defaults: EnvDefaults,
+    pub sweep_queue: SweepQueue,
+    /// When the invocation must have answered (Lambda's deadline): a queue batch starts no
+    /// service after its first with less than [`SERVICE_BUDGET`] left, and reports the rest as
+    /// failures, so that a timeout does not fail (and retry) the services already reconciled.
+    pub deadline: Option<Instant>,
+}
+
+/// The longest one service's reconciliation is expected to take: the pipeline's retry budget
+/// for throttling and transient failures plus the SDK's operation timeout of its last attempt.
+pub const SERVICE_BUDGET: Duration = Duration::from_secs(
+    retry::TRANSIENT_RETRY_BUDGET.as_secs() + crate::cold_start::OPERATION_TIMEOUT.as_secs(),
+);
+
+/// What one invocation did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handled {
+    /// The function's answer: `summary` itself, except for an SQS batch, which is answered
+    /// `{"batchItemFailures": [{"itemIdentifier": <messageId>}, …]}` (Lambda's partial batch
+    /// response: only those messages become visible again and are retried).
+    pub answer: Value,
+    /// For logs and metrics: `{"services": [<ServiceReport>…], "errors": [{"serviceArn",
+    /// "errorKind", "error"}…]}`; a scheduled run has instead `{"enqueued": <count>,
+    /// "notEnqueued": [{"serviceArn", "errorKind", "error"}…]}`.
+    pub summary: Value,
+}
+
+/// Handles one invocation of the reconciler function.
+///
+/// - A single-service event that fails is an error (Lambda retries the asynchronous
+///   invocation).
+/// - A scheduled run lists the ledger's services and puts one message per service on the sweep
+///   queue; it fails only if the ledger cannot be listed or SQS refuses outright, and reports the
+///   services it could not enqueue (the next run enqueues them again).
+/// - An SQS batch reconciles each message's service and answers the messages that failed, so
+///   that only those are retried (and, after the queue's `maxReceiveCount`, kept in its
+///   dead-letter queue).
 pub async fn handle(
     clients: &Clients,
-    defaults: &EnvDefaults,
+    config: &ReconcilerConfig,
     raw: Value,
     execution_id: &str,
-) -> Result<Value, ReconcileError> {
+) -> Result<Handled, ReconcileError> {
     let trigger = trigger_of(&raw).inspect_err(|e| {
         error!(error_kind = "MalformedEvent", error = %e, "rejected reconciler event");
     })?;
     let options = ReconcileOptions {
-        defaults: defaults.clone(),
+        defaults: config.defaults.clone(),
         dry_run: false,
         execution_id: execution_id.to_owned(),
         identity: execution_id.to_owned(),
@@ -599,29 +697,112 @@ pub async fn handle(
                     error!(service = %service, error_kind = e.kind(), error = %DisplayErrorContext(e), "reconciling failed");
                 })?;
             info!(service = %service, repairs = report.repairs.len(), "reconciled");
-            Ok(json!({"services": [report], "errors": []}))
+            let summary = json!({"services": [report], "errors": []});
+            Ok(Handled {
+                answer: summary.clone(),
+                summary,
+            })
         }
-        Trigger::AllServices => {
-            let services = clients.ledger.services().await?;
-            let results = reconcile_services(clients, &services, &options).await;
-            let (mut reports, mut errors) = (Vec::new(), Vec::new());
-            for (service, result) in results {
-                match result {
-                    Ok(report) => reports.push(serde_json::to_value(report).unwrap_or(Value::Null)),
-                    Err(e) => errors.push(json!({
-                        "serviceArn": service,
-                        "errorKind": e.kind(),
-                        "error": e.to_string(),
-                    })),
+        Trigger::AllServices => enqueue_all(clients, &config.sweep_queue).await,
+        Trigger::Queued(messages) => {
+            Ok(reconcile_queued(clients, &options, &messages, config.deadline).await)
+        }
+    }
+}
+
+/// The scheduled run: one sweep-queue message per service in the ledger.
+async fn enqueue_all(clients: &Clients, queue: &SweepQueue) -> Result<Handled, ReconcileError> {
+    let services = clients.ledger.services().await.inspect_err(|e| {
+        error!(error = %DisplayErrorContext(e), "listing the ledger's services failed");
+    })?;
+    let run = queue.enqueue(&services).await.inspect_err(|e| {
+        error!(error_kind = e.kind.error_kind(), error = %DisplayErrorContext(e), "enqueueing the sweep failed");
+    })?;
+    let mut not_enqueued = Vec::new();
+    for failed in &run.failed {
+        error!(
+            service = %failed.service_arn,
+            error_kind = failed.error_kind,
+            code = %failed.code,
+            "not enqueued: the next scheduled run enqueues it again"
+        );
+        not_enqueued.push(json!({
+            "serviceArn": failed.service_arn,
+            "errorKind": failed.error_kind,
+            "error": format!("SQS refused the message ({})", failed.code),
+        }));
+    }
+    info!(
+        services = services.len(),
+        enqueued = run.enqueued,
+        not_enqueued = run.failed.len(),
+        calls = run.calls,
+        "sweep enqueued"
+    );
+    let summary = json!({"enqueued": run.enqueued, "notEnqueued": not_enqueued});
+    Ok(Handled {
+        answer: summary.clone(),
+        summary,
+    })
+}
+
+/// One batch of sweep-queue messages: each service in turn (one failing does not stop the
+/// others); the failed messages are the answer's `batchItemFailures`.
+async fn reconcile_queued(
+    clients: &Clients,
+    options: &ReconcileOptions,
+    messages: &[QueuedService],
+    deadline: Option<Instant>,
+) -> Handled {
+    let (mut reports, mut errors, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    for (n, message) in messages.iter().enumerate() {
+        // The first service is always tried: a function whose timeout is shorter than the
+        // budget still makes progress.
+        let out_of_time = n > 0
+            && deadline
+                .is_some_and(|d| d.saturating_duration_since(Instant::now()) < SERVICE_BUDGET);
+        let result = match (&message.service, out_of_time) {
+            (Err(e), _) => Err((None, "MalformedEvent", e.to_string())),
+            (Ok(service), true) => Err((
+                Some(service.as_str()),
+                "OutOfTime",
+                "too little of the invocation's time left to start it; retried later".to_owned(),
+            )),
+            (Ok(service), false) => match reconcile_service(clients, service, options).await {
+                Ok(report) => Ok(report),
+                Err(e) => {
+                    error!(service = %service, error_kind = e.kind(), error = %DisplayErrorContext(&e), "reconciling failed");
+                    Err((Some(service.as_str()), e.kind(), e.to_string()))
                 }
+            },
+        };
+        match result {
+            Ok(report) => {
+                info!(service = %report.service_arn, message_id = %message.message_id, repairs = report.repairs.len(), "reconciled");
+                reports.push(serde_json::to_value(report).unwrap_or(Value::Null));
             }
-            info!(
-                services = reports.len() + errors.len(),
-                failed = errors.len(),
-                "scheduled reconciliation done"
-            );
-            Ok(json!({"services": reports, "errors": errors}))
+            Err((service, kind, why)) => {
+                if service.is_none() || kind == "OutOfTime" {
+                    error!(message_id = %message.message_id, service = service, error_kind = kind, error = %why, "message not reconciled");
+                }
+                errors.push(json!({
+                    "serviceArn": service,
+                    "messageId": message.message_id,
+                    "errorKind": kind,
+                    "error": why,
+                }));
+                failures.push(json!({"itemIdentifier": message.message_id}));
+            }
         }
+    }
+    info!(
+        messages = messages.len(),
+        failed = failures.len(),
+        "sweep batch done"
+    );
+    Handled {
+        answer: json!({ "batchItemFailures": failures }),
+        summary: json!({"services": reports, "errors": errors}),
     }
 }
 
@@ -646,7 +827,27 @@ mod tests {
             trigger_of(&json!({"serviceArn": svc})).unwrap(),
             Trigger::Service(svc.into())
         );
+        let queued = json!({"Records": [
+            {"messageId": "m-1", "eventSource": "aws:sqs", "body": format!("{{\"serviceArn\":\"{svc}\"}}")},
+            {"messageId": "m-2", "eventSource": "aws:sqs", "body": "{\"serviceArn\":\"web\"}"},
+            {"messageId": "m-3", "eventSource": "aws:sqs", "body": "not json"},
+        ]});
+        let Ok(Trigger::Queued(messages)) = trigger_of(&queued) else {
+            panic!("{queued}")
+        };
+        assert_eq!(
+            messages
+                .iter()
+                .map(|m| m.message_id.as_str())
+                .collect::<Vec<_>>(),
+            ["m-1", "m-2", "m-3"]
+        );
+        assert_eq!(messages[0].service, Ok(svc.to_owned()));
+        assert!(messages[1].service.is_err(), "not a service ARN");
+        assert!(messages[2].service.is_err(), "not a message of the sweep");
         for bad in [
+            json!({"Records": [{"messageId": "m-1", "eventSource": "aws:sns", "body": "{}"}]}),
+            json!({"Records": [{"eventSource": "aws:sqs", "body": "{}"}]}),
             json!({}),
             json!({"detail-type": "EC2 Instance State-change Notification"}),
             json!({"source": "aws.ecs", "detail-type": "ECS Deployment State Change", "resources": []}),

@@ -1,4 +1,5 @@
-//! SDK configuration for the stand-ins: ECS → the project's emulator, ELBv2 and DynamoDB → moto.
+//! SDK configuration for the stand-ins: ECS → the project's emulator, ELBv2, DynamoDB and SQS →
+//! moto.
 //!
 //! Two ways in, meant to agree:
 //! - in-process clients built from [`sdk_config`] (static test credentials, `us-east-1`, retries
@@ -27,6 +28,7 @@ pub const ECS_SERVICE_ID: &str = "ECS";
 pub const ELBV2_SERVICE_ID: &str = "Elastic Load Balancing v2";
 pub const DYNAMODB_SERVICE_ID: &str = "DynamoDB";
 pub const CLOUDWATCH_SERVICE_ID: &str = "CloudWatch";
+pub const SQS_SERVICE_ID: &str = "SQS";
 
 /// Where each service's stand-in listens (`http://127.0.0.1:PORT`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,17 +39,19 @@ pub struct Endpoints {
     /// CloudWatch metrics: the world's own stand-in ([`crate::cloudwatch`]); moto until one is
     /// named (moto does not speak the SDK's protocol, so calls fail clearly).
     pub cloudwatch: String,
+    pub sqs: String,
 }
 
 impl Endpoints {
-    /// ECS on the emulator, ELBv2 and DynamoDB on moto.
+    /// ECS on the emulator, ELBv2, DynamoDB and SQS on moto.
     pub fn new(ecs_emulator: impl Into<String>, moto: impl Into<String>) -> Self {
         let moto = moto.into();
         Self {
             ecs: ecs_emulator.into(),
             elbv2: moto.clone(),
             cloudwatch: moto.clone(),
-            dynamodb: moto,
+            dynamodb: moto.clone(),
+            sqs: moto,
         }
     }
 
@@ -108,7 +112,11 @@ pub fn cloudwatch_client(config: &SdkConfig) -> aws_sdk_cloudwatch::Client {
     aws_sdk_cloudwatch::Client::new(config)
 }
 
-/// The three clients the hooks use, all pointed at the stand-ins.
+pub fn sqs_client(config: &SdkConfig) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(config)
+}
+
+/// The clients the functions use, all pointed at the stand-ins.
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub config: SdkConfig,
@@ -116,6 +124,7 @@ pub struct Clients {
     pub elbv2: aws_sdk_elasticloadbalancingv2::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub cloudwatch: aws_sdk_cloudwatch::Client,
+    pub sqs: aws_sdk_sqs::Client,
 }
 
 impl Clients {
@@ -126,6 +135,7 @@ impl Clients {
             elbv2: elbv2_client(&config),
             dynamodb: dynamodb_client(&config),
             cloudwatch: cloudwatch_client(&config),
+            sqs: sqs_client(&config),
             config,
         }
     }
@@ -142,6 +152,7 @@ pub fn function_env(endpoints: &Endpoints) -> Vec<(String, String)> {
         ),
         ("AWS_ENDPOINT_URL_DYNAMODB", endpoints.dynamodb.as_str()),
         ("AWS_ENDPOINT_URL_CLOUDWATCH", endpoints.cloudwatch.as_str()),
+        ("AWS_ENDPOINT_URL_SQS", endpoints.sqs.as_str()),
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
         ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
         ("AWS_REGION", REGION),
@@ -167,6 +178,7 @@ impl LoadServiceConfig for StandInEndpoints {
             ELBV2_SERVICE_ID => Some(self.0.elbv2.clone()),
             DYNAMODB_SERVICE_ID => Some(self.0.dynamodb.clone()),
             CLOUDWATCH_SERVICE_ID => Some(self.0.cloudwatch.clone()),
+            SQS_SERVICE_ID => Some(self.0.sqs.clone()),
             _ => None,
         }
     }

@@ -42,6 +42,7 @@ pub enum Service {
     Elbv2,
     /// CloudWatch metrics (Smithy RPC v2 CBOR, told by the request path).
     CloudWatch,
+    Sqs,
 }
 
 /// One call seen by the proxy.
@@ -249,6 +250,7 @@ impl FaultProxy {
             elbv2: self.endpoint(),
             dynamodb: self.endpoint(),
             cloudwatch: self.endpoint(),
+            sqs: self.endpoint(),
         }
     }
 
@@ -387,6 +389,8 @@ pub fn identify_request(path: &str, target: Option<&str>, body: &[u8]) -> (Servi
         let (prefix, operation) = target.split_once('.').unwrap_or(("", target));
         let service = if prefix.starts_with("DynamoDB") {
             Service::DynamoDb
+        } else if prefix == "AmazonSQS" {
+            Service::Sqs
         } else {
             Service::Ecs
         };
@@ -446,7 +450,7 @@ pub fn error_response_with(
                 xml_escape(message)
             ),
         ),
-        Service::DynamoDb | Service::Ecs => {
+        Service::DynamoDb | Service::Ecs | Service::Sqs => {
             // The JSON protocols spell throttling `ThrottlingException`.
             let code = if code == "Throttling" {
                 "ThrottlingException".to_owned()
@@ -455,13 +459,13 @@ pub fn error_response_with(
             } else {
                 code.to_owned()
             };
-            let namespace = if service == Service::DynamoDb {
-                "com.amazonaws.dynamodb.v20120810"
-            } else {
-                "com.amazonaws.ecs"
+            let namespace = match service {
+                Service::DynamoDb => "com.amazonaws.dynamodb.v20120810",
+                Service::Sqs => "com.amazonaws.sqs",
+                _ => "com.amazonaws.ecs",
             };
             (
-                if service == Service::DynamoDb {
+                if matches!(service, Service::DynamoDb | Service::Sqs) {
                     "application/x-amz-json-1.0"
                 } else {
                     "application/x-amz-json-1.1"
@@ -605,7 +609,7 @@ async fn forward(
     let base = match service {
         Service::Ecs => &upstreams.ecs,
         Service::CloudWatch => &upstreams.cloudwatch,
-        Service::DynamoDb | Service::Elbv2 => &upstreams.moto,
+        Service::DynamoDb | Service::Elbv2 | Service::Sqs => &upstreams.moto,
     };
     let path = parts
         .uri

@@ -776,6 +776,16 @@ fn table_arn(name: &str) -> String {
 }
 
 /// `…:service-revision/C/S/ID` or `…:service-deployment/C/S/ID` → `…:service/C/S`.
+/// `arn:aws:sqs:REGION:ACCOUNT:NAME` from a queue URL `http(s)://HOST/ACCOUNT/NAME`.
+fn queue_arn(url: &str) -> Option<String> {
+    let mut parts = url.rsplit('/');
+    let name = parts.next().filter(|n| !n.is_empty())?;
+    let account = parts
+        .next()
+        .filter(|a| a.chars().all(|c| c.is_ascii_digit()))?;
+    Some(format!("arn:aws:sqs:{REGION}:{account}:{name}"))
+}
+
 fn service_of(arn: &str) -> Option<String> {
     let (head, path) = arn.rsplit_once(':')?;
     let mut parts = path.splitn(4, '/');
@@ -998,6 +1008,27 @@ pub async fn requests_for(
                     Ok(out)
                 }
                 other => Err(format!("dynamodb:{other} is not modelled")),
+            }
+        }
+        Service::Sqs => {
+            let body: Json = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            let queue = body
+                .get("QueueUrl")
+                .and_then(Json::as_str)
+                .and_then(queue_arn)
+                .ok_or("no QueueUrl naming a queue")?;
+            match operation {
+                // A batch is authorised as the single-message action, once for the queue.
+                "SendMessage" | "SendMessageBatch" => {
+                    Ok(vec![AuthzRequest::new("sqs:SendMessage", &queue)])
+                }
+                "ReceiveMessage" | "GetQueueAttributes" => {
+                    Ok(vec![AuthzRequest::new(&format!("sqs:{operation}"), &queue)])
+                }
+                "DeleteMessage" | "DeleteMessageBatch" => {
+                    Ok(vec![AuthzRequest::new("sqs:DeleteMessage", &queue)])
+                }
+                other => Err(format!("sqs:{other} is not modelled")),
             }
         }
         Service::Elbv2 => {
@@ -1254,7 +1285,8 @@ impl AuthorisingProxy {
             ecs: url.clone(),
             elbv2: url.clone(),
             cloudwatch: url.clone(),
-            dynamodb: url,
+            dynamodb: url.clone(),
+            sqs: url,
         }
     }
 
@@ -1347,7 +1379,7 @@ async fn handle(
         });
         let (status, code) = match service {
             Service::Elbv2 => (403, "AccessDenied"),
-            Service::Ecs | Service::DynamoDb => (400, "AccessDeniedException"),
+            Service::Ecs | Service::DynamoDb | Service::Sqs => (400, "AccessDeniedException"),
             Service::CloudWatch => (403, "AccessDenied"),
         };
         return Ok(error_response_with(service, status, code, &message));
@@ -1367,6 +1399,7 @@ async fn forward(
         Service::Elbv2 => &shared.forward.elbv2,
         Service::DynamoDb => &shared.forward.dynamodb,
         Service::CloudWatch => &shared.forward.cloudwatch,
+        Service::Sqs => &shared.forward.sqs,
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri: hyper::Uri = format!("{base}{path}")

@@ -15,4 +15,5 @@ pub mod lambda;
 pub mod live;
 pub mod moto;
 pub mod scheduler;
+pub mod sweep;
 pub mod world;

@@ -127,6 +127,32 @@ fn the_roles_of_the_template_allow_what_each_function_does_and_no_more() {
         hook,
         AuthzRequest::new("dynamodb:BatchWriteItem", TABLE_ARN)
     ));
+    // The sweep queue: the reconciler sends to it (a scheduled run) and its event source mapping
+    // works it with the reconciler's role; the hooks do neither; no other queue.
+    let sweep = format!(
+        "arn:aws:sqs:us-east-1:123456789012:{}",
+        skewguard_world::sweep::QUEUE
+    );
+    for action in [
+        "sqs:SendMessage",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+    ] {
+        assert!(
+            allows(reconciler, AuthzRequest::new(action, &sweep)),
+            "{action}"
+        );
+        assert!(!allows(hook, AuthzRequest::new(action, &sweep)), "{action}");
+    }
+    assert!(!allows(
+        reconciler,
+        AuthzRequest::new("sqs:PurgeQueue", &sweep)
+    ));
+    assert!(!allows(
+        reconciler,
+        AuthzRequest::new("sqs:SendMessage", &sweep.replace("-sweep", "-orders"))
+    ));
     let other_table = TABLE_ARN.replace("skewguard-ledger", "orders");
     assert!(!allows(
         hook,

@@ -12,6 +12,7 @@ use skewguard_core::stages::short_arn;
 use skewguard_world::engine::{Intervention, Outcome, ScaleDownAt, Strategy, SupersedeWhen};
 use skewguard_world::lambda::{LocalFunction, check_request_ids, workspace_binary};
 use skewguard_world::live::{LiveWorld, TabCounters, schema_env};
+use skewguard_world::sweep::{SweepQueue, failed_ids, scheduled_event};
 
 const A: &str = "a1b2c3d";
 const B: &str = "b2c3d4e";
@@ -348,7 +349,8 @@ async fn a_broken_hook_is_caught_by_the_live_checks() {
 
 /// Every line a function logs during an invocation can be found by that invocation's request
 /// ID: the three hooks through a whole deployment (the post-shift hook holding, then retiring)
-/// and a rejected event each, the reconciler on a scheduled run and a rejected event.
+/// and a rejected event each, the reconciler on a scheduled run, a batch of the sweep queue and
+/// a rejected event.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_log_line_of_an_invocation_carries_its_request_id() {
     let live = live().await;
@@ -382,11 +384,15 @@ async fn every_log_line_of_an_invocation_carries_its_request_id() {
         assert_eq!(answer["hookStatus"], "FAILED", "{answer}");
     }
 
+    let queue = SweepQueue::create(&live.world.clients.sqs, 3)
+        .await
+        .unwrap();
     let mut env = skewguard_world::aws::function_env(&live.world.endpoints);
     env.push((
         "SKEWGUARD_TABLE".into(),
         skewguard_world::world::TABLE.into(),
     ));
+    env.push(queue.env());
     let reconciler = LocalFunction::start(
         "reconciler",
         workspace_binary("reconciler", "reconciler").expect("the reconciler is built"),
@@ -394,9 +400,11 @@ async fn every_log_line_of_an_invocation_carries_its_request_id() {
     )
     .await
     .unwrap();
-    let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "resources": [], "detail": {}});
-    let answer = reconciler.invoke(scheduled, timeout).await.unwrap();
-    assert_eq!(answer["errors"], json!([]), "{answer}");
+    let answer = reconciler.invoke(scheduled_event(), timeout).await.unwrap();
+    assert_eq!(answer["notEnqueued"], json!([]), "{answer}");
+    let deliveries = queue.drain(&reconciler, 10, timeout).await.unwrap();
+    assert!(!deliveries.is_empty());
+    assert_eq!(failed_ids(&deliveries), Vec::<String>::new());
     let rejected = reconciler
         .invoke(json!({"source": "nowhere"}), timeout)
         .await;

@@ -233,6 +233,10 @@ async fn a_function_logging_only_warnings_still_tags_them_with_the_request_id() 
             binary,
             vec![
                 ("SKEWGUARD_TABLE".into(), "skewguard".into()),
+                (
+                    skewguard_world::sweep::QUEUE_URL_ENV.into(),
+                    "http://127.0.0.1:9/123456789012/skewguard-sweep".into(),
+                ),
                 ("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into()),
                 ("AWS_LAMBDA_LOG_LEVEL".into(), "WARN".into()),
             ],

@@ -12,6 +12,7 @@ use skewguard_core::metrics::{self, Counts, HookOutcome, Invocation};
 use skewguard_world::engine::{Intervention, Outcome};
 use skewguard_world::lambda::{LocalFunction, workspace_binary};
 use skewguard_world::live::LiveWorld;
+use skewguard_world::sweep::{SweepQueue, failed_ids, scheduled_event};
 
 const A: &str = "a1b2c3d";
 const B: &str = "b2c3d4e";
@@ -123,11 +124,15 @@ async fn every_invocation_writes_valid_metrics_that_say_what_it_did() {
         .delete_rule(&v2.rule_arns[0])
         .await
         .unwrap();
+    let queue = SweepQueue::create(&live.world.clients.sqs, 3)
+        .await
+        .unwrap();
     let mut env = skewguard_world::aws::function_env(&live.world.endpoints);
     env.push((
         "SKEWGUARD_TABLE".into(),
         skewguard_world::world::TABLE.into(),
     ));
+    env.push(queue.env());
     let reconciler = LocalFunction::start(
         "reconciler",
         workspace_binary("reconciler", "reconciler").expect("the reconciler is built"),
@@ -135,9 +140,11 @@ async fn every_invocation_writes_valid_metrics_that_say_what_it_did() {
     )
     .await
     .unwrap();
-    let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "resources": [], "detail": {}});
-    let answer = reconciler.invoke(scheduled, timeout).await.unwrap();
-    assert_eq!(answer["errors"], json!([]), "{answer}");
+    let answer = reconciler.invoke(scheduled_event(), timeout).await.unwrap();
+    assert_eq!(answer, json!({"enqueued": 1, "notEnqueued": []}));
+    let deliveries = queue.drain(&reconciler, 10, timeout).await.unwrap();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(failed_ids(&deliveries), Vec::<String>::new());
 
     let validator = validator();
     let service_name = service.split_once(":service/").unwrap().1;
@@ -164,7 +171,7 @@ async fn every_invocation_writes_valid_metrics_that_say_what_it_did() {
         );
         all.push(lines);
     }
-    let reconciler_lines = emf_lines(&reconciler, 1).await;
+    let reconciler_lines = emf_lines(&reconciler, 2).await;
     for line in all.iter().flatten().chain(&reconciler_lines) {
         let problems = emf_problems(&validator, line);
         assert!(problems.is_empty(), "{problems:?} in {line}");
@@ -253,11 +260,20 @@ async fn every_invocation_writes_valid_metrics_that_say_what_it_did() {
     assert!(holds.is_sorted(), "{holds:?}");
     assert!(*holds.last().unwrap() >= 2.0, "the 2 s window: {holds:?}");
 
-    // The reconciler: the pin it restored, by kind and by service.
-    let run = reconciler_lines
+    // The reconciler: the scheduled run enqueued the one service; the queue's batch restored
+    // its pin, by kind and by service.
+    let enqueue = reconciler_lines
         .iter()
         .find(|l| l["Stage"] == "schedule")
         .unwrap_or_else(|| panic!("{reconciler_lines:?}"));
+    assert_eq!(enqueue["ServicesEnqueued"], 1.0, "{enqueue}");
+    assert_eq!(enqueue["EnqueueFailures"], 0.0, "{enqueue}");
+    assert_eq!(enqueue["PinsCreated"], 0.0, "{enqueue}");
+    let run = reconciler_lines
+        .iter()
+        .find(|l| l["Stage"] == "sweep-queue")
+        .unwrap_or_else(|| panic!("{reconciler_lines:?}"));
+    assert_eq!(run["ServicesReconciled"], 1.0, "{run}");
     assert_eq!(run["PinsCreated"], 1.0, "{run}");
     assert_eq!(run["Errors"], 0.0, "{run}");
     assert!(

@@ -15,7 +15,7 @@ use skewguard_core::ledger::{LedgerEntry, Status};
 use skewguard_core::listener::{Condition, RuleAction, WeightedTarget};
 use skewguard_core::pins::PinTags;
 use skewguard_core::reconcile::RepairKind;
-use skewguard_core::reconciler::{self, ReconcileOptions, ServiceReport};
+use skewguard_core::reconciler::{self, ReconcileOptions, ReconcilerConfig, ServiceReport};
 use skewguard_core::settings::EnvDefaults;
 use skewguard_core::stages::{Actor, Draft};
 use skewguard_world::engine::{
@@ -25,6 +25,7 @@ use skewguard_world::fixtures::weighted_forward;
 use skewguard_world::iam::AuthorisingProxy;
 use skewguard_world::invariants::Observation;
 use skewguard_world::lambda::{LocalFunction, workspace_binary};
+use skewguard_world::sweep::{SweepQueue, scheduled_event};
 use skewguard_world::world::World;
 
 fn quick() -> Value {
@@ -321,11 +322,13 @@ async fn an_entry_stuck_in_testing_after_a_failed_deployment_is_rolled_back() {
     let role = AuthorisingProxy::world("reconciler", &world.endpoints, &world.endpoints)
         .await
         .unwrap();
+    let queue = SweepQueue::create(&world.clients.sqs, 3).await.unwrap();
     let mut env = skewguard_world::aws::function_env(&role.endpoints());
     env.push((
         "SKEWGUARD_TABLE".into(),
         skewguard_world::world::TABLE.into(),
     ));
+    env.push(queue.env());
     let function = LocalFunction::start(
         "reconciler",
         workspace_binary("reconciler", "reconciler").expect("the reconciler is built"),
@@ -379,21 +382,46 @@ async fn an_entry_stuck_in_testing_after_a_failed_deployment_is_rolled_back() {
         .check("stuck in testing: after the reconciler function")
         .await;
     world.assert_no_violations();
-    // The next scheduled run finds nothing left to do.
+    // The next scheduled sweep finds nothing left to do: the scheduled run enqueues the
+    // service, and its message's batch reconciles it with no repair and no failure.
+    let config = ReconcilerConfig {
+        defaults: EnvDefaults::default(),
+        sweep_queue: skewguard_core::aws::sweep_queue::SweepQueue::new(
+            world.clients.sqs.clone(),
+            &queue.url,
+        ),
+        deadline: None,
+    };
     let scheduled = reconciler::handle(
         &world.hook_clients,
-        &EnvDefaults::default(),
-        json!({"source": "aws.events", "detail-type": "Scheduled Event", "resources": [], "detail": {}}),
+        &config,
+        scheduled_event(),
         "scheduled-1",
     )
     .await
     .unwrap();
     assert_eq!(
-        scheduled["services"][0]["repairs"],
-        json!([]),
-        "{scheduled}"
+        scheduled.answer,
+        json!({"enqueued": 1, "notEnqueued": []}),
+        "{scheduled:?}"
     );
-    assert_eq!(scheduled["errors"], json!([]), "{scheduled}");
+    let messages = queue.receive(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let batch = reconciler::handle(
+        &world.hook_clients,
+        &config,
+        SweepQueue::event(&messages),
+        "sweep-1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(batch.answer, json!({"batchItemFailures": []}), "{batch:?}");
+    assert_eq!(batch.summary["services"][0]["serviceArn"], json!(service));
+    assert_eq!(
+        batch.summary["services"][0]["repairs"],
+        json!([]),
+        "{batch:?}"
+    );
     let after = entries(&world, &service).await;
     assert_eq!(entry(&after, "v3").status, Status::RolledBack);
     assert!(entry(&after, "v3").rule_arns.is_empty());

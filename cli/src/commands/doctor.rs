@@ -879,10 +879,38 @@ pub struct Operations {
 
 #[derive(Debug, Deserialize)]
 pub struct ActionSpec {
+    /// Resource type → the ARN (or ARNs) the action is made on.
     #[serde(default)]
-    pub resources: BTreeMap<String, String>,
+    pub resources: BTreeMap<String, Arns>,
     #[serde(default)]
     pub context: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+/// One ARN, or several when one action is made on several resources of a type.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Arns {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Arns {
+    pub fn all(&self) -> &[String] {
+        match self {
+            Arns::One(arn) => std::slice::from_ref(arn),
+            Arns::Many(arns) => arns,
+        }
+    }
+}
+
+/// `arn:PARTITION:sqs:REGION:ACCOUNT:NAME` of a queue URL `https://HOST/ACCOUNT/NAME`.
+fn queue_arn(url: &str, partition: &str, region: &str) -> Option<String> {
+    let mut parts = url.trim_end_matches('/').rsplit('/');
+    let name = parts.next().filter(|n| !n.is_empty())?;
+    let account = parts
+        .next()
+        .filter(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_digit()))?;
+    Some(format!("arn:{partition}:sqs:{region}:{account}:{name}"))
 }
 
 /// `infra/aws-operations.yaml`, as built in.
@@ -1009,6 +1037,21 @@ pub async fn simulate_function(
     {
         variables.values.insert("DeadLetterQueue", queue.to_owned());
     }
+    if let Some(queue) = configuration
+        .as_ref()
+        .and_then(|c| c.environment())
+        .and_then(|e| e.variables())
+        .and_then(|v| v.get(skewguard_core::cold_start::SWEEP_QUEUE_ENV))
+        .and_then(|url| {
+            queue_arn(
+                url,
+                &variables.values["Partition"],
+                &variables.values["Region"],
+            )
+        })
+    {
+        variables.values.insert("SweepQueue", queue);
+    }
     let Some(actions) = operations.functions.get(function) else {
         return Finding::error(
             CHECK,
@@ -1023,8 +1066,12 @@ pub async fn simulate_function(
             unchecked.push(format!("{action} (not described)"));
             continue;
         };
-        let resources: Option<Vec<String>> =
-            spec.resources.values().map(|r| variables.fill(r)).collect();
+        let resources: Option<Vec<String>> = spec
+            .resources
+            .values()
+            .flat_map(Arns::all)
+            .map(|r| variables.fill(r))
+            .collect();
         let Some(resources) = resources else {
             unchecked.push(format!("{action} (the function has no resource for it)"));
             continue;

@@ -31,7 +31,8 @@ const FUNCTIONS: Record<FunctionCrate, { timeout: number; description: string }>
   'post-test-traffic': { timeout: 120, description: 'skewguard hook at RECONCILE_SERVICE, PRE_SCALE_UP and POST_TEST_TRAFFIC_SHIFT - unpins what a new green replaces, records green, pins the production version' },
   'production-shift': { timeout: 120, description: 'skewguard hook at TEST_TRAFFIC_SHIFT and PRODUCTION_TRAFFIC_SHIFT - pins green, unpins it on rollback' },
   'post-shift': { timeout: 120, description: 'skewguard hook at POST_PRODUCTION_TRAFFIC_SHIFT - holds the previous version pinned for the skew window' },
-  reconciler: { timeout: 300, description: 'skewguard reconciler - repairs pins and the ledger after deployments end, and periodically' },
+  // The sweep queue's visibility timeout is six times this timeout.
+  reconciler: { timeout: 300, description: 'skewguard reconciler - repairs pins and the ledger after deployments end, and periodically through the sweep queue' },
 };
 
 export interface SkewguardProps {
@@ -63,8 +64,17 @@ export interface SkewguardProps {
   readonly logLevel?: lambda.ApplicationLogLevel;
   /** @default ONE_MONTH */
   readonly logRetention?: logs.RetentionDays;
-  /** How often the reconciler runs besides on deployment state changes. @default rate(5 minutes) */
+  /**
+   * How often the reconciler sweeps every service in the ledger (besides reconciling a service on
+   * its deployment state changes): each sweep puts one message per service on the sweep queue.
+   * @default rate(5 minutes)
+   */
   readonly reconcileSchedule?: events.Schedule;
+  /**
+   * At most this many reconciler invocations work the sweep queue at once, 10 services each (the
+   * event source mapping's maximum concurrency, 2 to 1000). See docs/benchmarks.md. @default 5
+   */
+  readonly sweepConcurrency?: number;
   /** Prefix of the function names and log groups. @default the stack name */
   readonly name?: string;
   /** The alarms on skewguard's metrics (README "Metrics, dashboard and alarms"). @default all three, no topic */
@@ -135,6 +145,10 @@ export class Skewguard extends Construct {
   /** The role ECS assumes to invoke the hooks. */
   readonly hookInvokeRole: iam.Role;
   readonly deadLetterQueue: sqs.Queue;
+  /** One message per service and scheduled sweep, worked through by the reconciler. */
+  readonly sweepQueue: sqs.Queue;
+  /** Sweep messages whose service failed every receive. */
+  readonly sweepDeadLetterQueue: sqs.Queue;
   readonly skewWindow: SkewWindow;
 
   constructor(scope: Construct, id: string, props: SkewguardProps) {
@@ -272,6 +286,36 @@ export class Skewguard extends Construct {
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
 
+    // One message per service and sweep ({"serviceArn": ...}). A message whose service failed
+    // three receives in a row moves to the sweep's dead-letter queue; later sweeps enqueue the
+    // service again meanwhile.
+    this.sweepDeadLetterQueue = new sqs.Queue(this, 'SweepDeadLetters', {
+      queueName: `${name}-sweep-dead-letters`,
+      retentionPeriod: Duration.days(14),
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+    });
+    skip(this.sweepDeadLetterQueue, { CKV_AWS_27: 'Encrypted with SQS-managed keys (SqsManagedSseEnabled), which this check does not recognise' });
+    this.sweepQueue = new sqs.Queue(this, 'SweepQueue', {
+      queueName: `${name}-sweep`,
+      // Six times the reconciler's timeout, as AWS recommends for a function's queue.
+      visibilityTimeout: Duration.seconds(FUNCTIONS.reconciler.timeout * 6),
+      // Longer than three receives, so a failing message reaches the dead-letter queue.
+      retentionPeriod: Duration.days(1),
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      deadLetterQueue: { queue: this.sweepDeadLetterQueue, maxReceiveCount: 3 },
+    });
+    skip(this.sweepQueue, { CKV_AWS_27: 'Encrypted with SQS-managed keys (SqsManagedSseEnabled), which this check does not recognise' });
+    new cloudwatch.Alarm(this, 'SweepDeadLettersAlarm', {
+      alarmDescription: 'A service failed to reconcile three sweeps\' receives in a row: its message is in the sweep\'s dead-letter queue. The reconciler\'s "reconciling failed" log lines name the service and the error_kind; redrive the messages to the sweep queue once fixed.',
+      metric: this.sweepDeadLetterQueue.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }),
+      threshold: 0,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+      evaluationPeriods: 1,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+
     // -------------------------------------------------------------------------- dashboard, alarms
     // The functions write their metrics as CloudWatch embedded metric format lines in their logs
     // (namespace skewguard): nothing to create for the metrics themselves. The request rates come
@@ -371,6 +415,14 @@ export class Skewguard extends Construct {
             actions: ['sqs:SendMessage'],
             resources: [this.deadLetterQueue.queueArn],
           }),
+          // A scheduled run puts one message per service on the sweep queue.
+          new iam.PolicyStatement({ sid: 'EnqueueTheSweep', actions: ['sqs:SendMessage'], resources: [this.sweepQueue.queueArn] }),
+          // The event source mapping reads and deletes the sweep queue's messages with this role.
+          new iam.PolicyStatement({
+            sid: 'WorkTheSweepQueue',
+            actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'],
+            resources: [this.sweepQueue.queueArn],
+          }),
         );
       }
       const role = new iam.Role(scope, 'Role', {
@@ -398,7 +450,11 @@ export class Skewguard extends Construct {
         logGroup,
         loggingFormat: lambda.LoggingFormat.JSON,
         applicationLogLevelV2: props.logLevel ?? lambda.ApplicationLogLevel.INFO,
-        environment: { SKEWGUARD_TABLE: this.table.tableName, SKEWGUARD_SKEW_WINDOW: this.skewWindow },
+        environment: {
+          SKEWGUARD_TABLE: this.table.tableName,
+          SKEWGUARD_SKEW_WINDOW: this.skewWindow,
+          ...(crate === 'reconciler' ? { SKEWGUARD_SWEEP_QUEUE_URL: this.sweepQueue.queueUrl } : {}),
+        },
       });
       skip(fn, {
         CKV_AWS_117: 'Calls only AWS APIs, no VPC resources: a VPC would add NAT or endpoints and nothing else',
@@ -431,9 +487,22 @@ export class Skewguard extends Construct {
       targets: [new targets.LambdaFunction(reconciler, { retryAttempts: 4, maxEventAge: Duration.hours(1) })],
     });
     new events.Rule(this, 'Periodic', {
-      description: 'skewguard periodic reconciliation',
+      description: 'skewguard periodic reconciliation (enqueues one message per service)',
       schedule: props.reconcileSchedule ?? events.Schedule.rate(Duration.minutes(5)),
       targets: [new targets.LambdaFunction(reconciler)],
+    });
+    // Each invocation reconciles up to 10 services and answers the ones that failed
+    // (batchItemFailures), so only those are retried. Not `SqsEventSource`, which would add its
+    // own grant: the role's statements stay exactly the template's.
+    const sweepConcurrency = props.sweepConcurrency ?? 5;
+    if (!Token.isUnresolved(sweepConcurrency) && (sweepConcurrency < 2 || sweepConcurrency > 1000)) {
+      throw new Error('Skewguard: sweepConcurrency must be between 2 and 1000');
+    }
+    reconciler.addEventSourceMapping('SweepQueue', {
+      eventSourceArn: this.sweepQueue.queueArn,
+      batchSize: 10,
+      reportBatchItemFailures: true,
+      maxConcurrency: sweepConcurrency,
     });
 
     // -------------------------------------------------------------------------- the role ECS assumes

@@ -136,6 +136,34 @@ test('the reconciler: both EventBridge rules, bounded retries, a dead-letter que
   });
 });
 
+test('the sweep: a queue the reconciler fills and works through, bounded, with partial batch failures and a dead-letter queue', () => {
+  const t = example();
+  const reconciler = logicalIdOf(t, 'AWS::Lambda::Function', 'Skewguard/reconciler/Function');
+  const queue = logicalIdOf(t, 'AWS::SQS::Queue', 'Skewguard/SweepQueue');
+  const deadLetters = logicalIdOf(t, 'AWS::SQS::Queue', 'Skewguard/SweepDeadLetters');
+  t.hasResourceProperties('AWS::SQS::Queue', {
+    VisibilityTimeout: 6 * 300,
+    SqsManagedSseEnabled: true,
+    RedrivePolicy: { deadLetterTargetArn: { 'Fn::GetAtt': [deadLetters, 'Arn'] }, maxReceiveCount: 3 },
+  });
+  t.hasResourceProperties('AWS::Lambda::EventSourceMapping', {
+    FunctionName: { Ref: reconciler },
+    EventSourceArn: { 'Fn::GetAtt': [queue, 'Arn'] },
+    BatchSize: 10,
+    FunctionResponseTypes: ['ReportBatchItemFailures'],
+    ScalingConfig: { MaximumConcurrency: 5 },
+  });
+  t.hasResourceProperties('AWS::Lambda::Function', {
+    FunctionName: Match.stringLikeRegexp('-reconciler$'),
+    Environment: { Variables: Match.objectLike({ SKEWGUARD_SWEEP_QUEUE_URL: { Ref: queue } }) },
+  });
+  t.hasResourceProperties('AWS::CloudWatch::Alarm', {
+    MetricName: 'ApproximateNumberOfMessagesVisible',
+    Dimensions: [{ Name: 'QueueName', Value: { 'Fn::GetAtt': [deadLetters, 'QueueName'] } }],
+    Threshold: 0,
+  });
+});
+
 test('the functions: provided.al2023, arm64, the ledger table and the skew window in their environment', () => {
   const t = example();
   const table = logicalIdOf(t, 'AWS::DynamoDB::Table', 'Skewguard/Ledger');

@@ -470,3 +470,166 @@ async fn only_an_active_service_and_only_healthy_targets_count() {
     );
     assert_eq!(Elb::new(client).healthy_targets("tg-ret").await.unwrap(), 1);
 }
+
+mod sweep_queue {
+    use aws_sdk_sqs::operation::send_message_batch::{
+        SendMessageBatchError, SendMessageBatchOutput,
+    };
+    use aws_sdk_sqs::types::{BatchResultErrorEntry, SendMessageBatchResultEntry};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_types::error::ErrorMetadata;
+
+    use crate::aws::AwsErrorKind;
+    use crate::aws::sweep_queue::{BATCH, SweepQueue, message_body};
+
+    const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/1/skewguard-sweep";
+
+    fn services(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("arn:aws:ecs:us-east-1:1:service/shop/s{i:02}"))
+            .collect()
+    }
+
+    fn ok(id: &str) -> SendMessageBatchResultEntry {
+        SendMessageBatchResultEntry::builder()
+            .id(id)
+            .message_id(format!("m-{id}"))
+            .md5_of_message_body("x")
+            .build()
+            .unwrap()
+    }
+
+    fn failed(id: &str, code: &str, sender_fault: bool) -> BatchResultErrorEntry {
+        BatchResultErrorEntry::builder()
+            .id(id)
+            .code(code)
+            .sender_fault(sender_fault)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_service_is_sent_ten_per_call_with_its_arn_as_the_only_content() {
+        let all = services(23);
+        let expected = all.clone();
+        let send = mock!(aws_sdk_sqs::Client::send_message_batch)
+            .match_requests(move |r| {
+                r.queue_url() == Some(QUEUE)
+                    && r.entries().len() <= BATCH
+                    && r.entries().iter().all(|e| {
+                        expected.iter().any(|s| e.message_body() == message_body(s))
+                            && e.message_attributes().is_none()
+                    })
+            })
+            .then_output(|| {
+                // Answers for the largest batch; entries absent from a request are ignored.
+                let mut out = SendMessageBatchOutput::builder();
+                for id in 0..BATCH {
+                    out = out.successful(ok(&id.to_string()));
+                }
+                out.set_failed(Some(Vec::new())).build().unwrap()
+            });
+        let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&send]);
+        let run = SweepQueue::new(client, QUEUE).enqueue(&all).await.unwrap();
+        assert_eq!(send.num_calls(), 3, "10 + 10 + 3");
+        assert_eq!(run.enqueued, 23);
+        assert_eq!(run.failed, []);
+        assert_eq!(
+            message_body(&all[0]),
+            r#"{"serviceArn":"arn:aws:ecs:us-east-1:1:service/shop/s00"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_entries_are_sent_again_alone_and_a_sender_fault_is_not() {
+        let all = services(3);
+        // First call: 0 succeeds, 1 fails for SQS's own reason, 2 is the sender's fault.
+        let first = mock!(aws_sdk_sqs::Client::send_message_batch)
+            .match_requests(|r| r.entries().len() == 3)
+            .then_output(|| {
+                SendMessageBatchOutput::builder()
+                    .successful(ok("0"))
+                    .failed(failed("1", "InternalError", false))
+                    .failed(failed("2", "InvalidParameterValue", true))
+                    .build()
+                    .unwrap()
+            });
+        // Then only entry 1, which fails once more and then succeeds.
+        let retried = mock!(aws_sdk_sqs::Client::send_message_batch)
+            .match_requests(|r| r.entries().len() == 1 && r.entries()[0].id() == "1")
+            .sequence()
+            .output(|| {
+                SendMessageBatchOutput::builder()
+                    .set_successful(Some(Vec::new()))
+                    .failed(failed("1", "RequestThrottled", false))
+                    .build()
+                    .unwrap()
+            })
+            .output(|| {
+                SendMessageBatchOutput::builder()
+                    .successful(ok("1"))
+                    .set_failed(Some(Vec::new()))
+                    .build()
+                    .unwrap()
+            })
+            .build();
+        let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&first, &retried]);
+        let run = SweepQueue::new(client, QUEUE).enqueue(&all).await.unwrap();
+        assert_eq!((first.num_calls(), retried.num_calls()), (1, 2));
+        assert_eq!(run.enqueued, 2);
+        assert_eq!(run.calls, 3);
+        assert_eq!(run.failed.len(), 1, "{run:?}");
+        assert_eq!(run.failed[0].service_arn, all[2]);
+        assert_eq!(run.failed[0].code, "InvalidParameterValue");
+    }
+
+    #[tokio::test]
+    async fn an_entry_failing_every_attempt_is_reported_and_the_next_batch_still_goes() {
+        let all = services(11);
+        let stuck = mock!(aws_sdk_sqs::Client::send_message_batch)
+            .match_requests(|r| r.entries().iter().any(|e| e.message_body().contains("s00")))
+            .then_output(|| {
+                let mut out = SendMessageBatchOutput::builder();
+                for id in 1..BATCH {
+                    out = out.successful(ok(&id.to_string()));
+                }
+                out.failed(failed("0", "RequestThrottled", false))
+                    .build()
+                    .unwrap()
+            });
+        let rest = mock!(aws_sdk_sqs::Client::send_message_batch).then_output(|| {
+            SendMessageBatchOutput::builder()
+                .successful(ok("0"))
+                .set_failed(Some(Vec::new()))
+                .build()
+                .unwrap()
+        });
+        let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&stuck, &rest]);
+        let run = SweepQueue::new(client, QUEUE).enqueue(&all).await.unwrap();
+        assert_eq!(stuck.num_calls(), 3, "ENTRY_ATTEMPTS");
+        assert_eq!(rest.num_calls(), 1);
+        assert_eq!(run.enqueued, 10);
+        assert_eq!(run.failed.len(), 1);
+        assert_eq!(run.failed[0].service_arn, all[0]);
+        assert_eq!(run.failed[0].error_kind, "AwsThrottling");
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_ends_the_run_with_its_error() {
+        let send = mock!(aws_sdk_sqs::Client::send_message_batch).then_error(|| {
+            SendMessageBatchError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("not authorized to perform sqs:SendMessage")
+                    .build(),
+            )
+        });
+        let client = mock_client!(aws_sdk_sqs, RuleMode::MatchAny, [&send]);
+        let e = SweepQueue::new(client, QUEUE)
+            .enqueue(&services(25))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, AwsErrorKind::AccessDenied);
+        assert_eq!(send.num_calls(), 1, "no further batch once SQS refuses");
+    }
+}

@@ -9,6 +9,7 @@ pub mod ledger_store;
 mod mock_tests;
 #[cfg(test)]
 mod retirement_mock_tests;
+pub mod sweep_queue;
 
 use std::error::Error;
 use std::sync::Arc;
@@ -135,7 +136,9 @@ pub(crate) fn kind_of_code(code: &str) -> AwsErrorKind {
         | "TargetGroupNotFound"
         | "ResourceNotFoundException"
         | "ServiceNotFoundException"
-        | "ClusterNotFoundException" => AwsErrorKind::NotFound,
+        | "ClusterNotFoundException"
+        | "QueueDoesNotExist"
+        | "AWS.SimpleQueueService.NonExistentQueue" => AwsErrorKind::NotFound,
         "PriorityInUse"
         | "ConditionalCheckFailedException"
         | "TransactionCanceledException"

@@ -61,7 +61,7 @@ fn the_built_in_operations_describe_every_action_of_every_function() {
     let mut vars = variables();
     vars.values.insert("LogGroup", "log-group".to_owned());
     for action in &ops.functions["post-shift"] {
-        for resource in ops.actions[action].resources.values() {
+        for resource in ops.actions[action].resources.values().flat_map(Arns::all) {
             let filled = vars.fill(resource).unwrap_or_else(|| panic!("{resource}"));
             assert!(!filled.contains("${"), "{filled}");
         }
@@ -114,6 +114,67 @@ async fn a_role_allowed_everything_passes_and_each_action_is_asked_with_its_reso
     );
     assert_eq!(create.num_calls(), 1);
     assert_eq!(simulate.num_calls() + create.num_calls(), 13);
+}
+
+/// The reconciler sends to two queues: both are asked, the sweep queue's ARN read from the
+/// function's `SKEWGUARD_SWEEP_QUEUE_URL` and the dead-letter queue's from its configuration.
+#[tokio::test]
+async fn the_reconciler_is_asked_about_its_sweep_queue_and_its_dead_letter_queue() {
+    const SWEEP: &str = "arn:aws:sqs:us-east-1:123456789012:skewguard-sweep";
+    const DLQ: &str = "arn:aws:sqs:us-east-1:123456789012:skewguard-ReconcilerDeadLetterQueue-X";
+    let ops = operations().unwrap();
+    let get = mock!(aws_sdk_lambda::Client::get_function).then_output(|| {
+        GetFunctionOutput::builder()
+            .configuration(
+                FunctionConfiguration::builder()
+                    .role(ROLE)
+                    .dead_letter_config(
+                        aws_sdk_lambda::types::DeadLetterConfig::builder()
+                            .target_arn(DLQ)
+                            .build(),
+                    )
+                    .environment(
+                        aws_sdk_lambda::types::EnvironmentResponse::builder()
+                            .variables(
+                                skewguard_core::cold_start::SWEEP_QUEUE_ENV,
+                                "https://sqs.us-east-1.amazonaws.com/123456789012/skewguard-sweep",
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    });
+    let lambda = mock_client!(aws_sdk_lambda, RuleMode::MatchAny, [&get]);
+    let send = mock!(aws_sdk_iam::Client::simulate_principal_policy)
+        .match_requests(|r| {
+            r.action_names() == ["sqs:SendMessage"] && r.resource_arns() == [SWEEP, DLQ]
+        })
+        .then_output(|| decision("sqs:SendMessage", PolicyEvaluationDecisionType::Allowed));
+    let receive = mock!(aws_sdk_iam::Client::simulate_principal_policy)
+        .match_requests(|r| {
+            r.action_names() == ["sqs:ReceiveMessage"] && r.resource_arns() == [SWEEP]
+        })
+        .then_output(|| decision("sqs:ReceiveMessage", PolicyEvaluationDecisionType::Allowed));
+    let other = mock!(aws_sdk_iam::Client::simulate_principal_policy)
+        .match_requests(|r| {
+            !r.action_names()
+                .iter()
+                .any(|a| a == "sqs:SendMessage" || a == "sqs:ReceiveMessage")
+        })
+        .then_output(|| decision("any", PolicyEvaluationDecisionType::Allowed));
+    let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&send, &receive, &other]);
+    let found = simulate_function(
+        &iam,
+        &lambda,
+        &ops,
+        "reconciler",
+        "skewguard-reconciler",
+        &variables(),
+    )
+    .await;
+    assert_eq!(found.result, Verdict::Ok, "{found:?}");
+    assert_eq!((send.num_calls(), receive.num_calls()), (1, 1));
 }
 
 #[tokio::test]

@@ -452,6 +452,7 @@ async fn run(o: &Options) -> Result<String, String> {
         elbv2: proxy.endpoint(),
         dynamodb: proxy.endpoint(),
         cloudwatch: stand_ins.endpoints.cloudwatch.clone(),
+        sqs: proxy.endpoint(),
     };
     let mut env = function_env(&endpoints);
     env.push(("SKEWGUARD_TABLE".to_owned(), TABLE.to_owned()));

@@ -1,0 +1,274 @@
+//! The scheduled sweep fanned out over the sweep queue, with the real reconciler binary confined
+//! to its role of infra/template.yaml: a `Scheduled Event` puts one message per service in the
+//! ledger on the queue; the event source mapping (its local stand-in) delivers them in batches;
+//! every service is reconciled, and the one service that fails is the only batch item failure,
+//! left on the queue and retried alone. A duplicate message reconciles a service twice
+//! harmlessly.
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::{Value, json};
+use skewguard_core::aws::sweep_queue::message_body;
+use skewguard_core::ledger::LedgerEntry;
+use skewguard_core::listener::Request;
+use skewguard_world::engine::{HookRegistration, Intervention, Outcome, Strategy};
+use skewguard_world::fixtures::AlbFixture;
+use skewguard_world::iam::AuthorisingProxy;
+use skewguard_world::lambda::{LocalFunction, workspace_binary};
+use skewguard_world::sweep::{Delivery, SweepQueue, failed_ids, scheduled_event};
+use skewguard_world::world::{TABLE, World};
+
+/// The reconciler's timeout in infra/template.yaml (a batch starts a service after its first
+/// only with `SERVICE_BUDGET` left).
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn quick() -> Value {
+    json!({"skewWindow": "2s", "pollInterval": "1s"})
+}
+
+fn versions(entries: &[LedgerEntry]) -> Vec<(String, u64, Vec<String>)> {
+    entries
+        .iter()
+        .map(|e| {
+            (
+                e.deployment_id.as_str().to_owned(),
+                e.version,
+                e.rule_arns.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The services named by a delivery's messages.
+fn services_of(delivery: &Delivery) -> Vec<String> {
+    delivery
+        .messages
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_str::<Value>(body).unwrap()["serviceArn"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Copies a service's ledger items under another service ARN: a service the ledger knows and
+/// ECS does not (deleted meanwhile), whose reconciliation fails.
+async fn ledger_copy(world: &World, from: &str, to: &str) {
+    let items = world
+        .clients
+        .dynamodb
+        .query()
+        .table_name(TABLE)
+        .key_condition_expression("serviceArn = :s")
+        .expression_attribute_values(":s", AttributeValue::S(from.to_owned()))
+        .send()
+        .await
+        .unwrap();
+    assert!(!items.items().is_empty());
+    for item in items.items() {
+        let mut item = item.clone();
+        item.insert("serviceArn".into(), AttributeValue::S(to.to_owned()));
+        world
+            .clients
+            .dynamodb
+            .put_item()
+            .table_name(TABLE)
+            .set_item(Some(item))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_sweep_reconciles_every_service_through_the_queue_and_retries_only_the_failure()
+{
+    let world = World::start().await;
+    let (web, _) = world.service("web", "v1", quick()).await;
+    // A second service with its own production rule on the same listener.
+    let admin_alb = AlbFixture::with_path_rule_as_production(
+        &world.clients.elbv2,
+        &world.vpc,
+        "admin",
+        Some(&world.alb.listener_arn),
+        200,
+        "/admin/*",
+    )
+    .await
+    .unwrap();
+    let (admin, _) = world
+        .service_on(
+            "admin",
+            admin_alb,
+            Request::get("/admin/users"),
+            "v1",
+            HookRegistration::skewguard(quick()),
+            Strategy::BlueGreen,
+        )
+        .await;
+    let engine = &world.engine;
+    let (a, b) = tokio::join!(
+        engine.deploy(&web, "v2", &[], Intervention::None),
+        engine.deploy(&admin, "v2", &[], Intervention::None),
+    );
+    assert_eq!(a.unwrap(), Outcome::Succeeded);
+    assert_eq!(b.unwrap(), Outcome::Succeeded);
+    let services = vec![web.clone(), admin.clone()];
+    // Drift the sweep must repair: web's live pin deleted by hand.
+    let before = world.ledger().load(&web).await.unwrap();
+    let live = before
+        .iter()
+        .find(|e| e.deployment_id.as_str() == "v2")
+        .unwrap();
+    world.elb().delete_rule(&live.rule_arns[0]).await.unwrap();
+    // A service the ledger knows and ECS no longer does.
+    let gone = web.replace("/web", "/gone");
+    ledger_copy(&world, &web, &gone).await;
+
+    let queue = SweepQueue::create(&world.clients.sqs, 3).await.unwrap();
+    let role = AuthorisingProxy::world("reconciler", &world.endpoints, &world.endpoints)
+        .await
+        .unwrap();
+    let mut env = skewguard_world::aws::function_env(&role.endpoints());
+    env.push(("SKEWGUARD_TABLE".into(), TABLE.into()));
+    env.push(queue.env());
+    let function = LocalFunction::start(
+        "reconciler",
+        workspace_binary("reconciler", "reconciler").expect("the reconciler is built"),
+        env,
+    )
+    .await
+    .unwrap();
+
+    // The schedule: one message per service, nothing reconciled yet.
+    let answer = function.invoke(scheduled_event(), TIMEOUT).await.unwrap();
+    assert_eq!(answer, json!({"enqueued": 3, "notEnqueued": []}));
+    assert_eq!(queue.depth().await.unwrap(), (3, 0));
+    let still_drifted = world.ledger().load(&web).await.unwrap();
+    assert!(
+        world
+            .elb()
+            .describe_listener_rules(&world.alb.listener_arn)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| !still_drifted
+                .iter()
+                .any(|e| e.rule_arns.contains(&r.arn) && e.deployment_id.as_str() == "v2")),
+        "enqueueing repairs nothing by itself"
+    );
+
+    // The event source mapping: batches of two.
+    let deliveries = queue.drain(&function, 2, TIMEOUT).await.unwrap();
+    let sizes: Vec<usize> = deliveries.iter().map(|d| d.messages.len()).collect();
+    assert_eq!(sizes, [2, 1], "{deliveries:?}");
+    let mut delivered: Vec<String> = deliveries.iter().flat_map(services_of).collect();
+    delivered.sort();
+    let mut expected = services.clone();
+    expected.push(gone.clone());
+    expected.sort();
+    assert_eq!(delivered, expected, "every service's message, once");
+    for delivery in &deliveries {
+        assert!(delivery.answer.is_ok(), "{delivery:?}");
+    }
+    // Only the failing service's message is a batch item failure, and it stays queued.
+    let failed = failed_ids(&deliveries);
+    assert_eq!(failed.len(), 1, "{deliveries:?}");
+    let failed_batch = deliveries
+        .iter()
+        .find(|d| d.failed == failed)
+        .expect("the failed message's batch");
+    let gone_message = failed_batch
+        .messages
+        .iter()
+        .find(|(id, _)| *id == failed[0])
+        .unwrap();
+    assert_eq!(gone_message.1, message_body(&gone));
+    assert_eq!(
+        failed_batch.answer.as_ref().unwrap(),
+        &json!({"batchItemFailures": [{"itemIdentifier": failed[0]}]})
+    );
+    assert_eq!(
+        queue.depth().await.unwrap(),
+        (0, 1),
+        "in flight, not deleted"
+    );
+
+    // Every other service was reconciled: web's pin is back, and the world holds every
+    // invariant.
+    let after = world.ledger().load(&web).await.unwrap();
+    let restored = &after
+        .iter()
+        .find(|e| e.deployment_id.as_str() == "v2")
+        .unwrap()
+        .rule_arns;
+    assert_eq!(restored.len(), 1, "{after:?}");
+    let rules = world
+        .elb()
+        .describe_listener_rules(&world.alb.listener_arn)
+        .await
+        .unwrap();
+    assert!(rules.iter().any(|r| r.arn == restored[0]));
+    world.check("after the sweep").await;
+    world.assert_no_violations();
+    let logs = function.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("reconciling failed")
+            && l.contains("shop/gone")
+            && l.contains("AwsNotFound")),
+        "{}",
+        logs.join("\n")
+    );
+    assert_eq!(role.denials(), [], "the role allows all the sweep does");
+
+    // Retried alone once its visibility timeout runs out: a batch of that message only, failing
+    // again.
+    queue
+        .make_visible(&failed_batch.failed_receipts[0])
+        .await
+        .unwrap();
+    let retried = queue.drain(&function, 10, TIMEOUT).await.unwrap();
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(services_of(&retried[0]), std::slice::from_ref(&gone));
+    assert_eq!(retried[0].failed, failed);
+
+    // A duplicate message (the same service twice, in one batch): reconciled twice, harmlessly.
+    let web_before = versions(&world.ledger().load(&web).await.unwrap());
+    let rules_before: Vec<String> = rules.iter().map(|r| r.arn.clone()).collect();
+    for _ in 0..2 {
+        queue
+            .client
+            .send_message()
+            .queue_url(&queue.url)
+            .message_body(message_body(&web))
+            .send()
+            .await
+            .unwrap();
+    }
+    let duplicates = queue.drain(&function, 10, TIMEOUT).await.unwrap();
+    assert_eq!(duplicates.len(), 1);
+    assert_eq!(services_of(&duplicates[0]), [web.clone(), web.clone()]);
+    assert_eq!(
+        duplicates[0].answer.as_ref().unwrap(),
+        &json!({"batchItemFailures": []})
+    );
+    assert_eq!(
+        versions(&world.ledger().load(&web).await.unwrap()),
+        web_before,
+        "no ledger write"
+    );
+    let rules_after: Vec<String> = world
+        .elb()
+        .describe_listener_rules(&world.alb.listener_arn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.arn.clone())
+        .collect();
+    assert_eq!(rules_after, rules_before, "no listener change");
+    world.check("after the duplicates").await;
+    world.assert_no_violations();
+}
