@@ -172,7 +172,10 @@ test('the functions: provided.al2023, arm64, the ledger table and the skew windo
   for (const f of fns as any[]) {
     assert.equal(f.Properties.Runtime, 'provided.al2023');
     assert.deepEqual(f.Properties.Architectures, ['arm64']);
-    assert.deepEqual(f.Properties.Environment.Variables, { SKEWGUARD_TABLE: { Ref: table }, SKEWGUARD_SKEW_WINDOW: '1h' });
+    const { SKEWGUARD_SWEEP_QUEUE_URL: sweepQueue, ...common } = f.Properties.Environment.Variables;
+    assert.deepEqual(common, { SKEWGUARD_TABLE: { Ref: table }, SKEWGUARD_SKEW_WINDOW: '1h' });
+    // Only the reconciler fills the sweep queue.
+    assert.equal(sweepQueue !== undefined, JSON.stringify(f.Properties.FunctionName).includes('-reconciler'));
     assert.equal(f.Properties.LoggingConfig.LogFormat, 'JSON');
   }
   t.hasResource('AWS::DynamoDB::Table', {
