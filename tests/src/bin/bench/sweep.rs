@@ -27,6 +27,7 @@ use skewguard_world::ecs_emulator::{
 };
 use skewguard_world::fixtures::{AlbFixture, Vpc, create_ledger_table};
 use skewguard_world::lambda::LocalFunction;
+use skewguard_world::sweep::SweepQueue;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -567,9 +568,12 @@ pub struct Sweep {
     pub moto_by_op: BTreeMap<String, Duration>,
 }
 
-/// One scheduled sweep of `function` (already warm), metered.
+/// One scheduled sweep of `function` (already warm), metered: the `Scheduled Event` enqueues
+/// one message per service on `queue`, then every batch of 10 is delivered to the same process
+/// in turn (one consumer).
 pub async fn sweep(
     function: &LocalFunction,
+    queue: &SweepQueue,
     log: &CallLog,
     ecs: &EcsEmulator,
     fleet: &Fleet,
@@ -594,11 +598,19 @@ pub async fn sweep(
         "resources": [format!("arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/skewguard-reconcile")],
         "detail": {},
     });
+    let emf_before = sweep_lines(function).len();
     let started = Instant::now();
-    let answer = function
+    let enqueued = function
         .invoke(event, timeout)
         .await
         .map_err(|e| format!("reconciler sweep: {e}"))?;
+    if enqueued["notEnqueued"] != json!([]) {
+        return Err(format!("the sweep was not enqueued whole: {enqueued}"));
+    }
+    let deliveries = queue
+        .drain(function, 10, timeout)
+        .await
+        .map_err(|e| format!("sweep queue: {e}"))?;
     let logged = log.logged_since(mark);
     // The proxy's pricing reads are not the sweep's time.
     let wall = started.elapsed().saturating_sub(metering_of(&logged));
@@ -624,23 +636,25 @@ pub async fn sweep(
         total_calls += 1;
         moto_time += took;
     }
-    let reports = answer
-        .get("services")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let repairs = reports
-        .iter()
-        .map(|r| {
-            r.get("repairs")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len)
-        })
-        .sum();
-    let errors = answer
-        .get("errors")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
+    // What the batches did, from their metric lines (an SQS batch answers only its failures).
+    let mut lines = Vec::new();
+    for _ in 0..250 {
+        lines = sweep_lines(function);
+        if lines.len() >= emf_before + deliveries.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = &lines[emf_before.min(lines.len())..];
+    let sum = |name: &str| -> usize {
+        lines
+            .iter()
+            .map(|l| l[name].as_f64().unwrap_or(0.0) as usize)
+            .sum()
+    };
+    let errors: usize = deliveries.iter().map(|d| d.failed.len()).sum();
+    let reconciled = sum("ServicesReconciled").saturating_sub(errors);
+    let repairs = sum("Repairs");
     // What the sweep reads of each service: its entries in play (history and archive are never
     // read).
     let sizes: Vec<usize> = fleet
@@ -663,7 +677,7 @@ pub async fn sweep(
         cpu,
         calls,
         total_calls,
-        reconciled: reports.len(),
+        reconciled,
         repairs,
         errors,
         peak_rss: procfs::peak_rss(pid).unwrap_or(0),
@@ -673,4 +687,16 @@ pub async fn sweep(
         moto_time,
         moto_by_op,
     })
+}
+
+/// The reconciler's metric lines of sweep-queue batches among its output so far.
+fn sweep_lines(function: &LocalFunction) -> Vec<Value> {
+    function
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v.get("_aws").is_some() && v["Stage"] == "sweep-queue" && v.get("Invocations").is_some()
+        })
+        .collect()
 }
