@@ -575,7 +575,13 @@ async fn run(o: &Options) -> Result<String, String> {
         }
     }
     metered.set_phase(total + 1, false);
-    let reconciler = binaries.function("reconciler").await?;
+    // The reconciler refuses to start without its sweep queue, even when only ECS events reach it.
+    let sweep_queue = SweepQueue::create(&clients.sqs, 3)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reconciler = binaries
+        .function_with("reconciler", &[sweep_queue.env()])
+        .await?;
     let template = deployments::template(&workspace_root())?;
     let skew_window = skewguard_core::settings::Settings::resolve(
         settings.as_object().ok_or("settings")?,
