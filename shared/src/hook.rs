@@ -21,9 +21,10 @@ use crate::ledger::{HistoryRecord, LedgerEntry, RunningVersion, ServiceWiring, S
 use crate::pins::{self, PinError};
 use crate::retry::{self, Failure};
 use crate::settings::{
-    AfterWindow, EnvDefaults, OnError, ROLLBACK_RETRIES_KEY, Settings, SettingsError,
+    AfterWindow, EnvDefaults, OnError, ROLLBACK_RETRIES_KEY, Retention, Settings, SettingsError,
 };
 use crate::stages::{self, Actor, Draft, Hold};
+use crate::starter;
 
 /// The three lifecycle-hook functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,7 +193,12 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
             info!(function, stage = %event.stage, execution_id = %event.execution_id, service = %event.service_arn, hook_status = "SUCCEEDED", "stage done");
             HookAnswer::succeeded()
         }
-        Ok(Hold::For(delay)) => {
+        Ok(hold @ (Hold::For(_) | Hold::Next)) => {
+            // (`run` turns a step still to make into a short call-back.)
+            let delay = match hold {
+                Hold::For(delay) => delay,
+                _ => Duration::from_secs(1),
+            };
             info!(function, stage = %event.stage, execution_id = %event.execution_id, service = %event.service_arn, hook_status = "IN_PROGRESS", call_back_delay_s = delay.as_secs(), "holding the deployment");
             HookAnswer::in_progress(delay, event.hook_details.clone())
         }
@@ -255,6 +261,10 @@ pub async fn handle(config: &HookConfig, clients: &Clients, raw: Value) -> HookA
         }
     }
 }
+
+/// How many steps of a retention copy's start one post-shift call makes before it answers
+/// (recording, target group, pins at weight 0, service: a start takes four).
+pub const MAX_STEPS_PER_CALL: u32 = 8;
 
 /// How soon ECS calls a traffic-shift hook again when a rollback could not be finished (or
 /// `pollInterval`, when shorter).
@@ -472,21 +482,34 @@ pub async fn run(
     );
     let rolling_back =
         *direction == Some(Shift::Rollback) || (traffic_shift && event.green_weight() == Some(0.0));
-    let retries = if rolling_back {
-        retry::Retries::with_budget(retry::ROLLBACK_TRANSIENT_RETRY_BUDGET)
-    } else {
-        retry::Retries::new()
+    let retries = || {
+        if rolling_back {
+            retry::Retries::with_budget(retry::ROLLBACK_TRANSIENT_RETRY_BUDGET)
+        } else {
+            retry::Retries::new()
+        }
     };
-    let outcome = retry::from_fresh_observations(
-        retries,
-        || attempt_stage(event, settings, clients, &shift_seen),
-        HookError::failure,
-        |err, failure| {
-            warn!(stage = %event.stage, failure = ?failure, error = %DisplayErrorContext(err), "starting the stage over from a fresh read");
-        },
-        HookError::Contention,
-    )
-    .await;
+    let mut steps = 0;
+    let outcome = loop {
+        let outcome = retry::from_fresh_observations(
+            retries(),
+            || attempt_stage(event, settings, clients, &shift_seen),
+            HookError::failure,
+            |err, failure| {
+                warn!(stage = %event.stage, failure = ?failure, error = %DisplayErrorContext(err), "starting the stage over from a fresh read");
+            },
+            HookError::Contention,
+        )
+        .await;
+        // A retention copy's start moves one step per attempt (each one write of the ledger),
+        // so a crash between two leaves the ledger naming everything created.
+        steps += 1;
+        match outcome {
+            Ok(Hold::Next) if steps < MAX_STEPS_PER_CALL => {}
+            Ok(Hold::Next) => break Ok(Hold::For(Duration::from_secs(1))),
+            other => break other,
+        }
+    };
     *direction = *shift_seen
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -546,13 +569,21 @@ async fn attempt_stage(
         crate::metrics::record(|c| c.held = live_at.map(|at| (now - at).unsigned_abs()));
     }
 
-    // 3. Apply.
+    // 3. Apply: a retention copy's target group or service first (the pins lead to its
+    // target group once it exists), then the pins, then an abandoned copy's teardown (once no
+    // pin leads to it).
+    if let Some(action) = &decision.copy_action {
+        starter::create(&mut draft, action, clients).await?;
+    }
     let catch_all_moved =
         settings.after_window == AfterWindow::Retired && draft.production_changed();
     if let Some(wiring) = &decision.wiring
         && (draft.pins_need_attention() || catch_all_moved || decision.review_listener)
     {
         sync_pins(&mut draft, wiring, settings, &clients.elb).await?;
+    }
+    if let Some(action) = &decision.copy_action {
+        starter::tear_down(&mut draft, action, clients).await?;
     }
 
     // 4. Commit.
@@ -599,6 +630,8 @@ enum Seen {
     },
     PostShift {
         green: (RunningVersion, ServiceWiring),
+        /// `retention: service`: the previous version's retention copy.
+        copy: Option<starter::CopySeen>,
     },
 }
 
@@ -725,7 +758,12 @@ async fn observe(
             if let Some(ended) = ended_in_archive(event, draft, &green.0, clients).await? {
                 return Ok(Seen::Ended(Box::new(ended)));
             }
-            Seen::PostShift { green }
+            let copy = if settings.retention == Retention::Service {
+                starter::observe(draft, &green.0.deployment_id, clients).await?
+            } else {
+                None
+            };
+            Seen::PostShift { green, copy }
         }
         other => {
             return Err(HookError::Inconsistent(format!(
@@ -748,6 +786,8 @@ struct Decision {
     review_listener: bool,
     /// Green's deployment ID, where the stage knows it.
     green: Option<DeploymentId>,
+    /// `retention: service`: what the apply step does to the previous version's copy.
+    copy_action: Option<starter::CopyAction>,
 }
 
 /// The decide step: which stage function applies, on plain data ([`stages`]).
@@ -763,6 +803,7 @@ fn decide(
         wiring,
         review_listener,
         green,
+        copy_action: None,
     };
     match seen {
         Seen::Ended(ended) => {
@@ -825,8 +866,9 @@ fn decide(
         }
         Seen::PostShift {
             green: (green, wiring),
+            copy,
         } => {
-            let hold = stages::post_shift(
+            let mut hold = stages::post_shift(
                 draft,
                 &green,
                 &wiring,
@@ -834,12 +876,30 @@ fn decide(
                 settings.poll_interval,
                 now,
             );
-            decision(
+            let mut copy_action = None;
+            if let Some(seen) = copy {
+                let poll = settings.poll_interval.min(starter::START_POLL);
+                let step = starter::decide(draft, seen, settings, poll, now);
+                hold = if step.progressed {
+                    Hold::Next
+                } else {
+                    match (
+                        stages::hold_for_draining(draft, settings.poll_interval, now),
+                        step.wait,
+                    ) {
+                        (Hold::For(held), Some(wait)) => Hold::For(held.min(wait)),
+                        (other, _) => other,
+                    }
+                };
+                copy_action = step.action;
+            }
+            Decision {
                 hold,
-                Some(wiring),
-                hold == Hold::Done,
-                Some(green.deployment_id),
-            )
+                wiring: Some(wiring),
+                review_listener: hold == Hold::Done,
+                green: Some(green.deployment_id),
+                copy_action,
+            }
         }
     }
 }

@@ -253,7 +253,10 @@ impl LedgerEntry {
             weight,
         };
         let mut targets = vec![target(&self.target_group_arn, 1)];
+        // A `reason` on a draining entry says its copy was abandoned (it holds instead): the
+        // pins leave the copy first, then the copy is torn down.
         if self.status == Status::Draining
+            && self.reason.is_none()
             && let Some(copy) = self
                 .retention
                 .as_ref()
@@ -300,6 +303,25 @@ impl LedgerEntry {
             self.retired_at = Some(now);
         }
         self.expires_at = Some((now + RETENTION).unix_timestamp());
+    }
+
+    /// Ends a version that is no longer served: final `status` when nothing of skewguard's runs
+    /// for it, or, when it has a retention copy, `retained` with `reason` so that retirement
+    /// removes its pins, tears the copy down and only then makes the entry final (a final
+    /// entry leaves the entries in play, and a copy nobody reads about would run forever).
+    /// Returns whether the entry became final now.
+    pub fn end(&mut self, status: Status, reason: &str, now: OffsetDateTime) -> bool {
+        if self.retention.is_none() {
+            self.finish(status, now);
+            self.reason = Some(reason.to_owned());
+            return true;
+        }
+        self.status = Status::Retained;
+        self.shifted_at = None;
+        self.drain_until = None;
+        // A reason already recorded (an abandoned start) is the first cause; keep it.
+        self.reason.get_or_insert_with(|| reason.to_owned());
+        false
     }
 
     /// Starts the entry over as a version under test (deployed anew, or again after it ended).

@@ -21,7 +21,7 @@
 //! | `TEST_TRAFFIC_SHIFT` forward | nothing to do (answered from the event) |
 //! | `PRODUCTION_TRAFFIC_SHIFT` forward (each LINEAR/CANARY step) | [`stages::production_shift`] |
 //! | either traffic shift with green at weight 0 (a rollback) | [`stages::rollback`] |
-//! | `POST_PRODUCTION_TRAFFIC_SHIFT` | [`stages::post_shift`] |
+//! | `POST_PRODUCTION_TRAFFIC_SHIFT` | [`stages::post_shift`]; with `retention: service`, the previous version's copy: [`starter::decide`] over [`retention::next_step`] |
 //! | a forward call for a deployment that already ended | [`stages::ended_deployment`]: nothing |
 //! | reconciler (schedule, deployment events, `skewguard reconcile`) | [`reconcile::decide`], [`reconcile::review_pins`] |
 //! | retirement of retained versions (the reconciler, `skewguard revoke` / `cutoff`) | [`retirement::decide`], [`retirement::next_step`], run by [`retirer::retire_service`] |
@@ -49,6 +49,7 @@ pub mod retirer;
 pub mod retry;
 pub mod settings;
 pub mod stages;
+pub mod starter;
 pub mod telemetry;
 
 pub use deployment_id::DeploymentId;

@@ -614,7 +614,8 @@ impl Model {
                 self.promised = vec![blue, green];
             }
             Stage::PostShift => match hold {
-                Hold::For(_) => self.promised = vec![blue, green],
+                // (The property tests run hold mode: no retention copy makes a step.)
+                Hold::For(_) | Hold::Next => self.promised = vec![blue, green],
                 Hold::Done => {
                     // Bake time, then CLEAN_UP scales blue down.
                     self.promised = vec![green];

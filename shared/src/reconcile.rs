@@ -360,7 +360,12 @@ pub fn decide(draft: &mut Draft, view: &EcsView, now: OffsetDateTime) -> Vec<Rep
                 other => format!("{other}, but {why}"),
             };
             let from = entry.status;
-            entry.finish(to, now);
+            if entry.retention.is_some() {
+                // Its retention copy was starting: retirement tears it down, then ends it.
+                entry.end(to, crate::retirement::Reason::Superseded.as_str(), now);
+            } else {
+                entry.finish(to, now);
+            }
             repairs.push(Repair::entry(
                 RepairKind::Finished,
                 &id,

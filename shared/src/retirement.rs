@@ -38,10 +38,12 @@ pub enum Reason {
     StartTimeout,
     /// The deployment that would have retained it was rolled back.
     RolledBack,
+    /// A newer deployment took its target group before its copy was serving.
+    Superseded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::MaxVersions,
         Reason::MaxAge,
         Reason::Idle,
@@ -49,10 +51,11 @@ impl Reason {
         Reason::Cutoff,
         Reason::StartTimeout,
         Reason::RolledBack,
+        Reason::Superseded,
     ];
 
     /// The stored form: `max-versions`, `max-age`, `idle`, `revoked`, `cutoff`,
-    /// `start-timeout`, `rolled-back`.
+    /// `start-timeout`, `rolled-back`, `superseded`.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::MaxVersions => "max-versions",
@@ -62,6 +65,7 @@ impl Reason {
             Reason::Cutoff => "cutoff",
             Reason::StartTimeout => "start-timeout",
             Reason::RolledBack => "rolled-back",
+            Reason::Superseded => "superseded",
         }
     }
 

@@ -351,6 +351,9 @@ fn why(reason: Reason, settings: &RetirementSettings) -> String {
         Reason::Cutoff => "older than the cutoff given to skewguard cutoff".to_owned(),
         Reason::StartTimeout => "its copy did not become healthy in time".to_owned(),
         Reason::RolledBack => "the deployment was rolled back".to_owned(),
+        Reason::Superseded => {
+            "a newer deployment took its target group before its copy served it".to_owned()
+        }
     }
 }
 

@@ -278,28 +278,7 @@ impl Settings {
         };
         settings.check_ages(&source)?;
         settings.check_hold_fits(&source)?;
-        settings.check_mode_available(&source)?;
         Ok(settings)
-    }
-
-    /// `retention: service` is parsed and validated, and the reconciler retires retained
-    /// versions, but the post-shift hook does not start a retention service yet. Accepting the
-    /// value would silently hold instead, so it is refused until the hook acts on it.
-    fn check_mode_available(&self, source: &Source<'_>) -> Result<(), SettingsError> {
-        if self.retention != Retention::Service {
-            return Ok(());
-        }
-        let (value, origin) = source
-            .raw("retention")
-            .unwrap_or_else(|| ("service".to_owned(), Origin::Default));
-        Err(SettingsError::Invalid {
-            key: "retention",
-            value,
-            origin,
-            reason: "`service` is not available in this release yet (post-shift does not start a \
-                     retention service); use `hold`, the default"
-                .to_owned(),
-        })
     }
 
     /// `minAge` is a grace before idle retirement; one longer than `maxAge` could never apply.
@@ -960,32 +939,33 @@ mod tests {
             )
             .is_ok()
         );
-        // A start timeout within the skew window needs no more than the hold itself: what
-        // remains is that the mode is not available yet.
-        let msg = error_of(json!({
-            "retention": "service", "skewWindow": "1h",
-            "retentionStartTimeout": "10m", "hookTimeout": "62m"
-        }));
+        // A start timeout within the skew window needs no more than the hold itself.
         assert!(
-            msg.contains("`retention`") && msg.contains("not available"),
-            "{msg}"
+            Settings::resolve(
+                &details(json!({
+                    "retention": "service", "skewWindow": "1h",
+                    "retentionStartTimeout": "10m", "hookTimeout": "62m"
+                })),
+                &EnvDefaults::default()
+            )
+            .is_ok()
         );
     }
 
     #[test]
-    fn service_mode_is_refused_until_post_shift_starts_a_retention_service() {
-        // Accepting it would hold silently: the user would believe old versions are kept for days.
-        let msg = error_of(json!({"retention": "service"}));
-        assert!(msg.contains("`retention`"), "{msg}");
-        assert!(msg.contains("not available in this release"), "{msg}");
-        assert!(msg.contains("use `hold`"), "{msg}");
-        let env = EnvDefaults::from_lookup(|var| {
-            (var == "SKEWGUARD_RETENTION").then(|| "service".into())
-        });
-        let msg = Settings::resolve(&Map::new(), &env)
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("not available"), "{msg}");
+    fn service_mode_is_accepted_from_hook_details_or_the_environment() {
+        let s = Settings::resolve(
+            &details(json!({"retention": "service"})),
+            &EnvDefaults::default(),
+        )
+        .unwrap();
+        assert_eq!(s.retention, Retention::Service);
+        let env =
+            EnvDefaults::from_lookup(|var| (var == "SKEWGUARD_RETENTION").then(|| "hold".into()));
+        assert_eq!(
+            Settings::resolve(&Map::new(), &env).unwrap().retention,
+            Retention::Hold
+        );
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl Draft {
         self.after.values().any(|after| {
             let before = self.before.get(&after.deployment_id);
             let moved = before.is_none_or(|b| {
-                b.target_group_arn != after.target_group_arn
+                b.pin_targets() != after.pin_targets()
                     || b.production_rule_arn != after.production_rule_arn
                     || b.wants_pin() != after.wants_pin()
             });
@@ -421,8 +421,9 @@ pub fn prepare_scale_up(
         } else {
             Status::Retired
         };
-        entry.finish(status, now);
-        entry.reason = Some(SUPERSEDED.to_owned());
+        // A version whose retention copy was starting loses its pins now too; retirement
+        // then tears the copy down and makes the entry final.
+        entry.end(status, SUPERSEDED, now);
         finished.push(entry.deployment_id.clone());
     }
     finished
@@ -435,6 +436,9 @@ pub enum Hold {
     For(Duration),
     /// The previous version's pins are gone; ECS may scale it down.
     Done,
+    /// A step of a retention copy's start was made: run the stage again now for the next one
+    /// (never answered to ECS as such).
+    Next,
 }
 
 /// POST_PRODUCTION_TRAFFIC_SHIFT: green becomes `live`; the previous version drains for the skew
@@ -474,9 +478,25 @@ pub fn post_shift(
             entry.superseded_by = Some(green_id.clone());
         }
         if entry.status == Status::Draining && entry.drain_until.is_none_or(|until| until <= now) {
-            entry.finish(Status::Retired, now);
+            match &entry.retention {
+                None => entry.finish(Status::Retired, now),
+                // Its copy never served (abandoned, not torn down yet): retirement ends it.
+                Some(_) => {
+                    entry.end(
+                        Status::Retired,
+                        crate::retirement::Reason::StartTimeout.as_str(),
+                        now,
+                    );
+                }
+            }
         }
     }
+    hold_for_draining(draft, poll_interval, now)
+}
+
+/// How long post-shift holds for the draining entries: until the earliest `drainUntil`,
+/// polling at most every `poll_interval`; done when none drains.
+pub fn hold_for_draining(draft: &Draft, poll_interval: Duration, now: OffsetDateTime) -> Hold {
     let earliest = draft
         .entries()
         .filter(|e| e.status == Status::Draining)

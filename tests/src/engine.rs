@@ -419,13 +419,17 @@ impl Engine {
     }
 
     /// The world's truth about every service: what runs where, and what must be pinned.
+    /// What runs where, per service: the blue/green services' own target groups, and the
+    /// target groups of the retention copies skewguard started for them (plain services tagged
+    /// with the service's name, while they are active and asked to run tasks).
     pub fn truths(&self) -> Vec<ServiceTruth> {
-        self.truths
-            .lock()
-            .expect("truths")
-            .values()
-            .cloned()
-            .collect()
+        let mut truths = self.truths.lock().expect("truths").clone();
+        for (owner, target_group, deployment_id) in self.ecs.with_state(|s| retention_copies(s)) {
+            if let Some(truth) = truths.get_mut(&owner) {
+                truth.running.insert(target_group, deployment_id);
+            }
+        }
+        truths.into_values().collect()
     }
 
     fn set_truth(&self, truth: &ServiceTruth) {
@@ -1418,6 +1422,52 @@ struct DeploymentContext {
 fn dedup(ids: &mut Vec<DeploymentId>) {
     let mut seen = BTreeSet::new();
     ids.retain(|id| seen.insert(id.clone()));
+}
+
+/// The retention copies in the emulator: (the service they keep a version of, their target
+/// group, the version), for each active plain service tagged `skewguard:service` that is asked
+/// to run tasks.
+fn retention_copies(state: &crate::ecs_emulator::EcsState) -> Vec<(String, String, DeploymentId)> {
+    let mut copies = Vec::new();
+    for service in state.services.values() {
+        let Some(owner) = service
+            .tags
+            .iter()
+            .find(|(k, _)| k == "skewguard:service")
+            .map(|(_, v)| v)
+        else {
+            continue;
+        };
+        if service.status != "ACTIVE" || service.desired_count <= 0 {
+            continue;
+        }
+        let Some(cluster) = service.cluster_arn.rsplit('/').next() else {
+            continue;
+        };
+        let version = service
+            .task_definition
+            .as_deref()
+            .and_then(|td| state.task_definition(td))
+            .and_then(|td| {
+                td.container_definitions.iter().find_map(|c| {
+                    c.environment
+                        .iter()
+                        .find(|kv| kv.name == "DEPLOYMENT_ID")
+                        .and_then(|kv| DeploymentId::parse(&kv.value).ok())
+                })
+            });
+        let Some(version) = version else {
+            continue;
+        };
+        for lb in &service.load_balancers {
+            copies.push((
+                crate::ecs_emulator::service_arn(cluster, owner),
+                lb.target_group_arn.clone(),
+                version.clone(),
+            ));
+        }
+    }
+    copies
 }
 
 #[cfg(test)]

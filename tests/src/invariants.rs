@@ -115,7 +115,8 @@ pub fn violations(
     let by_service: BTreeMap<&str, &ServiceTruth> =
         truth.iter().map(|t| (t.service_arn.as_str(), t)).collect();
 
-    // 1. A pin for D forwards only to the target group currently running D.
+    // 1. A pin for D forwards only to the target group currently running D (a retention
+    //    copy's target group runs D too: its tasks are D's).
     // 3. No pin for D survives D's scale-down (a scaled-down group runs nothing).
     for (rule, tags) in now.pins() {
         let Some(service) = by_service.get(tags.service_arn.as_str()) else {
@@ -125,7 +126,21 @@ pub fn violations(
             ));
             continue;
         };
+        let live = rule.live_targets();
         for tg in rule.forward_targets() {
+            if !live.contains(&tg) {
+                // Weight 0 sends nothing (a retention copy's target group while it starts):
+                // it may run nothing yet, but never another version.
+                if let Some(id) = service.running.get(tg)
+                    && id.as_str() != tags.deployment_id
+                {
+                    found.push(format!(
+                        "invariant 1: pin {} for {} forwards (at weight 0) to {} which runs {}",
+                        rule.arn, tags.deployment_id, tg, id
+                    ));
+                }
+                continue;
+            }
             match service.running.get(tg) {
                 Some(id) if id.as_str() == tags.deployment_id => {}
                 Some(id) => found.push(format!(

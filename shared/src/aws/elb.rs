@@ -725,3 +725,83 @@ impl Elb {
             .count())
     }
 }
+
+/// How much of a load balancer's rule and target-group quotas is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadBalancerUsage {
+    /// Rules on all its listeners, default rules not counted (as the quota counts them).
+    pub rules: usize,
+    /// Target groups associated with it.
+    pub target_groups: usize,
+}
+
+impl Elb {
+    /// The rules and target groups a load balancer uses now (DescribeListeners, DescribeRules
+    /// per listener, DescribeTargetGroups), for the quota check before a retention copy.
+    ///
+    /// Errors: any AWS error, classified by code.
+    pub async fn load_balancer_usage(
+        &self,
+        load_balancer_arn: &str,
+    ) -> Result<LoadBalancerUsage, AwsError> {
+        let mut listeners = Vec::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .client
+                .describe_listeners()
+                .load_balancer_arn(load_balancer_arn)
+                .set_marker(marker)
+                .page_size(400)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeListeners", e))?;
+            listeners.extend(
+                page.listeners()
+                    .iter()
+                    .filter_map(|l| l.listener_arn().map(str::to_owned)),
+            );
+            marker = page
+                .next_marker()
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned);
+            if marker.is_none() {
+                break;
+            }
+        }
+        let mut rules = 0;
+        for listener in &listeners {
+            rules += self
+                .describe_listener_rules(listener)
+                .await?
+                .iter()
+                .filter(|r| !r.is_default())
+                .count();
+        }
+        let mut target_groups = 0;
+        let mut marker = None;
+        loop {
+            let page = self
+                .client
+                .describe_target_groups()
+                .load_balancer_arn(load_balancer_arn)
+                .set_marker(marker)
+                .page_size(400)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeTargetGroups", e))?;
+            target_groups += page.target_groups().len();
+            marker = page
+                .next_marker()
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned);
+            if marker.is_none() {
+                break;
+            }
+        }
+        Ok(LoadBalancerUsage {
+            rules,
+            target_groups,
+        })
+    }
+}

@@ -1,0 +1,257 @@
+//! `retention: service` in the local world, through real deployments: post-shift clones the
+//! version production left into a retention service (real `checkout` processes registered in a
+//! target group of its own), moves its pins there once healthy, and answers SUCCEEDED within
+//! seconds whatever the skew window; a copy that never becomes healthy is torn down and the
+//! version held instead; a deployment superseding a start leaves nothing behind once retired.
+//!
+//! Needs `cargo build -p checkout` first (as every test of the example backend does).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use skewguard_core::DeploymentId;
+use skewguard_core::ledger::{LedgerEntry, Status};
+use skewguard_core::stages::{Actor, Draft};
+use skewguard_world::engine::{InProcess, Intervention, Outcome};
+use skewguard_world::invariants::Observation;
+use skewguard_world::live::CheckoutTasks;
+use skewguard_world::world::{CLUSTER, World};
+
+async fn world() -> World {
+    World::start_with(
+        |clients| {
+            Arc::new(InProcess {
+                clients,
+                defaults: Default::default(),
+            })
+        },
+        Arc::new(CheckoutTasks),
+    )
+    .await
+}
+
+fn service_mode(extra: Value) -> Value {
+    let mut details = json!({
+        "retention": "service",
+        "skewWindow": "1h",
+        "pollInterval": "1s",
+        "hookTimeout": "2h",
+        "retentionStartTimeout": "60s",
+    });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        details[k] = v;
+    }
+    details
+}
+
+async fn entries(world: &World, service: &str) -> Vec<LedgerEntry> {
+    world
+        .ledger()
+        .load_with_archive(service)
+        .await
+        .expect("ledger reads")
+}
+
+fn entry<'a>(entries: &'a [LedgerEntry], id: &str) -> &'a LedgerEntry {
+    entries
+        .iter()
+        .find(|e| e.deployment_id.as_str() == id)
+        .unwrap_or_else(|| panic!("no entry {id}: {entries:?}"))
+}
+
+async fn observe(world: &World, service: &str) -> Observation {
+    Observation::take(
+        world.elb(),
+        world.ledger(),
+        &world.alb.listener_arn,
+        &[service],
+    )
+    .await
+    .expect("observation")
+}
+
+/// The deployment ID the task at `addr` serves (its `/healthz` answer's header).
+async fn served_by(addr: std::net::SocketAddr) -> Result<String, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/healthz")
+        .header("host", addr.ip().to_string())
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response
+        .headers()
+        .get("x-deployment-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned())
+}
+
+async fn active_service(world: &World, name: &str) -> bool {
+    let described = world
+        .clients
+        .ecs
+        .describe_services()
+        .cluster(CLUSTER)
+        .services(name)
+        .send()
+        .await
+        .unwrap();
+    described
+        .services()
+        .iter()
+        .any(|s| s.status() == Some("ACTIVE"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deployment_finishes_in_seconds_and_the_previous_version_is_served_by_its_copy() {
+    let world = world().await;
+    let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
+
+    let started = Instant::now();
+    let outcome = world
+        .engine
+        .deploy(&service, "v2", &[], Intervention::None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    // The skew window is an hour: only the copy's start stood between the shift and the end.
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "the deployment was held {:?}",
+        started.elapsed()
+    );
+
+    let ledger = entries(&world, &service).await;
+    assert_eq!(entry(&ledger, "v2").status, Status::Live);
+    let v1 = entry(&ledger, "v1");
+    assert_eq!(v1.status, Status::Retained, "{v1:?}");
+    let copy = v1.retention.clone().expect("the copy is recorded");
+    let copy_tg = copy.target_group_arn.clone().expect("its target group");
+    assert_eq!(v1.target_group_arn, copy_tg);
+    assert!(copy.service_arn.is_some() && copy.healthy_at.is_some());
+    assert!(copy.retain_until.is_some());
+    assert_eq!(copy.service_name, "web-sg-v1");
+
+    // v1's pin forwards to the copy alone, whose task serves v1.
+    let observed = observe(&world, &service).await;
+    let pins = observed.pins_of(&service, "v1");
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    assert_eq!(pins[0].forward_targets(), vec![copy_tg.as_str()]);
+    let addresses = world
+        .scheduler
+        .task_addresses(copy.service_arn.as_deref().unwrap())
+        .await;
+    assert_eq!(addresses.len(), 1, "retainedTasks defaults to 1");
+    assert_eq!(served_by(addresses[0]).await.unwrap(), "v1");
+    assert!(active_service(&world, "web-sg-v1").await);
+
+    // The next deployment retains v2 beside v1: two old versions served at once.
+    let outcome = world
+        .engine
+        .deploy(&service, "v3", &[], Intervention::None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    let ledger = entries(&world, &service).await;
+    assert_eq!(entry(&ledger, "v3").status, Status::Live);
+    assert_eq!(entry(&ledger, "v2").status, Status::Retained);
+    assert_eq!(entry(&ledger, "v1").status, Status::Retained);
+    assert!(active_service(&world, "web-sg-v2").await);
+    assert!(active_service(&world, "web-sg-v1").await);
+    world.check("after two deployments").await;
+    world.assert_no_violations();
+}
+
+/// The clock of a start, moved back: what the hook sees when `retentionStartTimeout` has
+/// passed (the timeout is at least a minute; the test does not wait one out). Retried when a
+/// hook wrote the entry meanwhile.
+async fn age_the_start(world: &World, service: &str, id: &str, by: Duration) {
+    let id = DeploymentId::parse(id).unwrap();
+    for _ in 0..20 {
+        let entries = world.ledger().load(service).await.unwrap();
+        let mut draft = Draft::new(service, entries);
+        let copy = draft
+            .get_mut(&id)
+            .and_then(|e| e.retention.as_mut())
+            .expect("a copy is starting");
+        copy.started_at -= by;
+        let actor = Actor {
+            stage: "test-clock".into(),
+            execution_id: "test".into(),
+            identity: "test".into(),
+            now: time::OffsetDateTime::now_utc(),
+        };
+        if world.ledger().commit(&draft.changes(&actor)).await.is_ok() {
+            return;
+        }
+    }
+    panic!("the ledger kept changing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_that_never_becomes_healthy_is_torn_down_and_the_version_held_instead() {
+    let world = world().await;
+    let (service, _) = world
+        .service(
+            "web",
+            "v1",
+            service_mode(json!({"skewWindow": "10s", "retentionStartTimeout": "1m"})),
+        )
+        .await;
+    world.ecs.set_never_healthy("*web-sg-*", true);
+
+    // The copy's service exists, its task never healthy: post-shift waits for it, until its
+    // start is older than the timeout.
+    let age_once_started = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ledger = entries(&world, &service).await;
+            let started = ledger
+                .iter()
+                .find(|e| e.deployment_id.as_str() == "v1")
+                .and_then(|e| e.retention.as_ref())
+                .is_some_and(|c| c.service_arn.is_some());
+            if started {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no copy started: {ledger:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(active_service(&world, "web-sg-v1").await);
+        age_the_start(&world, &service, "v1", Duration::from_secs(120)).await;
+    };
+    let (outcome, ()) = tokio::join!(
+        world.engine.deploy(&service, "v2", &[], Intervention::None),
+        age_once_started
+    );
+    assert_eq!(outcome.unwrap(), Outcome::Succeeded);
+    let ledger = entries(&world, &service).await;
+    let v1 = entry(&ledger, "v1");
+    assert_eq!(v1.status, Status::Retired, "held, then retired: {v1:?}");
+    assert_eq!(v1.reason.as_deref(), Some("start-timeout"));
+    assert!(v1.retention.is_none(), "the copy is gone and forgotten");
+    assert!(!active_service(&world, "web-sg-v1").await);
+    let tg_name =
+        skewguard_core::retention::target_group_name(&service, &DeploymentId::parse("v1").unwrap());
+    assert_eq!(
+        world
+            .elb()
+            .target_group_arn_by_name(&tg_name)
+            .await
+            .unwrap(),
+        None
+    );
+    world.check("after the fallback").await;
+    world.assert_no_violations();
+}
