@@ -216,7 +216,7 @@ async fn status_explain_release_and_reconcile_against_the_world() {
         .service(
             "web",
             "v1",
-            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s"}),
         )
         .await;
     let deploy = {
@@ -549,7 +549,7 @@ async fn wait_returns_once_production_shifted_while_the_hold_runs() {
         .service(
             "web",
             "v1",
-            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s"}),
         )
         .await;
     // Started before the deployment: it waits for one to begin, then follows it.
@@ -723,7 +723,7 @@ async fn wait_fails_with_the_reason_when_the_deployment_rolls_back() {
         .service(
             "web",
             "v1",
-            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s"}),
         )
         .await;
     let waiting = wait_started(
@@ -804,7 +804,7 @@ async fn doctor_passes_a_good_setup_and_names_each_broken_thing_with_its_fix() {
     let alb = AlbFixture::with_default_rule_as_production(elb, &world.vpc, "doc")
         .await
         .unwrap();
-    let mut hooks = HookRegistration::skewguard(json!({"skewWindow": "1h"}));
+    let mut hooks = HookRegistration::skewguard(json!({"retention": "hold", "skewWindow": "1h"}));
     for hook in &mut hooks {
         hook.timeout = Duration::from_secs(120 * 60);
     }
@@ -904,7 +904,9 @@ async fn doctor_passes_a_good_setup_and_names_each_broken_thing_with_its_fix() {
         "post-test-traffic (skewguard-post-test-traffic) is not registered at POST_TEST_TRAFFIC_SHIFT",
         "add POST_TEST_TRAFFIC_SHIFT to its lifecycleStages",
     );
-    configure(&|c| c["lifecycleHooks"][1]["hookDetails"] = json!({"skewWindow": "2h"}));
+    configure(&|c| {
+        c["lifecycleHooks"][1]["hookDetails"] = json!({"retention": "hold", "skewWindow": "2h"})
+    });
     let (code, report) = doctor(&world, &[]).await;
     fails_with(
         code,
@@ -915,7 +917,8 @@ async fn doctor_passes_a_good_setup_and_names_each_broken_thing_with_its_fix() {
     );
     configure(&|c| {
         for i in 0..3 {
-            c["lifecycleHooks"][i]["hookDetails"] = json!({"skewWindow": "forever"});
+            c["lifecycleHooks"][i]["hookDetails"] =
+                json!({"retention": "hold", "skewWindow": "forever"});
         }
     });
     let (code, report) = doctor(&world, &[]).await;

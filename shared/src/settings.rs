@@ -43,8 +43,10 @@ pub const SETTING_KEYS: [(&str, &str); 18] = [
     ("retentionStartTimeout", "SKEWGUARD_RETENTION_START_TIMEOUT"),
 ];
 
-/// The `retention` mode when neither `hookDetails` nor `SKEWGUARD_RETENTION` sets one.
-pub const DEFAULT_RETENTION: Retention = Retention::Hold;
+/// The `retention` mode when neither `hookDetails` nor `SKEWGUARD_RETENTION` sets one:
+/// `service`, the mode that does not keep the user's deployment (and pipeline) waiting for the
+/// skew window and keeps several previous versions, not one.
+pub const DEFAULT_RETENTION: Retention = Retention::Service;
 /// At most this long since a retained version left production (`maxAge`).
 pub const MAX_RETENTION_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// ECS's default quota of tasks per service: the most `retainedTasks` can ask for.

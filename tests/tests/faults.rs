@@ -30,7 +30,7 @@ use skewguard_world::moto::MotoServer;
 use skewguard_world::world::TABLE;
 
 fn window() -> Value {
-    json!({"skewWindow": "1h", "pollInterval": "1s"})
+    json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s"})
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -60,7 +60,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "query and cookie pins with the retired answer",
-            details: json!({"skewWindow": "1h", "pollInterval": "1s", "queryParam": "dpl",
+            details: json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s", "queryParam": "dpl",
                             "cookieName": "__dpl", "afterWindow": "retired"}),
             ..base.clone()
         },
@@ -351,7 +351,7 @@ async fn persistent_errors_give_the_on_error_answer_and_nothing_half_done() {
         let service = world
             .service(
                 "v1",
-                json!({"skewWindow": "1h", "pollInterval": "1s", "onError": on_error}),
+                json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s", "onError": on_error}),
                 Strategy::BlueGreen,
             )
             .await;
@@ -455,7 +455,7 @@ async fn persistent_errors_give_the_on_error_answer_and_nothing_half_done() {
 }
 
 fn quick() -> Value {
-    json!({"skewWindow": "1h", "pollInterval": "1s"})
+    json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s"})
 }
 
 /// Ten services sharing one listener deploy at once, twice: every pin lands at a distinct
@@ -750,7 +750,7 @@ async fn reconciler_and_release_during_the_hold_never_fail_the_hook() {
 async fn the_same_event_delivered_twice_at_once_changes_nothing_more() {
     let started = Instant::now();
     let runs = if full() { 5 } else { 1 };
-    let details = json!({"skewWindow": "1h", "pollInterval": "1s", "queryParam": "dpl", "cookieName": "__dpl"});
+    let details = json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s", "queryParam": "dpl", "cookieName": "__dpl"});
     async fn play(world: &FaultWorld, details: &Value) -> skewguard_world::chaos::EndState {
         let service = world
             .service("v1", details.clone(), Strategy::BlueGreen)
@@ -852,8 +852,7 @@ async fn limits_give_a_clear_error_and_honour_on_error() {
     for (name, extra, fault, kind, advice) in cases {
         for on_error in ["rollback", "continue"] {
             let world = FaultWorld::start_on(moto, Mode::Processes { max_attempts: 3 }).await;
-            let mut details =
-                json!({"skewWindow": "1h", "pollInterval": "1s", "onError": on_error});
+            let mut details = json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s", "onError": on_error});
             for (k, v) in extra.as_object().unwrap() {
                 details[k] = v.clone();
             }

@@ -21,7 +21,7 @@ use skewguard_world::invariants::Observation;
 use skewguard_world::world::World;
 
 fn quick() -> Value {
-    json!({"skewWindow": "2s", "pollInterval": "1s"})
+    json!({"retention": "hold", "skewWindow": "2s", "pollInterval": "1s"})
 }
 
 async fn entries(world: &World, service: &str) -> Vec<LedgerEntry> {
@@ -304,7 +304,7 @@ async fn a_stop_during_the_hold_rolls_back_and_blue_stays_pinned() {
         .service(
             "web",
             "v1",
-            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s"}),
         )
         .await;
     let watcher = {
@@ -345,7 +345,7 @@ async fn a_release_ends_the_hold_on_the_next_poll() {
         .service(
             "web",
             "v1",
-            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s"}),
         )
         .await;
     let releaser = {
@@ -449,7 +449,7 @@ async fn repeated_invocations_change_nothing_further() {
         .service(
             "web",
             "v1",
-            json!({"skewWindow": "1s", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "1s", "pollInterval": "1s"}),
         )
         .await;
     assert_eq!(
@@ -551,7 +551,7 @@ async fn a_forced_redeploy_moves_the_one_pin_and_does_not_hold() {
         .service(
             "web",
             "v1",
-            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s"}),
         )
         .await;
     let outcome = tokio::time::timeout(
@@ -673,7 +673,11 @@ async fn an_invalid_deployment_id_fails_the_hook_and_rolls_back_cleanly() {
 async fn invalid_settings_follow_on_error() {
     let world = World::start().await;
     let (service, _) = world
-        .service("web", "v1", json!({"skewWindow": "soon"}))
+        .service(
+            "web",
+            "v1",
+            json!({"retention": "hold", "skewWindow": "soon"}),
+        )
         .await;
     let outcome = world
         .engine
@@ -702,7 +706,9 @@ async fn invalid_settings_follow_on_error() {
             .unwrap(),
             Request::get("/admin/x"),
             "a1",
-            HookRegistration::skewguard(json!({"skewWindow": "soon", "onError": "continue"})),
+            HookRegistration::skewguard(
+                json!({"retention": "hold", "skewWindow": "soon", "onError": "continue"}),
+            ),
             Strategy::BlueGreen,
         )
         .await;
@@ -725,7 +731,7 @@ async fn after_the_window_a_retired_pin_gets_the_retired_answer() {
         .service(
             "web",
             "v1",
-            json!({"skewWindow": "1s", "pollInterval": "1s", "afterWindow": "retired"}),
+            json!({"retention": "hold", "skewWindow": "1s", "pollInterval": "1s", "afterWindow": "retired"}),
         )
         .await;
     assert_eq!(

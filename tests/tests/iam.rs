@@ -231,7 +231,7 @@ async fn deploy_with(roles: &Roles) -> (Outcome, Arc<ProcessInvoker>, Vec<String
         .service(
             "web",
             "v1",
-            json!({"skewWindow": "1s", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "1s", "pollInterval": "1s"}),
         )
         .await;
     assert_eq!(service, SERVICE.replace("/shop/", &format!("/{CLUSTER}/")));

@@ -57,7 +57,7 @@ async fn three_deployments_keep_every_tab_on_its_version_until_its_window_ends()
             "checkout",
             A,
             "v1",
-            json!({"skewWindow": "3s", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "3s", "pollInterval": "1s"}),
         )
         .await;
     live.open_tab("A", &service, Some(A), Some("v1"));
@@ -106,7 +106,7 @@ async fn rollbacks_at_every_point_leave_old_tabs_on_their_version() {
             "checkout",
             A,
             "v1",
-            json!({"skewWindow": "2s", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "2s", "pollInterval": "1s"}),
         )
         .await;
     live.open_tab("A", &service, Some(A), Some("v1"));
@@ -193,7 +193,7 @@ async fn a_hook_process_that_crashes_mid_invocation_rolls_back_cleanly() {
             "checkout",
             A,
             "v1",
-            json!({"skewWindow": "2s", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "2s", "pollInterval": "1s"}),
         )
         .await;
     live.open_tab("A", &service, Some(A), Some("v1"));
@@ -251,7 +251,7 @@ async fn a_forced_redeploy_of_the_same_id_never_strands_its_tabs() {
             "checkout",
             A,
             "v1",
-            json!({"skewWindow": "1h", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "1h", "pollInterval": "1s"}),
         )
         .await;
     live.open_tab("A", &service, Some(A), Some("v1"));
@@ -276,7 +276,7 @@ async fn linear_and_canary_shifts_keep_tabs_pinned_at_every_step() {
             "linear",
             A,
             "v1",
-            json!({"skewWindow": "2s", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "2s", "pollInterval": "1s"}),
             Strategy::Linear(34.0),
         )
         .await;
@@ -324,7 +324,7 @@ async fn a_broken_hook_is_caught_by_the_live_checks() {
             "checkout",
             A,
             "v1",
-            json!({"skewWindow": "2s", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "2s", "pollInterval": "1s"}),
         )
         .await;
     live.world
@@ -359,7 +359,7 @@ async fn every_log_line_of_an_invocation_carries_its_request_id() {
             "checkout",
             A,
             "v1",
-            json!({"skewWindow": "2s", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "2s", "pollInterval": "1s"}),
         )
         .await;
     assert_eq!(
@@ -448,7 +448,7 @@ async fn a_deployment_started_during_a_hold_never_sends_an_old_tab_to_the_new_ve
             "checkout",
             A,
             "v1",
-            json!({"skewWindow": "3s", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "3s", "pollInterval": "1s"}),
         )
         .await;
     live.open_tab("A", &service, Some(A), Some("v1"));

@@ -95,7 +95,7 @@ async fn every_invocation_writes_valid_metrics_that_say_what_it_did() {
             "checkout",
             A,
             "v1",
-            json!({"skewWindow": "2s", "pollInterval": "1s"}),
+            json!({"retention": "hold", "skewWindow": "2s", "pollInterval": "1s"}),
         )
         .await;
     assert_eq!(

@@ -646,7 +646,11 @@ async fn a_never_healthy_service_stays_pending_and_registers_nothing() {
 async fn a_blue_green_revision_describes_everything_a_clone_needs() {
     let world = World::start().await;
     let (service, _) = world
-        .service("web", "v1", serde_json::json!({"skewWindow": "1h"}))
+        .service(
+            "web",
+            "v1",
+            serde_json::json!({"retention": "hold", "skewWindow": "1h"}),
+        )
         .await;
     let described = world
         .clients

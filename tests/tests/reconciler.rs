@@ -29,7 +29,7 @@ use skewguard_world::sweep::{SweepQueue, scheduled_event};
 use skewguard_world::world::World;
 
 fn quick() -> Value {
-    json!({"skewWindow": "2s", "pollInterval": "1s"})
+    json!({"retention": "hold", "skewWindow": "2s", "pollInterval": "1s"})
 }
 
 fn options(dry_run: bool) -> ReconcileOptions {
@@ -454,7 +454,8 @@ async fn an_entry_stuck_in_testing_after_a_failed_deployment_is_rolled_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn settings_come_from_the_hooks_the_service_registered() {
     let world = World::start().await;
-    let details = json!({"skewWindow": "2s", "pollInterval": "1s", "queryParam": "dpl"});
+    let details =
+        json!({"retention": "hold", "skewWindow": "2s", "pollInterval": "1s", "queryParam": "dpl"});
     let (service, _) = world.service("web", "v1", details.clone()).await;
     world
         .engine

@@ -232,7 +232,11 @@ async fn a_pin_moved_to_a_retention_service_counts_its_requests_and_then_shows_i
     .await;
     let (elb, ecs) = (world.clients.elbv2.clone(), world.clients.ecs.clone());
     let (service, _) = world
-        .service("web", "v1", serde_json::json!({"skewWindow": "1h"}))
+        .service(
+            "web",
+            "v1",
+            serde_json::json!({"retention": "hold", "skewWindow": "1h"}),
+        )
         .await;
     let blue_td = world
         .ecs

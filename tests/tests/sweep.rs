@@ -24,7 +24,7 @@ use skewguard_world::world::{TABLE, World};
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 fn quick() -> Value {
-    json!({"skewWindow": "2s", "pollInterval": "1s"})
+    json!({"retention": "hold", "skewWindow": "2s", "pollInterval": "1s"})
 }
 
 fn versions(entries: &[LedgerEntry]) -> Vec<(String, u64, Vec<String>)> {

@@ -587,7 +587,7 @@ async fn ecs_emulator_describes_a_service_as_its_newest_revision_and_configurati
             "lifecycleHooks": [{
                 "hookTargetArn": "arn:aws:lambda:us-east-1:123456789012:function:skewguard-post-shift",
                 "lifecycleStages": ["POST_PRODUCTION_TRAFFIC_SHIFT"],
-                "hookDetails": {"skewWindow": "1h"},
+                "hookDetails": {"retention": "hold", "skewWindow": "1h"},
                 "timeoutConfiguration": {"timeoutInMinutes": 120, "action": "ROLLBACK"},
             }],
         }))

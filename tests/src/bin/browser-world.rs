@@ -68,6 +68,7 @@ fn parse_args(args: Vec<String>) -> Result<Options, String> {
     let mut deployment_id = "a1b2c3d".to_owned();
     let mut schema = "v1".to_owned();
     let mut details = Map::new();
+    details.insert("retention".into(), json!("hold"));
     details.insert("skewWindow".into(), json!("8s"));
     details.insert("pollInterval".into(), json!("1s"));
     details.insert("afterWindow".into(), json!("retired"));

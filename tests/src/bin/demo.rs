@@ -77,7 +77,7 @@ async fn demo(keep: bool) -> Result<ExitCode, String> {
         return Ok(ExitCode::from(INTERRUPTED));
     };
     let scripted = async {
-        let settings = json!({"skewWindow": "4s", "pollInterval": "1s"});
+        let settings = json!({"retention": "hold", "skewWindow": "4s", "pollInterval": "1s"});
         let service = live.service(SERVICE, A, "v1", settings).await;
         println!("service {SERVICE} runs {A}; skewWindow 4s, pollInterval 1s\n");
         script(&live, &service, started)
@@ -120,7 +120,8 @@ async fn demo(keep: bool) -> Result<ExitCode, String> {
 
 /// Gives the deployments started by hand a skew window long enough to look around in.
 async fn hold_longer(live: &LiveWorld, service: &str) -> Result<(), String> {
-    let details = json!({"skewWindow": KEPT_SKEW_WINDOW, "pollInterval": "1s"});
+    let details =
+        json!({"retention": "hold", "skewWindow": KEPT_SKEW_WINDOW, "pollInterval": "1s"});
     for registration in HookRegistration::skewguard(details) {
         let engine = &live.world.engine;
         engine.drop_hook(service, registration.function).await?;

@@ -231,7 +231,7 @@ impl Measured {
 /// A deployment mode: `hold` (the default), or another value of the per-service `retention`
 /// setting, which is passed to the hooks as such.
 pub fn hook_details(mode: &str, hold: &str) -> Value {
-    let mut details = json!({"skewWindow": hold, "pollInterval": "1s"});
+    let mut details = json!({"retention": "hold", "skewWindow": hold, "pollInterval": "1s"});
     if mode != "hold" {
         details["retention"] = json!(mode);
     }

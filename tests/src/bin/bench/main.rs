@@ -530,7 +530,7 @@ async fn run(o: &Options) -> Result<String, String> {
     });
     let mut world = stand_ins.with_engine(metered.clone(), Arc::new(PlaceholderTasks), observer);
     world.engine.time_scale = 0.25;
-    let settings = json!({"skewWindow": o.hold, "pollInterval": "1s"});
+    let settings = json!({"retention": "hold", "skewWindow": o.hold, "pollInterval": "1s"});
     let ids: Vec<String> = (0..=o.cold_deployments + o.warm_deployments + 1)
         .map(|n| format!("{:07x}", 0xa1b2c3d_u32.wrapping_add(n as u32 * 0x1111)))
         .collect();

@@ -75,7 +75,7 @@ fn deployment_id(i: usize, k: usize) -> String {
 }
 
 fn hook_details() -> Value {
-    json!({"skewWindow": "1h"})
+    json!({"retention": "hold", "skewWindow": "1h"})
 }
 
 /// `deploymentConfiguration` as ECS records it, with skewguard's three hooks.
