@@ -402,7 +402,11 @@ async fn attempt_service(
 ) -> Result<(ServiceReport, Settings, bool), Attempt> {
     let now = OffsetDateTime::now_utc();
     let entries = clients.ledger.load(service_arn).await?;
-    let retained = entries.iter().any(|e| e.status == Status::Retained);
+    // A retained version, or a copy whose version serves from its own target group again (a
+    // rollback brought it back, or it was deployed anew): retirement has work.
+    let retained = entries
+        .iter()
+        .any(|e| e.status == Status::Retained || crate::retirer::is_stray_copy(e));
     let observed = observe_ecs(&clients.ecs, service_arn, &options.defaults).await?;
     let Observed {
         view,

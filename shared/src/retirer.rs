@@ -182,6 +182,7 @@ pub async fn retire_service(
     options: &RetireOptions,
 ) -> Result<RetirementReport, RetireError> {
     let mut report = RetirementReport::default();
+    tear_down_stray_copies(clients, service_arn, options, &mut report).await?;
     let mut attempt = 0;
     let (entries, decision) = loop {
         attempt += 1;
@@ -301,6 +302,101 @@ pub async fn retire_service(
         });
     }
     Ok(report)
+}
+
+/// A retention copy nothing leads to any more: its version is `live` or `testing` again (a
+/// rollback after the copy started restored it to production, or it was deployed anew) and
+/// serves from its own target group, where its pins forward; the copy only costs money.
+pub fn is_stray_copy(entry: &LedgerEntry) -> bool {
+    entry.retention.is_some() && matches!(entry.status, Status::Live | Status::Testing)
+}
+
+/// Tears down the stray copies of the service ([`is_stray_copy`]) and forgets them; the entry
+/// itself stays as it is. Each is reported as a retirement with reason `rolled-back` (its
+/// version is back in production) that leaves the entry in play.
+///
+/// Errors: the ledger could not be read or written; a copy whose teardown fails is reported and
+/// left for the next run.
+async fn tear_down_stray_copies(
+    clients: &Clients,
+    service_arn: &str,
+    options: &RetireOptions,
+    report: &mut RetirementReport,
+) -> Result<(), RetireError> {
+    let entries = clients.ledger.load(service_arn).await?;
+    for entry in entries.iter().filter(|e| is_stray_copy(e)) {
+        let Some(copy) = &entry.retention else {
+            continue;
+        };
+        let id = entry.deployment_id.clone();
+        let (done, detail) = match tear_down_copy(&clients.ecs, &clients.elb, copy).await {
+            Ok(()) => {
+                forget_copy(clients, service_arn, &id, options).await?;
+                info!(service = %service_arn, deployment_id = %id, status = %entry.status, "stray retention copy torn down: its version serves from its own target group again");
+                (
+                    true,
+                    format!(
+                        "{} again: service {} and target group {} deleted",
+                        entry.status, copy.service_name, copy.target_group_name
+                    ),
+                )
+            }
+            Err(e) => {
+                warn!(service = %service_arn, deployment_id = %id, error = %DisplayErrorContext(&e), "tearing down a stray retention copy failed; the next run carries it on");
+                (false, e.to_string())
+            }
+        };
+        report.retirements.push(Retirement {
+            deployment_id: id,
+            reason: Reason::RolledBack.as_str().to_owned(),
+            done,
+            detail,
+        });
+    }
+    Ok(())
+}
+
+/// Removes the copy's record from a version that serves from its own target group again.
+async fn forget_copy(
+    clients: &Clients,
+    service_arn: &str,
+    id: &DeploymentId,
+    options: &RetireOptions,
+) -> Result<(), RetireError> {
+    for attempt in 1..=ATTEMPTS {
+        let entries = clients.ledger.load(service_arn).await?;
+        let mut draft = Draft::new(service_arn, entries);
+        match draft.get_mut(id) {
+            Some(entry) if is_stray_copy(entry) => entry.retention = None,
+            _ => return Ok(()),
+        }
+        let actor = Actor {
+            stage: options.stage.clone(),
+            execution_id: options.execution_id.clone(),
+            identity: options.identity.clone(),
+            now: OffsetDateTime::now_utc(),
+        };
+        let changes: Vec<_> = draft
+            .changes(&actor)
+            .into_iter()
+            .map(|mut c| {
+                c.history.change = format!(
+                    "retention copy torn down: the version serves from its own target group again [{}]",
+                    c.history.change
+                );
+                c
+            })
+            .collect();
+        match clients.ledger.commit(&changes).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_conflict() && attempt < ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            Err(e) if e.is_conflict() => return Err(RetireError::Contention(attempt)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// A `revoke` or `cutoff` must name a version this service knows; `revoke` one that is

@@ -269,6 +269,8 @@ pub struct Traffic {
     answers: Arc<Mutex<Vec<Answer>>>,
     protection: Mutex<Protection>,
     stop: Arc<AtomicBool>,
+    /// Per tab (by index): closed, it calls no more.
+    closed: Mutex<Vec<Arc<AtomicBool>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     url: String,
     pause: Duration,
@@ -281,6 +283,7 @@ impl Traffic {
             answers: Arc::new(Mutex::new(Vec::new())),
             protection: Mutex::new(Protection::default()),
             stop: Arc::new(AtomicBool::new(false)),
+            closed: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             url: url.to_owned(),
             pause,
@@ -296,6 +299,8 @@ impl Traffic {
         };
         let answers = self.answers.clone();
         let stop = self.stop.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        self.closed.lock().expect("closed").push(closed.clone());
         let url = format!("{}/v2/cart", self.url);
         let pause = self.pause;
         self.tasks
@@ -304,12 +309,27 @@ impl Traffic {
             .push(tokio::spawn(async move {
                 let client: Client<HttpConnector, Empty<Bytes>> =
                     Client::builder(TokioExecutor::new()).build_http();
-                while !stop.load(Ordering::SeqCst) {
+                while !stop.load(Ordering::SeqCst) && !closed.load(Ordering::SeqCst) {
                     let answer = call(&client, &url, &tab, index).await;
                     answers.lock().expect("answers").push(answer);
                     tokio::time::sleep(pause).await;
                 }
             }));
+    }
+
+    /// Closes the tab named `name`: it makes no further call (one in flight completes).
+    /// Returns whether such a tab was open.
+    pub fn close(&self, name: &str) -> bool {
+        let tabs = self.tabs.lock().expect("tabs");
+        let closed = self.closed.lock().expect("closed");
+        let mut found = false;
+        for (tab, flag) in tabs.iter().zip(closed.iter()) {
+            if tab.name == name {
+                flag.store(true, Ordering::SeqCst);
+                found = true;
+            }
+        }
+        found
     }
 
     /// Records which deployment IDs are promised a pin right now (from the engine's truth).

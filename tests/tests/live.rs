@@ -17,6 +17,7 @@ use skewguard_world::sweep::{SweepQueue, failed_ids, scheduled_event};
 const A: &str = "a1b2c3d";
 const B: &str = "b2c3d4e";
 const C: &str = "c3d4e5f";
+const D: &str = "d4e5f6a";
 
 async fn live() -> LiveWorld {
     LiveWorld::start(|_, _| None)
@@ -705,6 +706,7 @@ async fn status_rows(env: &[(String, String)]) -> Vec<[String; 4]> {
     table
         .lines()
         .skip(2)
+        .take_while(|line| !line.trim().is_empty() && !line.starts_with("RETAINED"))
         .filter(|line| !line.starts_with('('))
         .filter_map(|line| {
             let cells: Vec<String> = line.split_whitespace().take(4).map(str::to_owned).collect();
@@ -747,12 +749,12 @@ async fn explain(env: &[(String, String)], listener: &str, pin: Option<&str>) ->
 
 /// `./dev demo --keep`: after the scripted deployments the world stays up; the `export` lines it
 /// prints are all the `skewguard` CLI needs to see it, a deployment started on its stdin shows in
-/// the CLI (both versions pinned during the skew window, which `skewguard release` ends), and
-/// `quit` stops it with every process it started.
+/// the CLI (the previous version retained in a service of its own, reached through its pin),
+/// `skewguard revoke` retires it, and `quit` stops it with every process it started.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_kept_demo_world_answers_the_cli_and_quits_with_every_process_it_started() {
     let mut demo = KeptDemo::start();
-    demo.line(Duration::from_secs(120), |l| l.starts_with("Here:"))
+    demo.line(Duration::from_secs(400), |l| l.starts_with("Here:"))
         .await;
     let mut env = Vec::new();
     for line in &demo.seen {
@@ -771,74 +773,54 @@ async fn the_kept_demo_world_answers_the_cli_and_quits_with_every_process_it_sta
     };
     let (listener, url) = (var("LISTENER"), var("DEMO_URL"));
 
-    // After A -> B -> C: C is live and pinned; a request pinned to C, and one without a pin,
-    // reach it on the target group explain names.
+    // After A -> B -> C -> D, B revoked and A idle: D is live, C retained in its own service,
+    // reached through its pin on its own target group; A and B retired.
+    let status = |rows: &[[String; 4]], id: &str| {
+        rows.iter()
+            .find(|r| r[0] == id)
+            .map(|r| r[1].clone())
+            .unwrap_or_else(|| panic!("no row for {id}: {rows:?}"))
+    };
     let rows = status_rows(&env).await;
-    assert_eq!(rows[0][..3], [C, "live", "web-tg1"], "{rows:?}");
-    assert!(rows[0][3].parse::<u32>().is_ok(), "C has a pin: {rows:?}");
+    assert_eq!(rows[0][..3], [D, "live", "web-tg2"], "{rows:?}");
+    assert_eq!(status(&rows, C), "retained", "{rows:?}");
+    assert_eq!(status(&rows, B), "retired", "{rows:?}");
+    assert_eq!(status(&rows, A), "retired", "{rows:?}");
+    let (copy_tg, served) = explain(&env, &listener, Some(C)).await;
     assert!(
-        rows[1..].iter().all(|r| r[1] == "retired" && r[3] == "-"),
-        "{rows:?}"
+        copy_tg.starts_with("sg-"),
+        "C's pin leads to its copy: {copy_tg}"
     );
-    assert_eq!(
-        explain(&env, &listener, Some(C)).await,
-        ("web-tg1".to_owned(), C.to_owned())
-    );
+    assert_eq!(served, C);
     let (served_by, target_group) = through_alb(&url, Some(C)).await;
     assert_eq!(
         (served_by.as_str(), short_arn(&target_group)),
-        (C, "web-tg1")
+        (C, copy_tg.as_str())
     );
-    assert_eq!(through_alb(&url, None).await.0, C);
-
-    // A deployment started on the demo's stdin: once D is live, C stays pinned (draining) and
-    // requests pinned to C still reach C while the rest reach D.
-    const D: &str = "d4e5f6a";
-    demo.send(&format!("deploy {D} v3")).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let rows = loop {
-        let rows = status_rows(&env).await;
-        if rows.iter().any(|r| r[0] == C && r[1] == "draining") {
-            break rows;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "C never started draining: {rows:?}\n{}",
-            demo.transcript()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    assert_eq!(rows[0][..3], [D, "live", "web-tg2"], "{rows:?}");
-    assert_eq!(rows[1][..3], [C, "draining", "web-tg1"], "{rows:?}");
-    assert!(
-        rows[0][3].parse::<u32>().is_ok() && rows[1][3].parse::<u32>().is_ok(),
-        "D and C are both pinned: {rows:?}"
-    );
-    assert_eq!(
-        explain(&env, &listener, Some(C)).await,
-        ("web-tg1".to_owned(), C.to_owned())
-    );
-    assert_eq!(
-        explain(&env, &listener, None).await,
-        ("web-tg2".to_owned(), D.to_owned())
-    );
-    assert_eq!(through_alb(&url, Some(C)).await.0, C);
     assert_eq!(through_alb(&url, None).await.0, D);
+    assert_eq!(through_alb(&url, Some(B)).await.0, D, "B is revoked");
 
-    // Ending the skew window lets the deployment finish: C's pin is gone and its clients reach D.
-    skewguard(&env, &["release", "shop/checkout"]).await;
-    demo.line(Duration::from_secs(30), |l| {
-        l == format!("== {D} is production")
+    // A deployment started on the demo's stdin finishes by itself; D is then retained too.
+    const E: &str = "e5f6a7b";
+    demo.send(&format!("deploy {E} v3")).await;
+    demo.line(Duration::from_secs(60), |l| {
+        l == format!("== {E} is production")
     })
     .await;
     let rows = status_rows(&env).await;
-    assert_eq!(rows[0][..3], [D, "live", "web-tg2"], "{rows:?}");
-    assert_eq!(rows[1][..], [C, "retired", "web-tg1", "-"], "{rows:?}");
-    assert_eq!(
-        explain(&env, &listener, Some(C)).await,
-        ("web-tg2".to_owned(), D.to_owned())
-    );
-    assert_eq!(through_alb(&url, Some(C)).await.0, D);
+    assert_eq!(rows[0][..2], [E, "live"], "{rows:?}");
+    assert_eq!(status(&rows, D), "retained", "{rows:?}");
+    assert_eq!(status(&rows, C), "retained", "{rows:?}");
+    assert_eq!(through_alb(&url, Some(D)).await.0, D);
+    assert_eq!(through_alb(&url, Some(C)).await.0, C);
+    assert_eq!(through_alb(&url, None).await.0, E);
+
+    // Revoking D from the CLI: its pin, service and target group go; its clients reach E.
+    skewguard(&env, &["revoke", "shop/checkout", D]).await;
+    let rows = status_rows(&env).await;
+    assert_eq!(status(&rows, D), "retired", "{rows:?}");
+    assert_eq!(through_alb(&url, Some(D)).await.0, E);
+    assert_eq!(through_alb(&url, Some(C)).await.0, C);
 
     // quit: the demo exits successfully and nothing it started runs on.
     let processes = descendants(demo.pid());

@@ -255,3 +255,54 @@ async fn a_copy_that_never_becomes_healthy_is_torn_down_and_the_version_held_ins
     world.check("after the fallback").await;
     world.assert_no_violations();
 }
+
+/// A retained version deployed again serves from its own target group: the reconciler tears
+/// its copy down and forgets it, and leaves the version live and pinned.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retained_version_deployed_again_loses_its_copy_to_the_reconciler() {
+    use skewguard_core::reconciler::{self, ReconcileOptions};
+    let world = world().await;
+    let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
+    for id in ["v2", "v1"] {
+        let outcome = world
+            .engine
+            .deploy(&service, id, &[], Intervention::None)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Succeeded, "deploying {id}");
+    }
+    let ledger = entries(&world, &service).await;
+    let v1 = entry(&ledger, "v1");
+    assert_eq!(v1.status, Status::Live);
+    assert!(v1.retention.is_some(), "the old copy is still recorded");
+    assert!(active_service(&world, "web-sg-v1").await);
+    assert_eq!(entry(&ledger, "v2").status, Status::Retained);
+
+    let options = ReconcileOptions {
+        defaults: Default::default(),
+        dry_run: false,
+        execution_id: "test".into(),
+        identity: "test".into(),
+    };
+    let report = reconciler::reconcile_service(&world.hook_clients, &service, &options)
+        .await
+        .unwrap();
+    let retirement = report.retirement.expect("the stray copy is reported");
+    assert!(
+        retirement
+            .retirements
+            .iter()
+            .any(|r| r.deployment_id.as_str() == "v1" && r.done && r.reason == "rolled-back"),
+        "{retirement:?}"
+    );
+    let ledger = entries(&world, &service).await;
+    let v1 = entry(&ledger, "v1");
+    assert_eq!(v1.status, Status::Live);
+    assert!(v1.retention.is_none());
+    assert!(!active_service(&world, "web-sg-v1").await);
+    assert!(active_service(&world, "web-sg-v2").await, "v2's copy stays");
+    let pins = observe(&world, &service).await;
+    assert_eq!(pins.pins_of(&service, "v1").len(), 1, "v1 is still pinned");
+    world.check("after the reconciler").await;
+    world.assert_no_violations();
+}

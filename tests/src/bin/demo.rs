@@ -1,7 +1,12 @@
-//! The skewguard demo: a full blue/green deployment A → B → C of the example checkout backend
-//! on the local AWS world, with browser tabs pinned to each version calling it throughout.
-//! Prints a timeline and exits non-zero if any tab saw a skewed answer, an error, or if an
-//! invariant broke.
+//! The skewguard demo: blue/green deployments A → B → C → D of the example checkout backend on
+//! the local AWS world, with `retention: service` (the default) and a browser tab pinned to each
+//! version calling it throughout. Each deployment finishes within seconds: post-shift clones the
+//! version production left into a retention service and moves its pins there, so while D is
+//! production the tabs that loaded A, B and C are each still served by their own version. Then
+//! B is revoked (as `skewguard revoke` does) and A, whose tab is closed, retires for being idle
+//! (the reconciler's check of the ALB's `RequestCount`). Prints a timeline and exits non-zero if
+//! any tab saw a skewed answer or an error, if a version was not served by its own copy, or if
+//! an invariant broke.
 //!
 //! With `--keep` the world stays up afterwards for anyone to try the `skewguard` CLI and `curl`
 //! on: it prints the `export` lines that point the CLI at it (the stand-ins' endpoints, test
@@ -18,11 +23,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use skewguard_core::DeploymentId;
+use skewguard_core::ledger::Status;
 use skewguard_core::listener::{Condition, RuleAction};
+use skewguard_core::reconciler::{self, ReconcileOptions};
+use skewguard_core::retirement::Order;
+use skewguard_core::retirer::{self, RetireOptions};
+use skewguard_core::settings::{EnvDefaults, Settings};
 use skewguard_core::stages::short_arn;
 use skewguard_world::aws::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 use skewguard_world::console::{self, Command, Console, Stop, USAGE};
-use skewguard_world::engine::{HookRegistration, Intervention, Outcome};
+use skewguard_world::engine::{Intervention, Outcome};
 use skewguard_world::invariants::{Observation, ServiceTruth};
 use skewguard_world::live::{LiveWorld, Timeline, Traffic};
 use skewguard_world::world::{CLUSTER, TABLE};
@@ -30,9 +41,22 @@ use skewguard_world::world::{CLUSTER, TABLE};
 const A: &str = "a1b2c3d";
 const B: &str = "b2c3d4e";
 const C: &str = "c3d4e5f";
+const D: &str = "d4e5f6a";
 const SERVICE: &str = "checkout";
-/// The skew window of the deployments started by hand in a kept world.
-const KEPT_SKEW_WINDOW: &str = "60s";
+/// The demo service's settings: `retention: service` is the default; idle after one quiet
+/// minute (the ALB's `RequestCount` is per minute) with no grace, at most three retained
+/// versions; the skew window applies only if a copy could not start.
+fn settings() -> serde_json::Value {
+    json!({
+        "pollInterval": "1s",
+        "skewWindow": "30s",
+        "minAge": "0s",
+        "idleWindow": "1m",
+        "maxVersions": "3",
+    })
+}
+/// How often the demo runs the reconciler (every 5 minutes and on ECS events in AWS).
+const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 /// The exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
 const INTERRUPTED: u8 = 130;
 
@@ -66,7 +90,9 @@ async fn demo(keep: bool) -> Result<ExitCode, String> {
     // From here on Ctrl-C stops the world cleanly, whatever it is doing.
     let mut console = Console::stdin()?;
     let started = Instant::now();
-    println!("skewguard demo: deploying {A} (cart schema v1) -> {B} (v2, breaking) -> {C} (v3)");
+    println!(
+        "skewguard demo: deploying {A} (cart schema v1) -> {B} (v2, breaking) -> {C} (v3) -> {D} (v3)"
+    );
     println!(
         "starting the local AWS world (moto, ECS emulator, Lambda runtime, ALB data plane)..."
     );
@@ -77,9 +103,10 @@ async fn demo(keep: bool) -> Result<ExitCode, String> {
         return Ok(ExitCode::from(INTERRUPTED));
     };
     let scripted = async {
-        let settings = json!({"retention": "hold", "skewWindow": "4s", "pollInterval": "1s"});
-        let service = live.service(SERVICE, A, "v1", settings).await;
-        println!("service {SERVICE} runs {A}; skewWindow 4s, pollInterval 1s\n");
+        let service = live.service(SERVICE, A, "v1", settings()).await;
+        println!(
+            "service {SERVICE} runs {A}; retention: service, maxVersions 3, idleWindow 1m, minAge 0s\n"
+        );
         script(&live, &service, started)
             .await
             .map(|clean| (service, clean))
@@ -97,7 +124,6 @@ async fn demo(keep: bool) -> Result<ExitCode, String> {
     }
 
     tabs_open.store(false, Ordering::SeqCst);
-    hold_longer(&live, &service).await?;
     print_connection(&live);
     kept(&live, &service, &mut console).await;
     if console.stopped() == Some(Stop::Signal) {
@@ -116,18 +142,6 @@ async fn demo(keep: bool) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Gives the deployments started by hand a skew window long enough to look around in.
-async fn hold_longer(live: &LiveWorld, service: &str) -> Result<(), String> {
-    let details =
-        json!({"retention": "hold", "skewWindow": KEPT_SKEW_WINDOW, "pollInterval": "1s"});
-    for registration in HookRegistration::skewguard(details) {
-        let engine = &live.world.engine;
-        engine.drop_hook(service, registration.function).await?;
-        engine.add_hook(service, registration).await?;
-    }
-    Ok(())
 }
 
 /// Runs the commands until the console stops. One deployment runs at a time, and the other
@@ -159,8 +173,8 @@ async fn kept(live: &LiveWorld, service: &str, console: &mut Console) {
             }
             Ok(Command::Deploy { id, schema }) => {
                 println!(
-                    "== deploying {id} (cart schema {schema}); the previous version stays \
-                     pinned for {KEPT_SKEW_WINDOW}"
+                    "== deploying {id} (cart schema {schema}); the previous version is retained \
+                     in a service of its own"
                 );
                 running = Some(Box::pin(async move {
                     let outcome = live.deploy(service, &id, &schema, Intervention::None).await;
@@ -187,18 +201,23 @@ fn stopped(live: LiveWorld) -> ExitCode {
 }
 
 /// The scripted deployments with tabs calling throughout, and their summary: whether no tab saw
-/// a skewed answer or an error and no invariant broke.
+/// a skewed answer or an error, every pinned tab was served by its own version until it closed,
+/// the retirements happened, and no invariant broke.
 async fn script(live: &LiveWorld, service: &str, started: Instant) -> Result<bool, String> {
     live.open_tab(&format!("tab {A} v1"), service, Some(A), Some("v1"));
     live.open_tab("visitor (no pin)", service, None, None);
 
-    for (id, schema) in [(B, "v2"), (C, "v3")] {
+    for (id, schema) in [(B, "v2"), (C, "v3"), (D, "v3")] {
         println!("== deploying {id} (cart schema {schema})");
+        let deployed = Instant::now();
         let outcome = live.deploy(service, id, schema, Intervention::None).await?;
         if outcome != Outcome::Succeeded {
             return Err(format!("deploying {id}: {outcome:?}"));
         }
-        println!("== {id} is production; a new tab loads its frontend\n");
+        println!(
+            "== {id} is production after {:.1}s; a new tab loads its frontend\n",
+            deployed.elapsed().as_secs_f64()
+        );
         live.open_tab(
             &format!("tab {id} {schema}"),
             service,
@@ -206,10 +225,46 @@ async fn script(live: &LiveWorld, service: &str, started: Instant) -> Result<boo
             Some(schema),
         );
     }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let retained = retained(live, service).await?;
+    println!("== {D} is production; retained, each in a service of its own:");
+    for line in &retained {
+        println!("   {line}");
+    }
+    let mut ok = retained.len() == 3;
+    let served: Vec<String> = live
+        .traffic
+        .counters()
+        .iter()
+        .filter(|(tab, _)| tab.pin.is_some())
+        .map(|(tab, c)| format!("{}: {} own", tab.name, c.own))
+        .collect();
+    println!("   tabs now: {}\n", served.join(" | "));
+
+    // Revoke B (`skewguard revoke shop/checkout B`): its tab is closed first, as a kill switch
+    // for a broken version would leave its tabs to reload.
+    live.traffic.close(&format!("tab {B} v2"));
+    println!("== closing the {B} tab; skewguard revoke {CLUSTER}/{SERVICE} {B}");
+    let revoked = revoke(live, service, B).await?;
+    println!("   {revoked}\n");
+    ok &= revoked.starts_with("retired");
+
+    // A's tab closes: after a quiet minute on two checks 30 s apart, the reconciler retires A.
+    live.traffic.close(&format!("tab {A} v1"));
+    println!(
+        "== closing the {A} tab; the reconciler runs every {}s and retires {A} once its target group has seen no request for a minute on two checks",
+        RECONCILE_EVERY.as_secs()
+    );
+    let idle = until_idle(live, service, A, started).await?;
+    println!("   {idle}\n");
+    ok &= idle.starts_with("retired");
+
     tokio::time::sleep(Duration::from_secs(1)).await;
     live.traffic.stop().await;
 
-    println!("per tab (own = served by its version; fell back = after its skew window ended):");
+    println!(
+        "per tab (own = served by its version; fell back = served by another once its version was gone):"
+    );
     println!(
         "  {:<20} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}  served by",
         "tab", "requests", "own", "skewed", "fell back", "invalid", "errors"
@@ -231,6 +286,8 @@ async fn script(live: &LiveWorld, service: &str, started: Instant) -> Result<boo
             c.server_errors + c.transport_errors,
             served.join(" ")
         );
+        // Every tab was closed before its version retired: each answer came from its own.
+        ok &= c.own == c.requests && c.requests > 0;
     }
     let violations = live.world.checker.found();
     for v in &violations {
@@ -242,7 +299,113 @@ async fn script(live: &LiveWorld, service: &str, started: Instant) -> Result<boo
         violations.len(),
         started.elapsed().as_secs_f64()
     );
-    Ok(skewed == 0 && errors == 0 && violations.is_empty() && requests > 0)
+    Ok(ok && skewed == 0 && errors == 0 && violations.is_empty() && requests > 0)
+}
+
+/// One line per retained version: its copy's service, target group, tasks.
+async fn retained(live: &LiveWorld, service: &str) -> Result<Vec<String>, String> {
+    let entries = live
+        .world
+        .ledger()
+        .load(service)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(entries
+        .iter()
+        .filter(|e| e.status == Status::Retained)
+        .filter_map(|e| {
+            let copy = e.retention.as_ref()?;
+            Some(format!(
+                "{} -> service {} ({} task), target group {}",
+                e.deployment_id,
+                copy.service_name,
+                copy.tasks,
+                short_arn(&e.target_group_arn)
+            ))
+        })
+        .collect())
+}
+
+/// Retires `id` now, as `skewguard revoke` does; answers what happened.
+async fn revoke(live: &LiveWorld, service: &str, id: &str) -> Result<String, String> {
+    let settings = resolved_settings()?;
+    let options = RetireOptions {
+        settings: retirer::retirement_settings(&settings),
+        orders: vec![Order::Revoke(
+            DeploymentId::parse(id).map_err(|e| e.to_string())?,
+        )],
+        idle_check: false,
+        stage: "revoke".to_owned(),
+        execution_id: "demo".to_owned(),
+        identity: "demo".to_owned(),
+    };
+    let report = retirer::retire_service(&live.world.hook_clients, service, &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match report.retirements.first() {
+        Some(r) if r.done => format!("retired ({}): {}", r.reason, r.detail),
+        Some(r) => format!("not retired yet ({}): {}", r.reason, r.detail),
+        None => "nothing retired".to_owned(),
+    })
+}
+
+/// Runs the reconciler every [`RECONCILE_EVERY`] until `id` retires (at most 4 minutes);
+/// prints each idle check.
+async fn until_idle(
+    live: &LiveWorld,
+    service: &str,
+    id: &str,
+    started: Instant,
+) -> Result<String, String> {
+    let options = ReconcileOptions {
+        defaults: EnvDefaults::default(),
+        dry_run: false,
+        execution_id: "demo-schedule".to_owned(),
+        identity: "demo".to_owned(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while Instant::now() < deadline {
+        tokio::time::sleep(RECONCILE_EVERY).await;
+        let report = reconciler::reconcile_service(&live.world.hook_clients, service, &options)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(retirement) = report.retirement else {
+            continue;
+        };
+        for (version, checks) in &retirement.idle_checks {
+            println!(
+                "{:>6.1}s  reconciler: idle check of {version}: {checks} of 2 found no request",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        for note in &retirement.notes {
+            println!(
+                "{:>6.1}s  reconciler: {note}",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if let Some(r) = retirement
+            .retirements
+            .iter()
+            .find(|r| r.deployment_id.as_str() == id)
+        {
+            return Ok(if r.done {
+                format!("retired ({}): {}", r.reason, r.detail)
+            } else {
+                format!("not retired ({}): {}", r.reason, r.detail)
+            });
+        }
+    }
+    Ok(format!("{id} did not retire within 4 minutes"))
+}
+
+/// The demo service's settings, resolved as its hooks resolve them.
+fn resolved_settings() -> Result<Settings, String> {
+    Settings::resolve(
+        settings().as_object().ok_or("settings are an object")?,
+        &EnvDefaults::default(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// What points the `skewguard` CLI and `curl` at the kept world.
@@ -270,8 +433,9 @@ fn print_connection(live: &LiveWorld) {
         "  skewguard explain --listener \"$LISTENER\" --path /v2/cart --header X-Deployment-ID={C}"
     );
     println!("  curl -i -H 'X-Deployment-ID: {C}' \"$DEMO_URL/v2/cart\"");
+    println!("  skewguard revoke {CLUSTER}/{SERVICE} {C}");
     println!(
-        "\nHere: {USAGE} (SCHEMA is v1, v2 or v3; e.g. `deploy d4e5f6a v3`); Ctrl-C stops too."
+        "\nHere: {USAGE} (SCHEMA is v1, v2 or v3; e.g. `deploy e5f6a7b v3`); Ctrl-C stops too."
     );
 }
 
