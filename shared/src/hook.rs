@@ -723,10 +723,25 @@ async fn observe(
         }
         LifecycleStage::PostTestTrafficShift => {
             let green = green_version(event, draft, settings, clients).await?;
-            if let Some(ended) = ended_in_archive(event, draft, &green.0, clients).await? {
+            let deployment = clients.ecs.deployment(&event.deployment_arn).await?;
+            // Green is first recorded here, so its ID has no entry in play on every forward
+            // call: only a deployment ECS no longer runs forward can be one whose entry ended
+            // and left for the archive (ECS marks it stopped or rolling back before it calls
+            // the rollback hooks that archive it), so only then is the archive read.
+            if !deployment.in_progress()
+                && let Some(ended) = ended_in_archive(event, draft, &green.0, clients).await?
+            {
                 return Ok(Seen::Ended(Box::new(ended)));
             }
-            let blue = blue_before_shift(event, draft, &green.0, settings, clients).await?;
+            let blue = blue_before_shift(
+                event,
+                draft,
+                &green.0,
+                &deployment.source_revisions,
+                settings,
+                clients,
+            )
+            .await?;
             Seen::PostTestTraffic { green, blue }
         }
         LifecycleStage::TestTrafficShift | LifecycleStage::ProductionTrafficShift => {
@@ -940,8 +955,8 @@ pub async fn discover(
 }
 
 /// The archived entry of green, when its deployment ID has no entry in play and its archive
-/// was this very revision: the deployment ended, and this forward call came late. One GetItem,
-/// made only when the entries in play do not know green's ID.
+/// was this very revision: the deployment ended, and this forward call came late. One `Query` of
+/// the archive item's key, made only when the entries in play do not know green's ID.
 async fn ended_in_archive(
     event: &HookEvent,
     draft: &Draft,
@@ -971,17 +986,17 @@ async fn green_version(
     }
 }
 
-/// Blue before the production shift: the deployment's source revision (per ECS, so a stale
-/// ledger can never name the wrong version), taken from the ledger when it knows that revision
-/// and described otherwise (a service's first deployment under skewguard).
+/// Blue before the production shift: the deployment's source revisions `sources` (per ECS, so
+/// a stale ledger can never name the wrong version), taken from the ledger when it knows that
+/// revision and described otherwise (a service's first deployment under skewguard).
 async fn blue_before_shift(
     event: &HookEvent,
     draft: &Draft,
     green: &RunningVersion,
+    sources: &[String],
     settings: &Settings,
     clients: &Clients,
 ) -> Result<Option<RunningVersion>, HookError> {
-    let sources = clients.ecs.source_revisions(&event.deployment_arn).await?;
     if sources.is_empty() {
         info!(stage = %event.stage, "no source revision: the service's first deployment");
         return Ok(None);
@@ -994,7 +1009,7 @@ async fn blue_before_shift(
     {
         return Ok(Some(known.running()));
     }
-    let revisions = clients.ecs.describe_revisions(&sources).await?;
+    let revisions = clients.ecs.describe_revisions(sources).await?;
     let mut candidates = Vec::new();
     for revision in revisions {
         match revision.placement() {

@@ -1539,3 +1539,80 @@ async fn hook_timeouts_follow_their_action_and_a_failed_rollback_is_rollback_fai
     );
     world.assert_no_violations();
 }
+
+/// Records, per hook invocation, the AWS operations it called at a proxy in front of the
+/// stand-ins (the engine invokes hooks one at a time).
+struct CountingCalls {
+    inner: InProcess,
+    proxy: Arc<skewguard_world::faults::FaultProxy>,
+    seen: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+}
+
+impl Invoker for CountingCalls {
+    fn invoke<'a>(&'a self, function: HookFunction, event: Value) -> BoxFuture<'a, Invocation> {
+        Box::pin(async move {
+            let stage = event["lifecycleStage"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let before = self.proxy.total();
+            let answer = self.inner.invoke(function, event).await;
+            let calls = self.proxy.calls()[before..]
+                .iter()
+                .map(|c| c.operation.clone())
+                .collect();
+            self.seen.lock().unwrap().push((stage, calls));
+            answer
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_test_traffic_reads_the_archive_only_for_a_deployment_ecs_no_longer_runs() {
+    use skewguard_world::chaos::{Mode, proxied_clients};
+    let stand_ins = skewguard_world::world::StandIns::start("/api/*").await;
+    let proxy = Arc::new(
+        skewguard_world::faults::FaultProxy::start(&stand_ins.endpoints)
+            .await
+            .unwrap(),
+    );
+    let invoker = Arc::new(CountingCalls {
+        inner: InProcess {
+            clients: proxied_clients(&proxy, Mode::InProcess).await,
+            defaults: EnvDefaults::default(),
+        },
+        proxy: proxy.clone(),
+        seen: std::sync::Mutex::new(Vec::new()),
+    });
+    let observer = stand_ins.checker.clone();
+    let world = stand_ins.with_engine(invoker.clone(), Arc::new(PlaceholderTasks), observer);
+    let (service, _) = world.service("web", "v1", quick()).await;
+    // v2 is the service's first deployment under skewguard (blue is described and pinned
+    // too), v3 a steady one.
+    for version in ["v2", "v3"] {
+        let outcome = world
+            .engine
+            .deploy(&service, version, &[], Intervention::None)
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Succeeded), "{outcome:?}");
+    }
+    let post_test_traffic: Vec<Vec<String>> = invoker
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(stage, _)| stage == "POST_TEST_TRAFFIC_SHIFT")
+        .map(|(_, calls)| calls.clone())
+        .collect();
+    assert_eq!(post_test_traffic.len(), 2, "{post_test_traffic:?}");
+    for (calls, most) in post_test_traffic.iter().zip([9, 5]) {
+        // One Query: the entries in play. The archive is not read for a deployment in progress.
+        assert_eq!(
+            calls.iter().filter(|op| *op == "Query").count(),
+            1,
+            "{calls:?}"
+        );
+        assert!(calls.len() <= most, "{} calls: {calls:?}", calls.len());
+    }
+}

@@ -380,8 +380,9 @@ impl Ecs {
         })
     }
 
-    /// The revisions a deployment started from (blue), per `DescribeServiceDeployments`.
-    pub async fn source_revisions(&self, deployment_arn: &str) -> Result<Vec<String>, EcsError> {
+    /// One deployment as `DescribeServiceDeployments` tells it: its status, the revisions it
+    /// started from (blue) and its target (green). Errors: `Missing` when ECS does not return it.
+    pub async fn deployment(&self, deployment_arn: &str) -> Result<DeploymentFacts, EcsError> {
         let answer = self
             .client
             .describe_service_deployments()
@@ -389,21 +390,17 @@ impl Ecs {
             .send()
             .await
             .map_err(|e| classify("DescribeServiceDeployments", e))?;
-        let deployment = answer
+        answer
             .service_deployments()
             .iter()
             .find(|d| d.service_deployment_arn() == Some(deployment_arn))
+            .map(deployment_from_sdk)
             .ok_or_else(|| {
                 EcsError::Discovery(DiscoveryError::Missing {
                     what: "service deployment",
                     arn: deployment_arn.to_owned(),
                 })
-            })?;
-        Ok(deployment
-            .source_service_revisions()
-            .iter()
-            .filter_map(|s| s.arn().map(str::to_owned))
-            .collect())
+            })
     }
 }
 
@@ -479,6 +476,14 @@ pub struct DeploymentFacts {
     pub rollback_revision: Option<String>,
     /// The lifecycle hooks the deployment was configured with.
     pub hooks: Vec<HookRegistrationFacts>,
+}
+
+impl DeploymentFacts {
+    /// ECS still runs the deployment forward (`PENDING`, `IN_PROGRESS`). Any other status, or
+    /// none, means it was stopped, rolled back or finished: a forward hook call for it is late.
+    pub fn in_progress(&self) -> bool {
+        matches!(self.status.as_str(), "PENDING" | "IN_PROGRESS")
+    }
 }
 
 /// A lifecycle hook as a deployment's `deploymentConfiguration.lifecycleHooks[]` records it.
