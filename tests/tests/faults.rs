@@ -72,6 +72,18 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "canary",
             strategy: Strategy::Canary(10.0),
+            ..base.clone()
+        },
+        Scenario {
+            name: "retention service: the previous version cloned and retained",
+            details: json!({"retention": "service", "skewWindow": "1h", "pollInterval": "1s"}),
+            ..base.clone()
+        },
+        Scenario {
+            name: "retention service: a second deployment retains two versions",
+            details: json!({"retention": "service", "skewWindow": "1h", "pollInterval": "1s"}),
+            setup: vec!["v2"],
+            deploy: "v3",
             ..base
         },
     ]
