@@ -424,9 +424,17 @@ impl Engine {
     /// with the service's name, while they are active and asked to run tasks).
     pub fn truths(&self) -> Vec<ServiceTruth> {
         let mut truths = self.truths.lock().expect("truths").clone();
-        for (owner, target_group, deployment_id) in self.ecs.with_state(|s| retention_copies(s)) {
-            if let Some(truth) = truths.get_mut(&owner) {
-                truth.running.insert(target_group, deployment_id);
+        for copy in self.ecs.with_state(|s| retention_copies(s)) {
+            let Some(truth) = truths.get_mut(&copy.owner) else {
+                continue;
+            };
+            truth.retention_services.push(copy.name);
+            if copy.asked_to_run {
+                for target_group in copy.target_groups {
+                    truth
+                        .running
+                        .insert(target_group, copy.deployment_id.clone());
+                }
             }
         }
         truths.into_values().collect()
@@ -459,6 +467,7 @@ impl Engine {
                 probe: setup.probe.clone(),
                 running: BTreeMap::new(),
                 must_be_pinned: Vec::new(),
+                retention_services: Vec::new(),
             },
             stop_requested: Arc::new(AtomicBool::new(false)),
             task_family_revision: 0,
@@ -502,6 +511,7 @@ impl Engine {
                 probe: setup.probe.clone(),
                 running: BTreeMap::new(),
                 must_be_pinned: Vec::new(),
+                retention_services: Vec::new(),
             },
             stop_requested: Arc::new(AtomicBool::new(false)),
             task_family_revision: 0,
@@ -1424,10 +1434,19 @@ fn dedup(ids: &mut Vec<DeploymentId>) {
     ids.retain(|id| seen.insert(id.clone()));
 }
 
-/// The retention copies in the emulator: (the service they keep a version of, their target
-/// group, the version), for each active plain service tagged `skewguard:service` that is asked
-/// to run tasks.
-fn retention_copies(state: &crate::ecs_emulator::EcsState) -> Vec<(String, String, DeploymentId)> {
+/// An active retention copy in the emulator: a plain service tagged `skewguard:service`.
+struct RetentionCopy {
+    /// The service it keeps a version of.
+    owner: String,
+    name: String,
+    target_groups: Vec<String>,
+    deployment_id: DeploymentId,
+    /// Its desired count is above 0 (it is not being retired).
+    asked_to_run: bool,
+}
+
+/// The retention copies in the emulator: every ACTIVE plain service tagged `skewguard:service`.
+fn retention_copies(state: &crate::ecs_emulator::EcsState) -> Vec<RetentionCopy> {
     let mut copies = Vec::new();
     for service in state.services.values() {
         let Some(owner) = service
@@ -1438,7 +1457,7 @@ fn retention_copies(state: &crate::ecs_emulator::EcsState) -> Vec<(String, Strin
         else {
             continue;
         };
-        if service.status != "ACTIVE" || service.desired_count <= 0 {
+        if service.status != "ACTIVE" {
             continue;
         }
         let Some(cluster) = service.cluster_arn.rsplit('/').next() else {
@@ -1456,16 +1475,20 @@ fn retention_copies(state: &crate::ecs_emulator::EcsState) -> Vec<(String, Strin
                         .and_then(|kv| DeploymentId::parse(&kv.value).ok())
                 })
             });
-        let Some(version) = version else {
+        let Some(deployment_id) = version else {
             continue;
         };
-        for lb in &service.load_balancers {
-            copies.push((
-                crate::ecs_emulator::service_arn(cluster, owner),
-                lb.target_group_arn.clone(),
-                version.clone(),
-            ));
-        }
+        copies.push(RetentionCopy {
+            owner: crate::ecs_emulator::service_arn(cluster, owner),
+            name: service.service_name.clone(),
+            target_groups: service
+                .load_balancers
+                .iter()
+                .map(|lb| lb.target_group_arn.clone())
+                .collect(),
+            deployment_id,
+            asked_to_run: service.desired_count > 0,
+        });
     }
     copies
 }

@@ -21,6 +21,9 @@ pub struct ServiceTruth {
     pub running: BTreeMap<String, DeploymentId>,
     /// Deployment IDs that must be reachable through a pin right now (invariant 2).
     pub must_be_pinned: Vec<DeploymentId>,
+    /// The names of the active retention services skewguard started for this service
+    /// (invariant 7).
+    pub retention_services: Vec<String>,
 }
 
 /// Everything observed at one moment.
@@ -223,6 +226,25 @@ pub fn violations(
                     found.push(format!("invariant 5: history of {key:?} was rewritten"))
                 }
                 Some(_) => {}
+            }
+        }
+    }
+
+    // 7. No retention service runs without a ledger entry of its service naming it (it is
+    //    recorded before it is created, and forgotten only once deleted).
+    for service in truth {
+        let entries = now.ledgers.get(&service.service_arn);
+        for name in &service.retention_services {
+            let recorded = entries.into_iter().flatten().any(|e| {
+                e.retention
+                    .as_ref()
+                    .is_some_and(|copy| &copy.service_name == name)
+            });
+            if !recorded {
+                found.push(format!(
+                    "invariant 7: retention service {name} of {} runs without a ledger entry naming it",
+                    service.service_arn
+                ));
             }
         }
     }

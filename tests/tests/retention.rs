@@ -306,3 +306,64 @@ async fn a_retained_version_deployed_again_loses_its_copy_to_the_reconciler() {
     world.check("after the reconciler").await;
     world.assert_no_violations();
 }
+
+/// The checker's seventh guarantee: a retention service the ledger does not name (created
+/// before its record, or its record dropped before it was deleted) is a violation.
+#[test]
+fn a_retention_service_without_a_ledger_entry_naming_it_is_a_violation() {
+    use skewguard_core::ledger::{RunningVersion, ServiceWiring};
+    use skewguard_core::listener::Request;
+    use skewguard_world::invariants::{ServiceTruth, violations};
+    use std::collections::BTreeMap;
+
+    let svc = "arn:aws:ecs:us-east-1:123456789012:service/shop/web";
+    let running = RunningVersion {
+        deployment_id: DeploymentId::parse("v1").unwrap(),
+        service_revision_arn: "rev".into(),
+        target_group_arn: "tg".into(),
+        task_definition_arn: "td".into(),
+    };
+    let wiring = ServiceWiring {
+        listener_arn: "l".into(),
+        production_rule_arn: "p".into(),
+    };
+    let mut v1 = LedgerEntry::new(
+        svc,
+        &running,
+        &wiring,
+        Status::Retained,
+        time::OffsetDateTime::now_utc(),
+    );
+    let truth = ServiceTruth {
+        service_arn: svc.into(),
+        production_rule_arn: "p".into(),
+        probe: Request::get("/api/cart"),
+        running: BTreeMap::new(),
+        must_be_pinned: Vec::new(),
+        retention_services: vec!["web-sg-v1".into()],
+    };
+    let seen = |entry: &LedgerEntry| Observation {
+        rules: Vec::new(),
+        tags: BTreeMap::new(),
+        ledgers: BTreeMap::from([(svc.to_owned(), vec![entry.clone()])]),
+        histories: BTreeMap::new(),
+    };
+    let found = violations(&seen(&v1), None, std::slice::from_ref(&truth));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("invariant 7: retention service web-sg-v1"),
+        "{found:?}"
+    );
+    v1.retention = Some(skewguard_core::retention::new_copy(
+        svc,
+        "shop",
+        &v1.deployment_id,
+        1,
+        1,
+        time::OffsetDateTime::now_utc(),
+    ));
+    assert_eq!(
+        violations(&seen(&v1), None, std::slice::from_ref(&truth)),
+        Vec::<String>::new()
+    );
+}
