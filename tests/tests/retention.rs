@@ -367,3 +367,65 @@ fn a_retention_service_without_a_ledger_entry_naming_it_is_a_violation() {
         Vec::<String>::new()
     );
 }
+
+/// The reconciler with retained versions: with nothing drifted it changes nothing; a retained
+/// version's pin deleted by hand is restored, forwarding to its copy's target group alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reconciler_keeps_retained_pins_and_restores_a_lost_one_to_the_copy() {
+    use skewguard_core::reconcile::RepairKind;
+    use skewguard_core::reconciler::{self, ReconcileOptions};
+    let world = world().await;
+    let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
+    for id in ["v2", "v3"] {
+        let outcome = world
+            .engine
+            .deploy(&service, id, &[], Intervention::None)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Succeeded, "deploying {id}");
+    }
+    let options = ReconcileOptions {
+        defaults: Default::default(),
+        dry_run: false,
+        execution_id: "test".into(),
+        identity: "test".into(),
+    };
+    let report = reconciler::reconcile_service(&world.hook_clients, &service, &options)
+        .await
+        .unwrap();
+    assert!(report.repairs.is_empty(), "{:?}", report.repairs);
+    let before = observe(&world, &service).await;
+    let v1_pin = before.pins_of(&service, "v1");
+    assert_eq!(v1_pin.len(), 1);
+    let copy_tg = entry(&entries(&world, &service).await, "v1")
+        .retention
+        .as_ref()
+        .and_then(|c| c.target_group_arn.clone())
+        .unwrap();
+    assert_eq!(v1_pin[0].forward_targets(), vec![copy_tg.as_str()]);
+
+    // Someone deletes v1's pin.
+    world.elb().delete_rule(&v1_pin[0].arn).await.unwrap();
+    let report = reconciler::reconcile_service(&world.hook_clients, &service, &options)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .repairs
+            .iter()
+            .any(|r| r.kind == RepairKind::PinRestored
+                && r.deployment_id.as_ref().map(DeploymentId::as_str) == Some("v1")),
+        "{:?}",
+        report.repairs
+    );
+    let after = observe(&world, &service).await;
+    let restored = after.pins_of(&service, "v1");
+    assert_eq!(restored.len(), 1);
+    assert_eq!(restored[0].forward_targets(), vec![copy_tg.as_str()]);
+    assert_eq!(
+        entry(&entries(&world, &service).await, "v1").status,
+        Status::Retained
+    );
+    world.check("after the repair").await;
+    world.assert_no_violations();
+}
