@@ -429,3 +429,84 @@ async fn the_reconciler_keeps_retained_pins_and_restores_a_lost_one_to_the_copy(
     world.check("after the repair").await;
     world.assert_no_violations();
 }
+
+/// A deployment superseding one whose copy is starting: the starting version loses its pins
+/// before the new green scales up into its target group, its copy goes to retirement
+/// (`superseded`), the reconciler tears it down, and the newer deployment retains its own
+/// previous version as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_superseding_a_start_leaves_nothing_of_the_copy_once_retired() {
+    use skewguard_core::reconciler::{self, ReconcileOptions};
+    use skewguard_world::engine::{ScaleDownAt, SupersedeWhen};
+    let world = world().await;
+    let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
+    world.ecs.set_never_healthy("*web-sg-v1*", true);
+    let outcome = world
+        .engine
+        .deploy(
+            &service,
+            "v2",
+            &[],
+            Intervention::Supersede {
+                when: SupersedeWhen::WhileHolding,
+                by: "v3".to_owned(),
+                environment: Vec::new(),
+                scale_down: ScaleDownAt::ScaleUp,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded, "v3 deploys");
+    let ledger = entries(&world, &service).await;
+    assert_eq!(entry(&ledger, "v3").status, Status::Live);
+    assert_eq!(entry(&ledger, "v2").status, Status::Retained, "{ledger:?}");
+    let v1 = entry(&ledger, "v1");
+    assert_eq!(v1.status, Status::Retained, "handed to retirement: {v1:?}");
+    assert_eq!(v1.reason.as_deref(), Some("superseded"));
+    assert!(
+        observe(&world, &service)
+            .await
+            .pins_of(&service, "v1")
+            .is_empty()
+    );
+    assert!(
+        active_service(&world, "web-sg-v1").await,
+        "not torn down yet"
+    );
+
+    let options = ReconcileOptions {
+        defaults: Default::default(),
+        dry_run: false,
+        execution_id: "test".into(),
+        identity: "test".into(),
+    };
+    let report = reconciler::reconcile_service(&world.hook_clients, &service, &options)
+        .await
+        .unwrap();
+    let retirement = report.retirement.expect("v1 retires");
+    assert!(
+        retirement
+            .retirements
+            .iter()
+            .any(|r| r.deployment_id.as_str() == "v1" && r.done && r.reason == "superseded"),
+        "{retirement:?}"
+    );
+    let ledger = entries(&world, &service).await;
+    let v1 = entry(&ledger, "v1");
+    assert_eq!(v1.status, Status::Retired);
+    assert_eq!(v1.reason.as_deref(), Some("superseded"));
+    assert!(!active_service(&world, "web-sg-v1").await);
+    let tg_name =
+        skewguard_core::retention::target_group_name(&service, &DeploymentId::parse("v1").unwrap());
+    assert_eq!(
+        world
+            .elb()
+            .target_group_arn_by_name(&tg_name)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(active_service(&world, "web-sg-v2").await);
+    world.check("after the reconciler").await;
+    world.assert_no_violations();
+}
