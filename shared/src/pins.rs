@@ -357,8 +357,10 @@ pub fn own_rules<'a>(
 }
 
 /// Rules that might be this service's pins lost between "rule created" and "ledger written":
-/// forwarding to just one of the service's target groups, matching on a header or query, and
-/// not recorded anywhere in its ledger. Only these need their tags read.
+/// forwarding to just one of the service's target groups, or to a retention copy's target group
+/// (alone, or at weight 0 beside one of the service's: recognised by the copy's name, which
+/// the ledger records before the group exists), matching on a header or query, and not
+/// recorded anywhere in its ledger. Only these need their tags read.
 pub fn orphan_candidates(
     entries: &[LedgerEntry],
     rules: &[ListenerRule],
@@ -369,14 +371,26 @@ pub fn orphan_candidates(
         .flat_map(|e| e.rule_arns.iter().map(String::as_str))
         .collect();
     let service_targets: BTreeSet<&str> = production_rule.forward_targets().into_iter().collect();
+    let copies: BTreeSet<&str> = entries
+        .iter()
+        .filter_map(|e| e.retention.as_ref())
+        .map(|c| c.target_group_name.as_str())
+        .collect();
+    let is_copy = |tg: &str| target_group_name_of(tg).is_some_and(|name| copies.contains(name));
     rules
         .iter()
         .filter(|r| {
             !r.is_default() && r.arn != production_rule.arn && !recorded.contains(r.arn.as_str())
         })
         .filter(|r| {
-            let to_this_service =
-                matches!(r.forward_targets().as_slice(), [one] if service_targets.contains(one));
+            let to_this_service = match r.forward_targets().as_slice() {
+                [one] => service_targets.contains(one) || is_copy(one),
+                [a, b] => {
+                    (service_targets.contains(a) && is_copy(b))
+                        || (is_copy(a) && service_targets.contains(b))
+                }
+                _ => false,
+            };
             // A retired catch-all lost between "rule created" and "ledger written".
             let retired_answer = matches!(&r.action,
                 RuleAction::FixedResponse { status_code, .. } if *status_code == RETIRED_STATUS);
@@ -389,6 +403,11 @@ pub fn orphan_candidates(
         })
         .map(|r| r.arn.clone())
         .collect()
+}
+
+/// The name of a target group from its ARN (`…:targetgroup/NAME/ID`).
+fn target_group_name_of(arn: &str) -> Option<&str> {
+    arn.split_once(":targetgroup/")?.1.split('/').next()
 }
 
 /// Where this service's pins may go on the listener.
@@ -1002,6 +1021,57 @@ mod tests {
         assert_eq!(
             plan.keep.values().next().unwrap(),
             &vec!["orphan".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_pin_lost_while_a_retention_copy_starts_is_an_orphan_candidate_by_the_copys_name() {
+        // A crash after the pin [tg1 w1, copy w0] was created and before the copy's ARN was
+        // written: the ledger knows the copy by name only. The pin must be found (and its
+        // tags read), or it would block its priority as if it were another service's rule.
+        let mut rules = listener();
+        let s = settings(json!({}));
+        let p = prod(&rules);
+        let mut blue = entry("aaa", "tg1", Status::Draining);
+        let copy = crate::retention::new_copy(
+            SVC,
+            "cluster",
+            &blue.deployment_id,
+            1,
+            1,
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
+        let copy_tg = format!(
+            "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/{}/0123456789abcdef",
+            copy.target_group_name
+        );
+        blue.retention = Some(copy);
+        let spec = pin_specs(&blue.deployment_id, "tg1", &p, &s)
+            .unwrap()
+            .remove(0);
+        rules.push(rule(
+            "lost-weighted",
+            Priority::Number(99),
+            spec.conditions.clone(),
+            forward(&[("tg1", 1), (copy_tg.as_str(), 0)]),
+        ));
+        rules.push(rule(
+            "lost-alone",
+            Priority::Number(98),
+            spec.conditions.clone(),
+            forward(&[(copy_tg.as_str(), 1)]),
+        ));
+        rules.push(rule(
+            "someone-elses",
+            Priority::Number(9),
+            spec.conditions,
+            forward(&[("tg1", 1), ("tg-other", 1)]),
+        ));
+        let mut candidates = orphan_candidates(std::slice::from_ref(&blue), &rules, &p);
+        candidates.sort();
+        assert_eq!(
+            candidates,
+            vec!["lost-alone".to_owned(), "lost-weighted".to_owned()]
         );
     }
 
