@@ -260,17 +260,25 @@ def terraform_grants() -> set[Grant]:
     found: set[Grant] = set()
     resources = module["resource"]
     canon = lambda r: f"{r}:*" if False else r  # noqa: E731 (resources are already names)
-    # Function roles: their own policy, and the shared policies attached to every function role.
+    # Function roles: their own policy, the shared policies attached to every function role and
+    # those attached to one function's role.
     (role,) = resources["aws_iam_role"]["function"]
     assert role["for_each"] == "${local.functions}"
     own = hcl.locals["function_policies"]
     for crate in CRATES:
         found |= grants(crate, hcl.value(own[crate]), canon)
     for name, (attachment,) in resources.get("aws_iam_role_policy_attachment", {}).items():
-        assert attachment["for_each"] == "${aws_iam_role.function}", f"attachment {name} is not for every function role"
+        if "for_each" in attachment:
+            assert attachment["for_each"] == "${aws_iam_role.function}", f"attachment {name} is not for every function role"
+            assert attachment["role"] == "${each.value.name}", f"attachment {name}: role {attachment['role']}"
+            crates = CRATES
+        else:
+            one = re.fullmatch(r'\$\{aws_iam_role\.function\["([\w-]+)"\]\.name\}', attachment["role"])
+            assert one and one.group(1) in CRATES, f"attachment {name}: role {attachment['role']} is not one function's role"
+            crates = (one.group(1),)
         m = re.fullmatch(r"\$\{aws_iam_policy\.(\w+)\.arn\}", attachment["policy_arn"])
         (policy,) = resources["aws_iam_policy"][m.group(1)]
-        for crate in CRATES:
+        for crate in crates:
             found |= grants(crate, hcl.value(policy["policy"]), canon)
     (inline,) = resources["aws_iam_role_policy"]["function"]
     assert inline["policy"] == "${local.function_policies[each.key]}" and inline["role"] == "${aws_iam_role.function[each.key].id}"

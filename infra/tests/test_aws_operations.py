@@ -88,6 +88,31 @@ def test_a_call_without_its_tags_is_not_allowed(template):
     assert any("does not allow elasticloadbalancing:CreateRule" in p for p in problems), problems
 
 
+def test_a_retention_copy_without_the_managed_tag_is_not_allowed(template):
+    operations = copy.deepcopy(sg.OPERATIONS)
+    for key in ("ecs:CreateService", "ecs:TagResource", "elasticloadbalancing:CreateTargetGroup", "elasticloadbalancing:AddTags (CreateTargetGroup)"):
+        del operations["actions"][key]["context"]["aws:RequestTag/skewguard:managed"]
+    problems = sg.check_role_grants(template, operations)
+    for action in ("ecs:CreateService", "ecs:TagResource", "elasticloadbalancing:CreateTargetGroup", "elasticloadbalancing:AddTags"):
+        assert any(f"(post-shift): does not allow {action} on resource type" in p for p in problems), (action, problems)
+
+
+def test_a_target_group_of_another_name_is_not_allowed(template):
+    operations = copy.deepcopy(sg.OPERATIONS)
+    spec = operations["actions"]["elasticloadbalancing:CreateTargetGroup"]["resources"]
+    spec["targetgroup"] = spec["targetgroup"].replace("/sg-0123456789abcdef/", "/web-green/")
+    problems = sg.check_role_grants(template, operations)
+    assert any("does not allow elasticloadbalancing:CreateTargetGroup" in p for p in problems), problems
+
+
+def test_tags_on_a_pin_are_not_tags_on_a_target_group(template):
+    # The second AddTags entry is checked with its own context: CreateRule's tags do not stand in.
+    operations = copy.deepcopy(sg.OPERATIONS)
+    operations["actions"]["elasticloadbalancing:AddTags (CreateTargetGroup)"]["context"]["elasticloadbalancing:CreateAction"] = "CreateRule"
+    problems = sg.check_role_grants(template, operations)
+    assert any("(post-shift): does not allow elasticloadbalancing:AddTags on resource type targetgroup" in p for p in problems), problems
+
+
 @pytest.mark.parametrize(
     "statement, action, resource, context, allowed",
     [

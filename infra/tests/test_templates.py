@@ -173,6 +173,35 @@ def _add_tags_anytime(example, template):
             del st["Condition"]
 
 
+def _retention_statement(template, action):
+    return next(st for st in _statements(template, "RetentionStartPolicy") if st["Action"] == action)
+
+
+def _create_service_untagged(example, template):
+    del _retention_statement(template, "ecs:CreateService")["Condition"]
+
+
+def _create_service_of_any_name(example, template):
+    _retention_statement(template, "ecs:CreateService")["Resource"] = {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:service/${ClusterName}/*"}
+
+
+def _tag_services_anytime(example, template):
+    del _retention_statement(template, "ecs:TagResource")["Condition"]["StringEquals"]["ecs:CreateAction"]
+
+
+def _create_any_target_group(example, template):
+    _retention_statement(template, "elasticloadbalancing:CreateTargetGroup")["Resource"] = {"Fn::Sub": "arn:${AWS::Partition}:elasticloadbalancing:${AWS::Region}:${AWS::AccountId}:targetgroup/*"}
+
+
+def _tag_target_groups_anytime(example, template):
+    del _retention_statement(template, "elasticloadbalancing:AddTags")["Condition"]["StringEquals"]["elasticloadbalancing:CreateAction"]
+
+
+def _post_shift_without_teardown(example, template):
+    arns = template["Resources"]["PostShiftRole"]["Properties"]["ManagedPolicyArns"]
+    arns.remove({"Ref": "RetentionTeardownPolicy"})
+
+
 def _post_shift_role_reads_deployments(example, template):
     role = template["Resources"]["PostShiftRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     role.append({"Effect": "Allow", "Action": "ecs:DescribeServiceDeployments", "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:service-deployment/*"}})
@@ -310,6 +339,12 @@ BROKEN: dict[str, tuple[Callable, str]] = {
     "CreateRule on every listener": (_create_rule_on_every_listener, "ListenerArns only"),
     "AddTags without CreateAction": (_add_tags_anytime, "tagging on CreateRule"),
     "post-shift may read deployments": (_post_shift_role_reads_deployments, "does not use"),
+    "CreateService without skewguard:managed": (_create_service_untagged, "ecs:CreateService must require the request tag skewguard:managed=true"),
+    "CreateService of any name": (_create_service_of_any_name, "ecs:CreateService must be on the cluster's *-sg-* services only"),
+    "TagResource without CreateAction": (_tag_services_anytime, "TagResource must be limited to tagging on CreateService"),
+    "CreateTargetGroup of any name": (_create_any_target_group, "CreateTargetGroup must be on sg-* target groups only"),
+    "AddTags on target groups without CreateAction": (_tag_target_groups_anytime, "AddTags must be limited to tagging on CreateRule (pins) or CreateTargetGroup"),
+    "post-shift cannot tear down a copy": (_post_shift_without_teardown, "missing actions it needs: ['ecs:DeleteService', 'ecs:DescribeServices', 'ecs:UpdateService', 'elasticloadbalancing:DeleteTargetGroup', 'elasticloadbalancing:DescribeTargetGroups']"),
     "two functions share a role": (_shared_role, "one role per function"),
     "invoke role on *": (_invoke_role_on_star, "only the three hooks"),
     "invoke role on every function": (_invoke_role_every_function, "only the three hooks"),

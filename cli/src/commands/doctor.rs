@@ -913,6 +913,13 @@ fn queue_arn(url: &str, partition: &str, region: &str) -> Option<String> {
     Some(format!("arn:{partition}:sqs:{region}:{account}:{name}"))
 }
 
+/// The IAM action of an `infra/aws-operations.yaml` entry: its key's first word (an action made
+/// with two request contexts has a second entry whose key adds the creating call in parentheses,
+/// `elasticloadbalancing:AddTags (CreateTargetGroup)`).
+pub fn iam_action(key: &str) -> &str {
+    key.split_once(' ').map_or(key, |(action, _)| action)
+}
+
 /// `infra/aws-operations.yaml`, as built in.
 pub fn operations() -> Result<Operations, String> {
     serde_yaml_ng::from_str(AWS_OPERATIONS)
@@ -1079,7 +1086,7 @@ pub async fn simulate_function(
         let mut request = iam
             .simulate_principal_policy()
             .policy_source_arn(&role)
-            .action_names(action);
+            .action_names(iam_action(action));
         for resource in &resources {
             request = request.resource_arns(resource);
         }

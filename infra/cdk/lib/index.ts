@@ -240,6 +240,50 @@ export class Skewguard extends Construct {
       })],
     });
 
+    // Retention copies (retention service mode, started by post-shift): read the load balancer for
+    // the quota check and the copy's targets' health; create the copy's target group (named sg-*)
+    // and service (named <service>-sg-<deployment ID>, in the cluster) only carrying
+    // skewguard:managed=true, and tag them only while creating them. No iam:PassRole: the copy
+    // sets no `role` (ECS uses its service-linked role) and reuses the task definition's roles.
+    const retentionTargetGroups = `arn:${stack.partition}:elasticloadbalancing:${stack.region}:${stack.account}:targetgroup/sg-*/*`;
+    const retentionServices = `${ecsPrefix}:service/${clusterName}/*-sg-*`;
+    const retentionStart = new iam.ManagedPolicy(this, 'RetentionStartPolicy', {
+      description: 'skewguard - create the retention copies of retention service mode',
+      statements: [
+        new iam.PolicyStatement({
+          sid: 'DescribeListenersAndTargetHealthHaveNoResourceLevelPermissions',
+          actions: ['elasticloadbalancing:DescribeListeners', 'elasticloadbalancing:DescribeTargetHealth'],
+          resources: ['*'],
+        }),
+        new iam.PolicyStatement({
+          sid: 'CreateOnlyTaggedRetentionTargetGroups',
+          actions: ['elasticloadbalancing:CreateTargetGroup'],
+          resources: [retentionTargetGroups],
+          conditions: { StringEquals: { 'aws:RequestTag/skewguard:managed': 'true' } },
+        }),
+        new iam.PolicyStatement({
+          sid: 'TagRetentionTargetGroupsOnlyWhileCreatingThem',
+          actions: ['elasticloadbalancing:AddTags'],
+          resources: [retentionTargetGroups],
+          conditions: {
+            StringEquals: { 'elasticloadbalancing:CreateAction': 'CreateTargetGroup', 'aws:RequestTag/skewguard:managed': 'true' },
+          },
+        }),
+        new iam.PolicyStatement({
+          sid: 'CreateOnlyTaggedRetentionServices',
+          actions: ['ecs:CreateService'],
+          resources: [retentionServices],
+          conditions: { StringEquals: { 'aws:RequestTag/skewguard:managed': 'true' } },
+        }),
+        new iam.PolicyStatement({
+          sid: 'TagRetentionServicesOnlyWhileCreatingThem',
+          actions: ['ecs:TagResource'],
+          resources: [retentionServices],
+          conditions: { StringEquals: { 'ecs:CreateAction': 'CreateService', 'aws:RequestTag/skewguard:managed': 'true' } },
+        }),
+      ],
+    });
+
     // Retention copies: scale to 0 and delete the retention services and target groups skewguard
     // created (only those tagged skewguard:managed=true), and look whether one is already gone.
     const retentionTeardown = new iam.ManagedPolicy(this, 'RetentionTeardownPolicy', {
@@ -259,7 +303,7 @@ export class Skewguard extends Construct {
         new iam.PolicyStatement({
           sid: 'DeleteOnlyTaggedRetentionTargetGroups',
           actions: ['elasticloadbalancing:DeleteTargetGroup'],
-          resources: [`arn:${stack.partition}:elasticloadbalancing:${stack.region}:${stack.account}:targetgroup/sg-*/*`],
+          resources: [retentionTargetGroups],
           conditions: { StringEquals: { 'aws:ResourceTag/skewguard:managed': 'true' } },
         }),
         new iam.PolicyStatement({
@@ -428,9 +472,13 @@ export class Skewguard extends Construct {
       const role = new iam.Role(scope, 'Role', {
         description: `skewguard ${crate}`,
         assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
-        managedPolicies: crate === 'reconciler'
-          ? [describeRevisions, pinRules, ledgerWrite, retentionTeardown]
-          : [describeRevisions, pinRules, ledgerWrite],
+        managedPolicies: [
+          describeRevisions, pinRules, ledgerWrite,
+          // post-shift starts retention copies and tears down one not healthy in time; the
+          // reconciler retires them.
+          ...(crate === 'post-shift' ? [retentionStart] : []),
+          ...(crate === 'post-shift' || crate === 'reconciler' ? [retentionTeardown] : []),
+        ],
         inlinePolicies: { [crate]: new iam.PolicyDocument({ statements: own }) },
       });
       const code = props.code?.[crate] ?? lambda.Code.fromAsset(path.join(

@@ -94,7 +94,22 @@ async fn a_role_allowed_everything_passes_and_each_action_is_asked_with_its_reso
                 })
         })
         .then_output(|| decision("create", PolicyEvaluationDecisionType::Allowed));
-    let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&create, &simulate]);
+    // The tags of a retention copy's target group are asked as AddTags (the IAM action of the
+    // entry `elasticloadbalancing:AddTags (CreateTargetGroup)`) with that creating call.
+    let tag_target_group = mock!(aws_sdk_iam::Client::simulate_principal_policy)
+        .match_requests(|r| {
+            r.action_names() == ["elasticloadbalancing:AddTags"]
+                && r.context_entries().iter().any(|c| {
+                    c.context_key_name() == Some("elasticloadbalancing:CreateAction")
+                        && c.context_key_values() == ["CreateTargetGroup"]
+                })
+        })
+        .then_output(|| decision("tag", PolicyEvaluationDecisionType::Allowed));
+    let iam = mock_client!(
+        aws_sdk_iam,
+        RuleMode::MatchAny,
+        [&create, &tag_target_group, &simulate]
+    );
     let found = simulate_function(
         &iam,
         &lambda_with_role(),
@@ -108,12 +123,16 @@ async fn a_role_allowed_everything_passes_and_each_action_is_asked_with_its_reso
     assert!(
         found
             .message
-            .contains(&format!("role {ROLE} may make all 13 calls")),
+            .contains(&format!("role {ROLE} may make all 24 calls")),
         "{}",
         found.message
     );
     assert_eq!(create.num_calls(), 1);
-    assert_eq!(simulate.num_calls() + create.num_calls(), 13);
+    assert_eq!(tag_target_group.num_calls(), 1);
+    assert_eq!(
+        simulate.num_calls() + create.num_calls() + tag_target_group.num_calls(),
+        24
+    );
 }
 
 /// The reconciler sends to two queues: both are asked, the sweep queue's ARN read from the
