@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use skewguard_core::hook::HookFunction;
+use skewguard_core::ledger::Status;
 use skewguard_world::engine::{Intervention, Invoker, Outcome, PlaceholderTasks};
 use skewguard_world::iam::{AuthzRequest, Roles, WorldValues};
 use skewguard_world::live::ProcessInvoker;
@@ -160,6 +161,217 @@ fn the_roles_of_the_template_allow_what_each_function_does_and_no_more() {
     ));
 }
 
+/// A request carrying skewguard's three tags, as a retention copy's create sends them.
+fn retention_tagged(request: AuthzRequest, managed: &str) -> AuthzRequest {
+    request
+        .with("aws:RequestTag/skewguard:managed", vec![managed.into()])
+        .with("aws:RequestTag/skewguard:service", vec!["web".into()])
+        .with("aws:RequestTag/skewguard:deployment-id", vec!["v1".into()])
+        .with(
+            "aws:TagKeys",
+            vec![
+                "skewguard:managed".into(),
+                "skewguard:service".into(),
+                "skewguard:deployment-id".into(),
+            ],
+        )
+}
+
+#[test]
+fn post_shift_creates_retention_copies_only_tagged_and_named_as_skewguard_names_them() {
+    let roles = Roles::world().unwrap();
+    let post_shift = roles.role("post-shift").unwrap();
+    let others = [
+        roles.role("post-test-traffic").unwrap(),
+        roles.role("production-shift").unwrap(),
+        roles.role("reconciler").unwrap(),
+    ];
+    let allows = |role: &skewguard_world::iam::Role, r: &AuthzRequest| role.allows(r);
+    let copy = SERVICE.replace("/web", "/web-sg-v1");
+    let copy_tg = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/sg-0123456789abcdef/0000000000000000";
+    let blue_tg =
+        "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-blue/6d0ecf831eec9f09";
+
+    // The quota check and the copy's health: reads with no resource-level permissions.
+    for action in [
+        "elasticloadbalancing:DescribeListeners",
+        "elasticloadbalancing:DescribeTargetGroups",
+        "elasticloadbalancing:DescribeTargetHealth",
+    ] {
+        assert!(
+            allows(post_shift, &AuthzRequest::new(action, "*")),
+            "{action}"
+        );
+    }
+    assert!(!allows(
+        others[0],
+        &AuthzRequest::new("elasticloadbalancing:DescribeListeners", "*")
+    ));
+    // The service's tasks and whether its copy exists; nothing outside the cluster.
+    for service in [SERVICE, copy.as_str()] {
+        assert!(allows(
+            post_shift,
+            &AuthzRequest::new("ecs:DescribeServices", service)
+        ));
+    }
+    assert!(!allows(
+        post_shift,
+        &AuthzRequest::new(
+            "ecs:DescribeServices",
+            &SERVICE.replace("/shop/", "/other/")
+        )
+    ));
+
+    // The copy's service: created only with skewguard:managed=true, named *-sg-*, in the cluster.
+    let create_service = AuthzRequest::new("ecs:CreateService", &copy);
+    assert!(allows(
+        post_shift,
+        &retention_tagged(create_service.clone(), "true")
+    ));
+    assert!(!allows(post_shift, &create_service), "untagged");
+    assert!(!allows(
+        post_shift,
+        &retention_tagged(create_service.clone(), "false")
+    ));
+    let mut unmanaged = retention_tagged(create_service.clone(), "true");
+    unmanaged.context.remove("aws:requesttag/skewguard:managed");
+    assert!(!allows(post_shift, &unmanaged), "without skewguard:managed");
+    for elsewhere in [
+        SERVICE.replace("/web", "/web-2"),
+        copy.replace("/shop/", "/other/"),
+    ] {
+        assert!(
+            !allows(
+                post_shift,
+                &retention_tagged(AuthzRequest::new("ecs:CreateService", &elsewhere), "true")
+            ),
+            "{elsewhere}"
+        );
+    }
+    // Its tags: ecs:TagResource only while creating it, never on the user's service.
+    let tag_service = retention_tagged(AuthzRequest::new("ecs:TagResource", &copy), "true");
+    assert!(!allows(post_shift, &tag_service), "TagResource on its own");
+    assert!(allows(
+        post_shift,
+        &tag_service
+            .clone()
+            .with("ecs:CreateAction", vec!["CreateService".into()])
+    ));
+    assert!(!allows(
+        post_shift,
+        &tag_service
+            .clone()
+            .with("ecs:CreateAction", vec!["CreateTaskSet".into()])
+    ));
+    assert!(!allows(
+        post_shift,
+        &retention_tagged(AuthzRequest::new("ecs:TagResource", SERVICE), "true")
+            .with("ecs:CreateAction", vec!["CreateService".into()])
+    ));
+
+    // The copy's target group: created only tagged and named sg-*; tagged only on creation.
+    let create_tg = AuthzRequest::new("elasticloadbalancing:CreateTargetGroup", copy_tg);
+    assert!(allows(
+        post_shift,
+        &retention_tagged(create_tg.clone(), "true")
+    ));
+    assert!(!allows(post_shift, &create_tg), "untagged");
+    assert!(!allows(
+        post_shift,
+        &retention_tagged(create_tg.clone(), "false")
+    ));
+    assert!(!allows(
+        post_shift,
+        &retention_tagged(
+            AuthzRequest::new(
+                "elasticloadbalancing:CreateTargetGroup",
+                &copy_tg.replace("/sg-0123456789abcdef/", "/web-green/")
+            ),
+            "true"
+        )
+    ));
+    let tag_tg = retention_tagged(
+        AuthzRequest::new("elasticloadbalancing:AddTags", copy_tg),
+        "true",
+    );
+    assert!(!allows(post_shift, &tag_tg), "AddTags on its own");
+    assert!(allows(
+        post_shift,
+        &tag_tg.clone().with(
+            "elasticloadbalancing:CreateAction",
+            vec!["CreateTargetGroup".into()]
+        )
+    ));
+    assert!(!allows(
+        post_shift,
+        &tag_tg.clone().with(
+            "elasticloadbalancing:CreateAction",
+            vec!["CreateRule".into()]
+        )
+    ));
+    assert!(!allows(
+        post_shift,
+        &retention_tagged(
+            AuthzRequest::new("elasticloadbalancing:AddTags", blue_tg),
+            "true"
+        )
+        .with(
+            "elasticloadbalancing:CreateAction",
+            vec!["CreateTargetGroup".into()]
+        )
+    ));
+
+    // A copy not healthy in time is torn down: only what carries skewguard:managed=true.
+    let managed =
+        |r: AuthzRequest| r.with("aws:ResourceTag/skewguard:managed", vec!["true".into()]);
+    for (action, resource) in [
+        ("ecs:UpdateService", copy.as_str()),
+        ("ecs:DeleteService", copy.as_str()),
+        ("elasticloadbalancing:DeleteTargetGroup", copy_tg),
+    ] {
+        let request = AuthzRequest::new(action, resource);
+        assert!(!allows(post_shift, &request), "{action} untagged");
+        assert!(allows(post_shift, &managed(request)), "{action}");
+    }
+    assert!(!allows(
+        post_shift,
+        &AuthzRequest::new("ecs:DeleteService", SERVICE)
+    ));
+    assert!(!allows(
+        post_shift,
+        &AuthzRequest::new("elasticloadbalancing:DeleteTargetGroup", blue_tg)
+    ));
+
+    // Only post-shift creates copies; none of the functions passes a role or changes the
+    // task definition or the user's target groups.
+    for role in others {
+        assert!(
+            !allows(role, &retention_tagged(create_service.clone(), "true")),
+            "{}",
+            role.name
+        );
+        assert!(
+            !allows(role, &retention_tagged(create_tg.clone(), "true")),
+            "{}",
+            role.name
+        );
+    }
+    for role in others.iter().copied().chain([post_shift]) {
+        for (action, resource) in [
+            ("iam:PassRole", "arn:aws:iam::123456789012:role/web-task"),
+            ("ecs:RegisterTaskDefinition", "*"),
+            ("elasticloadbalancing:ModifyTargetGroup", blue_tg),
+            ("elasticloadbalancing:RegisterTargets", blue_tg),
+        ] {
+            assert!(
+                !allows(role, &managed(AuthzRequest::new(action, resource))),
+                "{} {action}",
+                role.name
+            );
+        }
+    }
+}
+
 #[test]
 fn what_the_evaluator_cannot_read_is_an_error() {
     let values = WorldValues::world();
@@ -215,6 +427,24 @@ fn without_the_service_grant() -> String {
 /// A service running v1 whose hooks are processes with `roles`, deploying v2: the outcome, the
 /// hooks, and the invariant violations seen.
 async fn deploy_with(roles: &Roles) -> (Outcome, Arc<ProcessInvoker>, Vec<String>) {
+    let (outcome, invoker, violations, _) = deploy_with_details(
+        roles,
+        json!({"retention": "hold", "skewWindow": "1s", "pollInterval": "1s"}),
+    )
+    .await;
+    (outcome, invoker, violations)
+}
+
+/// [`deploy_with`] with the hooks' `hookDetails`; also the world, to look at afterwards.
+async fn deploy_with_details(
+    roles: &Roles,
+    hook_details: serde_json::Value,
+) -> (
+    Outcome,
+    Arc<ProcessInvoker>,
+    Vec<String>,
+    skewguard_world::world::World,
+) {
     let stand_ins = StandIns::start("/api/*").await;
     let invoker = Arc::new(
         ProcessInvoker::start_with_roles(&stand_ins.endpoints, TABLE, roles)
@@ -227,13 +457,7 @@ async fn deploy_with(roles: &Roles) -> (Outcome, Arc<ProcessInvoker>, Vec<String
         Arc::new(PlaceholderTasks),
         observer,
     );
-    let (service, _) = world
-        .service(
-            "web",
-            "v1",
-            json!({"retention": "hold", "skewWindow": "1s", "pollInterval": "1s"}),
-        )
-        .await;
+    let (service, _) = world.service("web", "v1", hook_details).await;
     assert_eq!(service, SERVICE.replace("/shop/", &format!("/{CLUSTER}/")));
     let outcome = tokio::time::timeout(
         Duration::from_secs(120),
@@ -242,7 +466,8 @@ async fn deploy_with(roles: &Roles) -> (Outcome, Arc<ProcessInvoker>, Vec<String
     .await
     .expect("the deployment ends")
     .unwrap();
-    (outcome, invoker, world.checker.found())
+    let violations = world.checker.found();
+    (outcome, invoker, violations, world)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -294,5 +519,125 @@ async fn a_missing_grant_makes_the_hook_fail_with_access_denied() {
         reported(&function.logs()),
         "the hook reports the denial:\n{}",
         function.logs().join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_shift_starts_a_retention_copy_with_the_template_roles() {
+    // retention: service, the hooks as processes confined to the template's roles: post-shift
+    // creates the copy's target group and service, waits for its task, moves v1's pin there and
+    // answers SUCCEEDED long before the hour's skew window; nothing is refused.
+    let (outcome, invoker, violations, world) =
+        deploy_with_details(Roles::world().unwrap(), retention_service()).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert_eq!(violations, Vec::<String>::new());
+    for function in [
+        HookFunction::PostTestTraffic,
+        HookFunction::ProductionShift,
+        HookFunction::PostShift,
+    ] {
+        assert_eq!(invoker.denials(function), [], "{function:?}");
+    }
+
+    let service = SERVICE.replace("/shop/", &format!("/{CLUSTER}/"));
+    let ledger = world.ledger().load_with_archive(&service).await.unwrap();
+    let v1 = ledger
+        .iter()
+        .find(|e| e.deployment_id.as_str() == "v1")
+        .expect("v1's entry");
+    assert_eq!(v1.status, Status::Retained, "{v1:?}");
+    let copy = v1.retention.clone().expect("the copy is recorded");
+    assert_eq!(copy.service_name, "web-sg-v1");
+    let copy_arn = copy.service_arn.clone().expect("the copy's service");
+    let copy_tg = copy
+        .target_group_arn
+        .clone()
+        .expect("the copy's target group");
+    assert!(copy.healthy_at.is_some(), "{copy:?}");
+    assert_eq!(v1.target_group_arn, copy_tg);
+
+    // The copy runs, carrying skewguard's tags (which its teardown's grants require).
+    let described = world
+        .clients
+        .ecs
+        .describe_services()
+        .cluster(CLUSTER)
+        .services("web-sg-v1")
+        .include(aws_sdk_ecs::types::ServiceField::Tags)
+        .send()
+        .await
+        .unwrap();
+    let running = &described.services()[0];
+    assert_eq!(running.service_arn(), Some(copy_arn.as_str()));
+    assert_eq!(running.status(), Some("ACTIVE"));
+    assert_eq!(world.scheduler.task_addresses(&copy_arn).await.len(), 1);
+    let tags: Vec<(&str, &str)> = running
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?, t.value()?)))
+        .collect();
+    assert!(tags.contains(&("skewguard:managed", "true")), "{tags:?}");
+    assert!(
+        tags.contains(&("skewguard:deployment-id", "v1")),
+        "{tags:?}"
+    );
+    let tg_tags = world
+        .clients
+        .elbv2
+        .describe_tags()
+        .resource_arns(&copy_tg)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tg_tags.tag_descriptions()[0]
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("skewguard:managed") && t.value() == Some("true")),
+        "{tg_tags:?}"
+    );
+}
+
+/// `retention: service` with an hour's skew window, as the copy's start tests use it.
+fn retention_service() -> serde_json::Value {
+    json!({
+        "retention": "service",
+        "skewWindow": "1h",
+        "pollInterval": "1s",
+        "hookTimeout": "2h",
+        "retentionStartTimeout": "60s",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_created_without_tag_on_create_is_refused() {
+    // ECS authorises CreateService's tags as ecs:TagResource: a role that may create the copy but
+    // not tag it on creation is refused the create, post-shift answers FAILED and ECS rolls back.
+    let granted = "            Action: ecs:TagResource\n";
+    let text = template();
+    let policy = text
+        .find("  RetentionStartPolicy:")
+        .expect("RetentionStartPolicy");
+    let at = policy
+        + text[policy..]
+            .find(granted)
+            .expect("the template's grant changed: update this test");
+    let without = format!(
+        "{}            Action: ecs:ListTagsForResource\n{}",
+        &text[..at],
+        &text[at + granted.len()..]
+    );
+    let roles = Roles::from_yaml(&without, &WorldValues::world()).unwrap();
+    let (outcome, invoker, _, _world) = deploy_with_details(&roles, retention_service()).await;
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { reason } if reason.contains("post-shift answered FAILED")),
+        "{outcome:?}"
+    );
+    let denials = invoker.denials(HookFunction::PostShift);
+    assert!(
+        denials.iter().any(|d| d.operation == "CreateService"
+            && d.action == "ecs:TagResource"
+            && d.resource == SERVICE.replace("/web", "/web-sg-v1")),
+        "{denials:?}"
     );
 }
