@@ -558,7 +558,7 @@ async fn attempt_stage(
     let seen = observe(event, shift, &draft, settings, clients).await?;
 
     // 2. Decide.
-    let decision = decide(event, settings, &mut draft, seen, now);
+    let mut decision = decide(event, settings, &mut draft, seen, now);
     if event.stage == LifecycleStage::PostProductionTrafficShift {
         // How long the deployment has been held so far: since green went live.
         let live_at = decision
@@ -573,7 +573,16 @@ async fn attempt_stage(
     // target group once it exists), then the pins, then an abandoned copy's teardown (once no
     // pin leads to it).
     if let Some(action) = &decision.copy_action {
-        starter::create(&mut draft, action, clients).await?;
+        match starter::create(&mut draft, action, clients).await {
+            Ok(()) => {}
+            // Given up for good: held instead; the pins below leave the copy.
+            Err(err) if starter::is_for_good(&err) => starter::abandon_failed(
+                &mut draft,
+                starter::concerns(action),
+                &DisplayErrorContext(&err).to_string(),
+            ),
+            Err(err) => return Err(err),
+        }
     }
     let catch_all_moved =
         settings.after_window == AfterWindow::Retired && draft.production_changed();
@@ -583,7 +592,17 @@ async fn attempt_stage(
         sync_pins(&mut draft, wiring, settings, &clients.elb).await?;
     }
     if let Some(action) = &decision.copy_action {
-        starter::tear_down(&mut draft, action, clients).await?;
+        match starter::tear_down(&mut draft, action, clients).await {
+            Ok(()) => {}
+            // Left to retirement: the held version is handed to it at the end of its window
+            // with its copy still recorded, and the reconciler tears the copy down.
+            Err(err) if starter::is_for_good(&err) => {
+                warn!(stage = %event.stage, error = %DisplayErrorContext(&err), "the abandoned retention copy cannot be torn down here; retirement will");
+                // Tried again at the next poll, not at once.
+                decision.hold = stages::hold_for_draining(&draft, settings.poll_interval, now);
+            }
+            Err(err) => return Err(err),
+        }
     }
 
     // 4. Commit.
@@ -774,7 +793,20 @@ async fn observe(
                 return Ok(Seen::Ended(Box::new(ended)));
             }
             let copy = if settings.retention == Retention::Service {
-                starter::observe(draft, &green.0.deployment_id, clients).await?
+                match starter::observe(draft, &green.0.deployment_id, clients).await {
+                    Ok(copy) => copy,
+                    // A copy that cannot be looked at (a denied call) is given up: the version
+                    // is held instead, rather than the deployment failing.
+                    Err(err) if starter::is_for_good(&err) => {
+                        starter::candidate(draft, &green.0.deployment_id).map(|e| {
+                            starter::CopySeen::Failed {
+                                deployment_id: e.deployment_id.clone(),
+                                error: DisplayErrorContext(&err).to_string(),
+                            }
+                        })
+                    }
+                    Err(err) => return Err(err),
+                }
             } else {
                 None
             };

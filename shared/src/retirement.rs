@@ -40,10 +40,13 @@ pub enum Reason {
     RolledBack,
     /// A newer deployment took its target group before its copy was serving.
     Superseded,
+    /// Starting its copy failed with an error retrying would not cure (a denied call, an
+    /// invalid request): the version was held instead.
+    StartFailed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::MaxVersions,
         Reason::MaxAge,
         Reason::Idle,
@@ -52,10 +55,11 @@ impl Reason {
         Reason::StartTimeout,
         Reason::RolledBack,
         Reason::Superseded,
+        Reason::StartFailed,
     ];
 
     /// The stored form: `max-versions`, `max-age`, `idle`, `revoked`, `cutoff`,
-    /// `start-timeout`, `rolled-back`, `superseded`.
+    /// `start-timeout`, `rolled-back`, `superseded`, `start-failed`.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::MaxVersions => "max-versions",
@@ -66,6 +70,7 @@ impl Reason {
             Reason::StartTimeout => "start-timeout",
             Reason::RolledBack => "rolled-back",
             Reason::Superseded => "superseded",
+            Reason::StartFailed => "start-failed",
         }
     }
 

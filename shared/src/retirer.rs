@@ -450,6 +450,7 @@ fn why(reason: Reason, settings: &RetirementSettings) -> String {
         Reason::Superseded => {
             "a newer deployment took its target group before its copy served it".to_owned()
         }
+        Reason::StartFailed => "starting its copy failed; the version was held instead".to_owned(),
     }
 }
 

@@ -53,6 +53,11 @@ pub enum CopySeen {
     },
     /// A copy was abandoned (its entry has a `reason`) and must be torn down.
     Abandoned { deployment_id: DeploymentId },
+    /// Looking at the copy failed with an error retrying would not cure.
+    Failed {
+        deployment_id: DeploymentId,
+        error: String,
+    },
 }
 
 /// The version whose copy post-shift starts for `green`: the newest other version that is
@@ -203,6 +208,13 @@ pub fn decide(
         CopySeen::Abandoned { deployment_id } => {
             progressed(Some(CopyAction::TearDown(deployment_id)))
         }
+        CopySeen::Failed {
+            deployment_id,
+            error,
+        } => {
+            abandon_failed(draft, &deployment_id, &error);
+            progressed(None)
+        }
         CopySeen::Start {
             deployment_id,
             room,
@@ -288,6 +300,32 @@ pub fn decide(
             }
         }
     }
+}
+
+/// Gives up a copy whose start failed for good: the version is held instead, the error kept
+/// on its entry (`lastError`), and whatever was created is torn down next.
+pub fn abandon_failed(draft: &mut Draft, deployment_id: &DeploymentId, error: &str) {
+    warn!(deployment_id = %deployment_id, reason = Reason::StartFailed.as_str(), error = %error, "starting the retention copy failed; holding the version for the skew window instead");
+    if let Some(entry) = draft.get_mut(deployment_id) {
+        entry.reason = Some(Reason::StartFailed.as_str().to_owned());
+        entry.last_error = Some(format!("retention copy: {error}"));
+    }
+}
+
+/// The version whose copy a step concerns.
+pub fn concerns(action: &CopyAction) -> &DeploymentId {
+    match action {
+        CopyAction::CreateTargetGroup(id)
+        | CopyAction::CreateService(id)
+        | CopyAction::TearDown(id) => id,
+    }
+}
+
+/// Whether an error of the copy's start is for good (a denied or invalid call), so that the
+/// version is held instead of the deployment failing; throttling, transient errors and lost
+/// races are retried as any step is.
+pub fn is_for_good(error: &HookError) -> bool {
+    error.failure() == crate::retry::Failure::Final
 }
 
 /// `next_step` asks for a fresh copy only when none is recorded, which [`CopySeen::Starting`]

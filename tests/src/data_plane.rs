@@ -274,6 +274,29 @@ pub fn load_balancer_dimension(arn: &str) -> Option<String> {
     Some(format!("{kind}/{name}/{id}"))
 }
 
+/// ELB documents `RequestCount` as "always reported" while the load balancer carries requests:
+/// in a minute with traffic, every target group a rule forwards to gets a data point, 0 when
+/// it served nothing. Recorded (as 0) for each request's minute; served requests add to it.
+fn record_reported(shared: &Shared, rules: &[ListenerRule]) {
+    let mut metrics = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(metrics) = metrics.as_mut() {
+        let secs = metrics
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        for rule in rules {
+            for tg in rule.forward_targets() {
+                metrics
+                    .served
+                    .entry((tg.to_owned(), secs - secs % 60))
+                    .or_default();
+            }
+        }
+    }
+}
+
 fn record_served(shared: &Shared, target_group_arn: &str) {
     let mut metrics = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(metrics) = metrics.as_mut() {
@@ -565,6 +588,7 @@ async fn decide_and_forward(shared: &Shared, peer: SocketAddr, req: Request<Inco
             );
         }
     };
+    record_reported(shared, &rules);
     let Some(rule) = route(&rules, &routed) else {
         return own_answer(StatusCode::SERVICE_UNAVAILABLE, "no rule matched");
     };

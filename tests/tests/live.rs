@@ -836,9 +836,9 @@ async fn the_kept_demo_world_answers_the_cli_and_quits_with_every_process_it_sta
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_the_kept_demo_with_every_process_it_started() {
     let mut demo = KeptDemo::start();
-    // Every hook has run once the post-shift hook holds the previous version.
-    demo.line(Duration::from_secs(60), |l| {
-        l.contains("POST_PRODUCTION_TRAFFIC_SHIFT holding")
+    // Every hook has run once the first deployment is done (its copy's task runs too).
+    demo.line(Duration::from_secs(90), |l| {
+        l.contains("is production after")
     })
     .await;
     let processes = descendants(demo.pid());

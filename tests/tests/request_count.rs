@@ -379,4 +379,7 @@ async fn a_pin_moved_to_a_retention_service_counts_its_requests_and_then_shows_i
     get(&http, &url, "v1").await;
     plane.flush_metrics().await.unwrap();
     assert_eq!(request_count(cw, retention_dims, half_hour).await, (1.0, 1));
+    // "Always reported" while the load balancer carries requests: the production group, which
+    // served none of it, has a datapoint of 0 in that minute (a measured zero, not unknown).
+    assert_eq!(request_count(cw, blue_dims, half_hour).await, (0.0, 1));
 }

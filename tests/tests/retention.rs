@@ -510,3 +510,49 @@ async fn a_deployment_superseding_a_start_leaves_nothing_of_the_copy_once_retire
     world.check("after the reconciler").await;
     world.assert_no_violations();
 }
+
+/// A copy whose start is refused for good (here `CreateService` denied, as a role without the
+/// grant would be) does not fail the deployment: the version is held for the skew window
+/// instead, the error is kept on its entry, and what was created (the target group) is torn
+/// down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_refused_for_good_holds_the_version_instead_of_failing_the_deployment() {
+    let world = world().await;
+    let (service, _) = world
+        .service("web", "v1", service_mode(json!({"skewWindow": "4s"})))
+        .await;
+    world
+        .ecs
+        .fail_next("CreateService", 400, "AccessDeniedException");
+    let outcome = world
+        .engine
+        .deploy(&service, "v2", &[], Intervention::None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    let ledger = entries(&world, &service).await;
+    let v1 = entry(&ledger, "v1");
+    assert_eq!(v1.status, Status::Retired, "held, then retired: {v1:?}");
+    assert_eq!(v1.reason.as_deref(), Some("start-failed"));
+    assert!(
+        v1.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("AccessDenied")),
+        "{v1:?}"
+    );
+    assert!(v1.retention.is_none());
+    assert!(!active_service(&world, "web-sg-v1").await);
+    let tg_name =
+        skewguard_core::retention::target_group_name(&service, &DeploymentId::parse("v1").unwrap());
+    assert_eq!(
+        world
+            .elb()
+            .target_group_arn_by_name(&tg_name)
+            .await
+            .unwrap(),
+        None,
+        "the copy's target group is torn down"
+    );
+    world.check("after the fallback").await;
+    world.assert_no_violations();
+}
