@@ -4,7 +4,8 @@
 //! ([`SweepQueue::deliver`]): it receives up to a batch of messages, invokes the function with
 //! the SQS event Lambda would build, and deletes the messages the answer does not report in
 //! `batchItemFailures` (a function error, or an answer that cannot be read, fails the whole
-//! batch, as Lambda does).
+//! batch, as Lambda does); [`SweepQueue::consume`] runs several such pollers at once, as the
+//! mapping does up to its `MaximumConcurrency`.
 
 use std::time::Duration;
 
@@ -159,7 +160,20 @@ impl SweepQueue {
         batch_size: usize,
         timeout: Duration,
     ) -> Result<Option<Delivery>, WorldError> {
-        let messages = self.receive(batch_size, timeout * 6).await?;
+        self.deliver_with(function, batch_size, timeout, timeout * 6)
+            .await
+    }
+
+    /// [`SweepQueue::deliver`] with the messages invisible for `visibility` while the function
+    /// works on them (and after it reported them failed).
+    pub async fn deliver_with(
+        &self,
+        function: &LocalFunction,
+        batch_size: usize,
+        timeout: Duration,
+        visibility: Duration,
+    ) -> Result<Option<Delivery>, WorldError> {
+        let messages = self.receive(batch_size, visibility).await?;
         if messages.is_empty() {
             return Ok(None);
         }
@@ -247,6 +261,46 @@ impl SweepQueue {
             deliveries.push(delivery);
         }
         Ok(deliveries)
+    }
+
+    /// Lambda's SQS event source mapping at a `MaximumConcurrency` of `functions.len()`: each
+    /// function (one execution environment, one process) polls the queue in a loop of its own,
+    /// receiving up to `batch_size` messages (invisible for `visibility`), invoking, and deleting
+    /// what the answer does not report failed. A poll that finds nothing visible waits and polls
+    /// again while messages are in flight (another environment's batch, or failed ones waiting
+    /// out their visibility to be received again, until the queue's redrive moves them to the
+    /// dead-letter queue). Returns every delivery, environment by environment.
+    pub async fn consume(
+        &self,
+        functions: &[std::sync::Arc<LocalFunction>],
+        batch_size: usize,
+        timeout: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, WorldError> {
+        let mut pollers = tokio::task::JoinSet::new();
+        for function in functions {
+            let (queue, function) = (self.clone(), function.clone());
+            pollers.spawn(async move {
+                let mut deliveries = Vec::new();
+                loop {
+                    match queue
+                        .deliver_with(&function, batch_size, timeout, visibility)
+                        .await?
+                    {
+                        Some(delivery) => deliveries.push(delivery),
+                        None if queue.depth().await? == (0, 0) => return Ok(deliveries),
+                        None => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(done) = pollers.join_next().await {
+            let deliveries: Result<Vec<Delivery>, WorldError> =
+                done.map_err(|e| aws_error("event source mapping")(e.to_string()))?;
+            all.extend(deliveries?);
+        }
+        Ok(all)
     }
 
     /// Messages on the queue: (visible, in flight).

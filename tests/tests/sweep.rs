@@ -272,3 +272,66 @@ async fn a_scheduled_sweep_reconciles_every_service_through_the_queue_and_retrie
     world.check("after the duplicates").await;
     world.assert_no_violations();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn environments_consuming_the_queue_at_once_sweep_each_service_once_and_retry_a_failure_until_it_is_dead_lettered()
+ {
+    let world = World::start().await;
+    let (web, _) = world.service("web", "v1", quick()).await;
+    let deployed = world
+        .engine
+        .deploy(&web, "v2", &[], Intervention::None)
+        .await;
+    assert_eq!(deployed.unwrap(), Outcome::Succeeded);
+    // A service the ledger knows and ECS no longer does: its reconciliation fails every time.
+    let gone = web.replace("/web", "/gone");
+    ledger_copy(&world, &web, &gone).await;
+    let queue = SweepQueue::create(&world.clients.sqs, 2).await.unwrap();
+    let mut env = skewguard_world::aws::function_env(&world.endpoints);
+    env.push(("SKEWGUARD_TABLE".into(), TABLE.into()));
+    env.push(queue.env());
+    let binary = workspace_binary("reconciler", "reconciler").expect("the reconciler is built");
+    let mut environments = Vec::new();
+    for _ in 0..2 {
+        let function = LocalFunction::start("reconciler", binary.clone(), env.clone())
+            .await
+            .unwrap();
+        environments.push(std::sync::Arc::new(function));
+    }
+    let answer = environments[0]
+        .invoke(scheduled_event(), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(answer, json!({"enqueued": 2, "notEnqueued": []}));
+
+    // One message per batch, visible again 1 s after a failure; the queue's redrive moves a
+    // message received twice to the dead-letter queue.
+    let deliveries = queue
+        .consume(&environments, 1, TIMEOUT, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let succeeded: Vec<String> = deliveries
+        .iter()
+        .filter(|d| d.failed.is_empty())
+        .flat_map(services_of)
+        .collect();
+    assert_eq!(succeeded, std::slice::from_ref(&web), "{deliveries:?}");
+    let failed: Vec<String> = deliveries
+        .iter()
+        .filter(|d| !d.failed.is_empty())
+        .flat_map(services_of)
+        .collect();
+    assert_eq!(failed, [gone.clone(), gone.clone()], "{deliveries:?}");
+    assert_eq!(queue.depth().await.unwrap(), (0, 0));
+    let dead = queue
+        .client
+        .receive_message()
+        .queue_url(&queue.dead_letters_url)
+        .send()
+        .await
+        .unwrap();
+    let dead: Vec<&str> = dead.messages().iter().filter_map(|m| m.body()).collect();
+    assert_eq!(dead, [message_body(&gone).as_str()]);
+    world.check("after the sweep").await;
+    world.assert_no_violations();
+}

@@ -44,10 +44,15 @@ pub const REQUEST_PRICE: f64 = 0.20 / 1_000_000.0;
 pub struct Template {
     pub memory_mb: u64,
     pub architecture: String,
+    /// The `SweepConcurrency` parameter's default: the sweep queue's event source mapping's
+    /// `MaximumConcurrency`.
+    pub sweep_concurrency: usize,
+    /// The `ReconcileSchedule` parameter's default (`rate(N minutes)`) as a period.
+    pub sweep_period: Duration,
 }
 
 /// Reads `MemorySize` (the `Globals` one; the functions do not override it) and the
-/// `Architecture` parameter's default from infra/template.yaml.
+/// `Architecture`, `SweepConcurrency` and `ReconcileSchedule` parameters' defaults from infra/template.yaml.
 pub fn template(root: &Path) -> Result<Template, String> {
     let path = root.join("infra/template.yaml");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -64,17 +69,35 @@ pub fn template(root: &Path) -> Result<Template, String> {
             ));
         }
     };
-    let mut lines = text.lines().skip_while(|l| l.trim() != "Architecture:");
-    let architecture = lines
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Default:")
-                .map(|v| v.trim().to_owned())
-        })
-        .ok_or("infra/template.yaml: no Architecture parameter default")?;
+    let default_of = |parameter: &str| {
+        text.lines()
+            .skip_while(|l| l.trim() != format!("{parameter}:"))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Default:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .ok_or(format!(
+                "infra/template.yaml: no {parameter} parameter default"
+            ))
+    };
+    let architecture = default_of("Architecture")?;
+    let sweep_concurrency = default_of("SweepConcurrency")?
+        .parse()
+        .map_err(|e| format!("infra/template.yaml: SweepConcurrency: {e}"))?;
+    let schedule = default_of("ReconcileSchedule")?;
+    let minutes: u64 = schedule
+        .strip_prefix("rate(")
+        .and_then(|r| r.strip_suffix(" minutes)"))
+        .and_then(|n| n.parse().ok())
+        .ok_or(format!(
+            "infra/template.yaml: ReconcileSchedule {schedule:?} is not rate(N minutes)"
+        ))?;
     Ok(Template {
         memory_mb,
         architecture,
+        sweep_concurrency,
+        sweep_period: Duration::from_secs(60 * minutes),
     })
 }
 

@@ -669,7 +669,18 @@ async fn run(o: &Options) -> Result<String, String> {
             ("SKEWGUARD_TABLE".to_owned(), SWEEP_TABLE.to_owned()),
             queue.env(),
         ];
-        let reconciler = binaries.function_with("reconciler", &table_env).await?;
+        // The event source mapping's execution environments: the template's SweepConcurrency.
+        let environments = |env: Vec<(String, String)>| {
+            let binaries = &binaries;
+            async move {
+                let mut functions = Vec::new();
+                for _ in 0..template.sweep_concurrency.max(1) {
+                    functions.push(Arc::new(binaries.function_with("reconciler", &env).await?));
+                }
+                Ok::<_, String>(functions)
+            }
+        };
+        let reconciler = environments(table_env.to_vec()).await?;
         let base = o.histories[0];
         let history_at = o.history_at.unwrap_or(o.sweep[0]);
         for &size in &o.sweep {
@@ -702,12 +713,8 @@ async fn run(o: &Options) -> Result<String, String> {
                     &format!("writing {size} services' ledger with history {history}"),
                 );
                 fleet.copy_ledger(&table, history).await?;
-                let f = binaries
-                    .function_with(
-                        "reconciler",
-                        &[("SKEWGUARD_TABLE".to_owned(), table), queue.env()],
-                    )
-                    .await?;
+                let f =
+                    environments(vec![("SKEWGUARD_TABLE".to_owned(), table), queue.env()]).await?;
                 progress(
                     started,
                     &format!("sweeping {size} services (history {history})"),
@@ -715,7 +722,7 @@ async fn run(o: &Options) -> Result<String, String> {
                 sweeps.push(sweep::sweep(&f, &queue, &proxy.log, &ecs, &fleet, history).await?);
             }
         }
-        sweep_rows(&sweeps, &mut rows, &mut details);
+        sweep_rows(&sweeps, &template, &mut rows, &mut details);
         sweep_unit_rows(&sweeps, &mut rows);
     }
     drop(world);
@@ -1183,7 +1190,12 @@ fn zip_size(binary: &Path, out: &Path) -> Result<(u64, u64), String> {
     Ok((size(out)?, size(binary)?))
 }
 
-fn sweep_rows(sweeps: &[sweep::Sweep], rows: &mut Vec<Row>, details: &mut String) {
+fn sweep_rows(
+    sweeps: &[sweep::Sweep],
+    template: &deployments::Template,
+    rows: &mut Vec<Row>,
+    details: &mut String,
+) {
     let base_history = sweeps.first().map_or(0, |s| s.history);
     let growth: Vec<&sweep::Sweep> = sweeps
         .iter()
@@ -1210,10 +1222,12 @@ fn sweep_rows(sweeps: &[sweep::Sweep], rows: &mut Vec<Row>, details: &mut String
                 s.listeners
             ),
             format!(
-                "{per_calls:.2} calls/service ({} total); CPU {per_cpu:.2} ms/service; wall {per_wall:.1} ms/service ({:.1} s, {:.0}% of it waiting for moto); repairs {}, errors {}; peak RSS {:.1} MB",
+                "{per_calls:.2} calls/service ({} total); CPU {per_cpu:.2} ms/service; wall {per_wall:.1} ms/service ({:.1} s with {} environments, {:.0}% of their time waiting for moto); repairs {}, errors {}; peak RSS {:.1} MB",
                 s.total_calls,
                 s.wall.as_secs_f64(),
-                100.0 * s.moto_time.as_secs_f64() / s.wall.as_secs_f64().max(1e-9),
+                s.concurrency,
+                100.0 * s.moto_time.as_secs_f64()
+                    / (s.wall.as_secs_f64() * s.concurrency as f64).max(1e-9),
                 s.repairs,
                 s.errors,
                 mb(s.peak_rss)
@@ -1224,7 +1238,52 @@ fn sweep_rows(sweeps: &[sweep::Sweep], rows: &mut Vec<Row>, details: &mut String
             } else {
                 Verdict::of(linear)
             },
-            "one scheduled sweep of the warm release `reconciler` binary over a converged fleet seeded into the stand-ins (10 services per listener): the `Scheduled Event` enqueues one message per service, then every batch of 10 goes to the same process in turn (one consumer; wall = enqueue + all batches); calls counted at the stand-ins (SendMessageBatch included, the event source mapping's own polling not), CPU as for the hooks; linear = calls/service within 5% and CPU/service within 30% of the smallest size",
+            "one scheduled sweep of the warm release `reconciler` binary over a converged fleet seeded into the stand-ins (10 services per listener): the `Scheduled Event` enqueues one message per service, then the template's `SweepConcurrency` execution environments (warm processes) each receive batches of 10 from the queue at once, as the event source mapping does (wall = enqueue + until the queue is empty); calls counted at the stand-ins (SendMessageBatch included, the event source mapping's own polling not), CPU as for the hooks; linear = calls/service within 5% and CPU/service within 30% of the smallest size",
+        ));
+    }
+    let period = template.sweep_period.as_secs_f64();
+    for s in &growth {
+        let mut batches = s.batch_wall.clone();
+        batches.sort();
+        let batch_ms = |q: f64| {
+            batches
+                .get(((batches.len() as f64 - 1.0) * q).round() as usize)
+                .map_or(0.0, |d| ms(*d))
+        };
+        let moto_calls: usize = s
+            .calls
+            .iter()
+            .filter(|(op, _)| s.moto_by_op.contains_key(*op))
+            .map(|(_, n)| n)
+            .sum();
+        rows.push(Row::new(
+            "reconciler sweep: wall time vs the schedule",
+            format!(
+                "{} services, {} environments at once",
+                s.services, s.concurrency
+            ),
+            format!(
+                "{:.1} s ({:.0}% of the {:.0} s period): enqueue {:.1} s, then {} batches of 10, median {:.0} ms, p90 {:.0} ms each ({:.0} ms per AWS call the environments made, {:.0} ms of it moto's answer); {} services swept twice",
+                s.wall.as_secs_f64(),
+                100.0 * s.wall.as_secs_f64() / period,
+                period,
+                s.enqueue.as_secs_f64(),
+                s.batches,
+                batch_ms(0.5),
+                batch_ms(0.9),
+                ms(s.batch_wall.iter().sum::<std::time::Duration>()) / s.total_calls.max(1) as f64,
+                ms(s.moto_time) / moto_calls.max(1) as f64,
+                s.duplicates
+            ),
+            &format!("within the {:.0}-minute schedule", period / 60.0),
+            Verdict::of(
+                s.wall <= template.sweep_period && s.reconciled == s.services && s.errors == 0,
+            ),
+            format!(
+                "the sweeps above: from the `Scheduled Event`'s hand-over until the queue is empty (no message visible or in flight), the `SweepConcurrency` default of infra/template.yaml ({}) environments polling at once, each batch's failed messages received again after {} s (the template's 30 min shortened); period = the `ReconcileSchedule` default; per AWS call = the batches' invocation time / their calls (ECS emulator's included); moto's answer = the mean time moto took per ELBv2 and DynamoDB call",
+                template.sweep_concurrency,
+                sweep::VISIBILITY.as_secs()
+            ),
         ));
     }
     for s in sweeps.iter().filter(|s| s.history != base_history) {

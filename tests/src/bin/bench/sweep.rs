@@ -566,13 +566,29 @@ pub struct Sweep {
     /// Time spent waiting for moto's answers (ELBv2 and DynamoDB), in all and by operation.
     pub moto_time: Duration,
     pub moto_by_op: BTreeMap<String, Duration>,
+    /// Execution environments consuming the queue at once.
+    pub concurrency: usize,
+    /// The scheduled run that lists the services and enqueues them.
+    pub enqueue: Duration,
+    /// Batches delivered (retries of failed ones included), and each one's invocation time.
+    pub batches: usize,
+    pub batch_wall: Vec<Duration>,
+    /// Services whose message succeeded in more than one batch.
+    pub duplicates: usize,
 }
 
-/// One scheduled sweep of `function` (already warm), metered: the `Scheduled Event` enqueues
-/// one message per service on `queue`, then every batch of 10 is delivered to the same process
-/// in turn (one consumer).
+/// How long a failed batch's messages stay invisible before they are received again. The
+/// template's queue keeps them 30 min (six times the function's timeout); the bench shortens
+/// that so a retry shows within the run (no batch here takes longer than a few seconds).
+pub const VISIBILITY: Duration = Duration::from_secs(60);
+
+/// One scheduled sweep over `functions` (execution environments of the reconciler, warmed
+/// first), metered: the `Scheduled Event` goes to the first and enqueues one message per
+/// service on `queue`, then every environment polls the queue for batches of 10 at once, as
+/// the event source mapping does at a `MaximumConcurrency` of `functions.len()`
+/// ([`SweepQueue::consume`]).
 pub async fn sweep(
-    function: &LocalFunction,
+    functions: &[Arc<LocalFunction>],
     queue: &SweepQueue,
     log: &CallLog,
     ecs: &EcsEmulator,
@@ -580,12 +596,20 @@ pub async fn sweep(
     history: usize,
 ) -> Result<Sweep, String> {
     let timeout = Duration::from_secs(1800);
-    function
-        .prewarm(timeout)
-        .await
-        .map_err(|e| format!("reconciler cold start: {e}"))?;
-    let pid = function.pid().ok_or("no reconciler process")?;
-    let cpu_before = procfs::cpu(pid).unwrap_or_default();
+    let function = functions.first().ok_or("no reconciler")?;
+    let mut pids = Vec::new();
+    for f in functions {
+        f.prewarm(timeout)
+            .await
+            .map_err(|e| format!("reconciler cold start: {e}"))?;
+        pids.push(f.pid().ok_or("no reconciler process")?);
+    }
+    let cpu_of = |pids: &[u32]| -> Duration {
+        pids.iter()
+            .map(|&pid| procfs::cpu(pid).unwrap_or_default())
+            .sum()
+    };
+    let cpu_before = cpu_of(&pids);
     let (mark, ecs_mark) = (log.len(), ecs.calls().len());
     let event = json!({
         "version": "0",
@@ -598,7 +622,7 @@ pub async fn sweep(
         "resources": [format!("arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/skewguard-reconcile")],
         "detail": {},
     });
-    let emf_before = sweep_lines(function).len();
+    let emf_before: Vec<usize> = functions.iter().map(|f| sweep_lines(f).len()).collect();
     let started = Instant::now();
     let enqueued = function
         .invoke(event, timeout)
@@ -607,21 +631,22 @@ pub async fn sweep(
     if enqueued["notEnqueued"] != json!([]) {
         return Err(format!("the sweep was not enqueued whole: {enqueued}"));
     }
+    let enqueue = started.elapsed();
     let deliveries = queue
-        .drain(function, 10, timeout)
+        .consume(functions, 10, timeout, VISIBILITY)
         .await
         .map_err(|e| format!("sweep queue: {e}"))?;
     let logged = log.logged_since(mark);
-    // The proxy's pricing reads are not the sweep's time.
+    // The proxy's pricing reads are not the sweep's time (with several environments at once
+    // they may overlap another's call: then less is taken out than was added, never more).
     let wall = started.elapsed().saturating_sub(metering_of(&logged));
     let (units, units_complete) = units_of(&logged);
-    function
-        .until_idle(timeout)
-        .await
-        .map_err(|e| format!("reconciler: {e}"))?;
-    let cpu = procfs::cpu(pid)
-        .unwrap_or_default()
-        .saturating_sub(cpu_before);
+    for f in functions {
+        f.until_idle(timeout)
+            .await
+            .map_err(|e| format!("reconciler: {e}"))?;
+    }
+    let cpu = cpu_of(&pids).saturating_sub(cpu_before);
     let mut calls: BTreeMap<String, usize> = BTreeMap::new();
     let mut total_calls = 0;
     for op in ecs.calls().into_iter().skip(ecs_mark) {
@@ -639,13 +664,34 @@ pub async fn sweep(
     // What the batches did, from their metric lines (an SQS batch answers only its failures).
     let mut lines = Vec::new();
     for _ in 0..250 {
-        lines = sweep_lines(function);
-        if lines.len() >= emf_before + deliveries.len() {
+        lines = functions
+            .iter()
+            .zip(&emf_before)
+            .flat_map(|(f, &before)| {
+                let all = sweep_lines(f);
+                all[before.min(all.len())..].to_vec()
+            })
+            .collect();
+        if lines.len() >= deliveries.len() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let lines = &lines[emf_before.min(lines.len())..];
+    let lines = &lines[..];
+    // Every service's message was delivered and deleted once: the queue is empty and no
+    // message went to two batches that both succeeded.
+    let mut delivered: Vec<&str> = deliveries
+        .iter()
+        .flat_map(|d| {
+            d.messages
+                .iter()
+                .filter(|(id, _)| !d.failed.contains(id))
+                .map(|(_, body)| body.as_str())
+        })
+        .collect();
+    delivered.sort_unstable();
+    let duplicates = delivered.windows(2).filter(|w| w[0] == w[1]).count();
+    let batch_wall: Vec<Duration> = deliveries.iter().map(|d| d.took).collect();
     let sum = |name: &str| -> usize {
         lines
             .iter()
@@ -680,7 +726,16 @@ pub async fn sweep(
         reconciled,
         repairs,
         errors,
-        peak_rss: procfs::peak_rss(pid).unwrap_or(0),
+        peak_rss: pids
+            .iter()
+            .filter_map(|&pid| procfs::peak_rss(pid))
+            .max()
+            .unwrap_or(0),
+        concurrency: functions.len(),
+        enqueue,
+        batches: deliveries.len(),
+        batch_wall,
+        duplicates,
         units,
         units_complete,
         ledger_bytes: total / fleet.services.len().max(1),
