@@ -1263,7 +1263,7 @@ fn sweep_rows(
                 s.services, s.concurrency
             ),
             format!(
-                "{:.1} s ({:.0}% of the {:.0} s period): enqueue {:.1} s, then {} batches of 10, median {:.0} ms, p90 {:.0} ms each ({:.0} ms per AWS call the environments made, {:.0} ms of it moto's answer); {} services swept twice",
+                "{:.1} s ({:.0}% of the {:.0} s period): enqueue {:.1} s, then {} batches of 10, median {:.0} ms, p90 {:.0} ms each ({:.0} ms of batch time per AWS call; moto took {:.0} ms per ELBv2 and DynamoDB call to answer, the environments' calls queueing there); {} services swept twice",
                 s.wall.as_secs_f64(),
                 100.0 * s.wall.as_secs_f64() / period,
                 period,
@@ -1280,7 +1280,7 @@ fn sweep_rows(
                 s.wall <= template.sweep_period && s.reconciled == s.services && s.errors == 0,
             ),
             format!(
-                "the sweeps above: from the `Scheduled Event`'s hand-over until the queue is empty (no message visible or in flight), the `SweepConcurrency` default of infra/template.yaml ({}) environments polling at once, each batch's failed messages received again after {} s (the template's 30 min shortened); period = the `ReconcileSchedule` default; per AWS call = the batches' invocation time / their calls (ECS emulator's included); moto's answer = the mean time moto took per ELBv2 and DynamoDB call",
+                "the sweeps above: from the `Scheduled Event`'s hand-over until the queue is empty (no message visible or in flight), the `SweepConcurrency` default of infra/template.yaml ({}) environments polling at once, each batch's failed messages received again after {} s (the template's 30 min shortened); period = the `ReconcileSchedule` default; batch time per AWS call = the batches' invocation time / the sweep's calls (ECS emulator's included); moto's = the mean time from a call's arrival at the counting proxy to moto's answer, over its ELBv2 and DynamoDB calls",
                 template.sweep_concurrency,
                 sweep::VISIBILITY.as_secs()
             ),
