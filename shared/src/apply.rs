@@ -1,6 +1,9 @@
 //! The one executor of listener changes. The hooks, the reconciler and the property tests hand
 //! it the same thing: a plan whose priorities were chosen while deciding ([`crate::pins::place`]); it
-//! deletes, then creates each pin with its tags in one call, and reports what exists now.
+//! creates each pin with its tags in one call, first those whose priority is free now, then
+//! deletes, then creates those that take a priority a deletion freed; and reports what exists
+//! now. A pin replaced by another (its targets changed) is thus never missing in between: a
+//! request carrying its ID never falls through to production meanwhile.
 //!
 //! It makes no request when the plan changes nothing. A priority taken meanwhile (another
 //! service's hook on the same listener) stops it early with [`Applied::priority_taken`]: the
@@ -40,10 +43,13 @@ pub struct ListenerChanges<'a> {
     pub listener_arn: &'a str,
     /// The service the pins belong to, for their `skewguard:service` tag.
     pub service_arn: &'a str,
-    /// Rules to delete, first.
+    /// Rules to delete, once the pins that need none of their priorities exist.
     pub delete: &'a [String],
     /// Pins to create, at the priorities chosen when planning.
     pub create: &'a [PlacedPin],
+    /// The priorities of the rules to delete: a pin placed at one of them is created only
+    /// after the deletions.
+    pub freed: &'a [u32],
 }
 
 impl ListenerChanges<'_> {
@@ -78,12 +84,31 @@ pub async fn apply(
     changes: ListenerChanges<'_>,
 ) -> Result<Applied, ApplyError> {
     let mut applied = Applied::default();
+    let (first, after): (Vec<&PlacedPin>, Vec<&PlacedPin>) = changes
+        .create
+        .iter()
+        .partition(|pin| !changes.freed.contains(&pin.priority));
+    create_pins(listener, &changes, &first, &mut applied).await?;
+    if applied.priority_taken {
+        return Ok(applied);
+    }
     for arn in changes.delete {
         listener.delete_rule(arn).await.map_err(ApplyError::Aws)?;
         crate::metrics::record(|c| c.pins_removed += 1);
         tracing::info!(rule_arn = %arn, "pin removed");
     }
-    for pin in changes.create {
+    create_pins(listener, &changes, &after, &mut applied).await?;
+    Ok(applied)
+}
+
+/// Creates `pins` in order, each with its tags; stops at a priority taken meanwhile.
+async fn create_pins(
+    listener: &impl ListenerWrites,
+    changes: &ListenerChanges<'_>,
+    pins: &[&PlacedPin],
+    applied: &mut Applied,
+) -> Result<(), ApplyError> {
+    for pin in pins {
         let rule = NewRule {
             listener_arn: changes.listener_arn.to_owned(),
             priority: pin.priority,
@@ -116,7 +141,7 @@ pub async fn apply(
             Err(err) => return Err(ApplyError::Aws(err)),
         }
     }
-    Ok(applied)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -182,6 +207,7 @@ mod tests {
             service_arn: "arn:aws:ecs:us-east-1:1:service/c/web",
             delete,
             create,
+            freed: &[],
         }
     }
 
@@ -198,7 +224,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn deletions_come_first_and_pins_are_created_tagged_at_their_planned_priority() {
+    async fn pins_at_free_priorities_come_before_deletions_and_are_created_tagged() {
+        // A pin replaced by another is never missing in between: the new one exists before
+        // the old one goes.
         let recorder = Recorder::default();
         let applied = run(
             &recorder,
@@ -208,12 +236,28 @@ mod tests {
         .await;
         assert_eq!(
             *recorder.calls.lock().unwrap(),
-            ["delete rule/old", "create 98 v2", "create 97 v1"]
+            ["create 98 v2", "create 97 v1", "delete rule/old"]
         );
         assert!(!applied.priority_taken);
         assert_eq!(
             applied.created[&DeploymentId::parse("v2").unwrap()],
             ["rule/98"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pin_at_a_priority_a_deletion_frees_is_created_after_it() {
+        let recorder = Recorder::default();
+        let create = [pin("v2", 98), pin("v1", 99)];
+        let delete = ["rule/99".to_owned()];
+        let changes = ListenerChanges {
+            freed: &[99],
+            ..changes(&delete, &create)
+        };
+        apply(&recorder, changes).await.unwrap();
+        assert_eq!(
+            *recorder.calls.lock().unwrap(),
+            ["create 98 v2", "delete rule/99", "create 99 v1"]
         );
     }
 

@@ -1194,6 +1194,7 @@ pub async fn bring_pins_in_line(
         settings,
     )?;
     let create = pins::place(&plan, listener.rules)?;
+    let freed = pins::freed_priorities(&plan, listener.rules);
     let applied = apply::apply(
         writes,
         ListenerChanges {
@@ -1201,6 +1202,7 @@ pub async fn bring_pins_in_line(
             service_arn: &service_arn,
             delete: &plan.delete,
             create: &create,
+            freed: &freed,
         },
     )
     .await?;

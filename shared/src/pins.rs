@@ -554,15 +554,18 @@ pub struct PlacedPin {
 }
 
 /// Chooses the priority of every pin the plan creates, against the listener it was planned
-/// on: the rules the plan deletes free their priorities first, and each pin takes the gap's
-/// highest free one (the catch-all its reserved top slot).
+/// on: each pin takes the gap's highest priority that is free now, so that it can be created
+/// before the rules the plan deletes go (a pin being replaced is never missing in between);
+/// only when none is free does it take one those deletions free (the catch-all its reserved
+/// top slot).
 ///
 /// Errors: [`PinError::NoFreePriority`] before anything is changed when the gap is full.
 pub fn place(plan: &PinPlan, rules: &[ListenerRule]) -> Result<Vec<PlacedPin>, PinError> {
-    let mut taken = taken_priorities(rules);
+    let mut taken_now = taken_priorities(rules);
+    let mut taken_after = taken_now.clone();
     for arn in &plan.delete {
         if let Some(p) = priority_of(rules, arn).and_then(|p| p.number()) {
-            taken.remove(&p);
+            taken_after.remove(&p);
         }
     }
     plan.create
@@ -570,14 +573,24 @@ pub fn place(plan: &PinPlan, rules: &[ListenerRule]) -> Result<Vec<PlacedPin>, P
         .map(|spec| {
             let priority = plan
                 .gap
-                .priority_for(spec, &taken)
+                .priority_for(spec, &taken_now)
+                .or_else(|| plan.gap.priority_for(spec, &taken_after))
                 .ok_or_else(|| plan.gap.exhausted(&spec.deployment_id))?;
-            taken.insert(priority);
+            taken_now.insert(priority);
+            taken_after.insert(priority);
             Ok(PlacedPin {
                 spec: spec.clone(),
                 priority,
             })
         })
+        .collect()
+}
+
+/// The priorities of the rules the plan deletes, as the listener it was planned on shows them.
+pub fn freed_priorities(plan: &PinPlan, rules: &[ListenerRule]) -> Vec<u32> {
+    plan.delete
+        .iter()
+        .filter_map(|arn| priority_of(rules, arn).and_then(|p| p.number()))
         .collect()
 }
 
@@ -1022,6 +1035,31 @@ mod tests {
             plan.keep.values().next().unwrap(),
             &vec!["orphan".to_owned()]
         );
+    }
+
+    #[test]
+    fn a_replacement_pin_takes_a_free_priority_so_it_exists_before_the_old_one_goes() {
+        // Moving a pin (its targets change) must not leave its ID without a pin for a moment.
+        let mut rules = listener();
+        let s = settings(json!({}));
+        let p = prod(&rules);
+        let mut blue = entry("aaa", "tg1", Status::Live);
+        let spec = pin_specs(&blue.deployment_id, "tg2", &p, &s)
+            .unwrap()
+            .remove(0);
+        rules.push(rule(
+            "old",
+            Priority::Number(99),
+            spec.conditions,
+            forward(&[("tg2", 1)]),
+        ));
+        blue.rule_arns = vec!["old".into()];
+        let plan = plan(SVC, &[blue], &rules, &BTreeMap::new(), &p, &s).unwrap();
+        assert_eq!(plan.delete, vec!["old".to_owned()]);
+        let placed = place(&plan, &rules).unwrap();
+        assert_eq!(placed.len(), 1);
+        assert_ne!(placed[0].priority, 99, "not the slot the old pin holds");
+        assert!(!freed_priorities(&plan, &rules).contains(&placed[0].priority));
     }
 
     #[test]

@@ -486,6 +486,7 @@ async fn attempt_service(
             ));
         }
         let create = pins::place(&review.plan, &rules)?;
+        let freed = pins::freed_priorities(&review.plan, &rules);
         let applied = apply::apply(
             &clients.elb,
             ListenerChanges {
@@ -493,6 +494,7 @@ async fn attempt_service(
                 service_arn,
                 delete: &review.plan.delete,
                 create: &create,
+                freed: &freed,
             },
         )
         .await?;

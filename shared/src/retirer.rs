@@ -574,6 +574,7 @@ async fn tear_down_version(
                         service_arn,
                         delete: &rules,
                         create: &[],
+                        freed: &[],
                     },
                 )
                 .await?;

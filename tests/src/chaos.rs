@@ -201,6 +201,8 @@ pub struct ChaosInvoker {
     pub release_on_hold: AtomicBool,
     direct_elb: Elb,
     direct_ledger: LedgerStore,
+    /// What runs now, for the retention copies a hook started since the last engine step.
+    ecs: Arc<crate::ecs_emulator::EcsEmulator>,
     listener_arn: String,
     pub observer: Arc<RecordingObserver>,
     /// Safety-invariant violations seen right after a crash.
@@ -265,6 +267,7 @@ impl ChaosInvoker {
             release_on_hold: AtomicBool::new(true),
             direct_elb: stand_ins.hook_clients.elb.clone(),
             direct_ledger: stand_ins.hook_clients.ledger.clone(),
+            ecs: stand_ins.ecs.clone(),
             listener_arn: stand_ins.alb.listener_arn.clone(),
             observer,
             crash_violations: Mutex::new(Vec::new()),
@@ -355,7 +358,9 @@ impl ChaosInvoker {
     /// Invariants 1, 3 and 6 (and 5 against the last step) must hold at every instant, even
     /// right after a crash; 2 and 4 may wait for the retry or the reconciler.
     async fn check_safety(&self, label: &str) {
-        let truths = self.observer.truths.lock().expect("truths").clone();
+        let mut truths = self.observer.truths.lock().expect("truths").clone();
+        // A crashed post-shift may have just started (or torn down) a retention copy.
+        crate::engine::with_retention_copies(&self.ecs, &mut truths);
         let services: Vec<&str> = truths.iter().map(|t| t.service_arn.as_str()).collect();
         let found = match Observation::take(
             &self.direct_elb,

@@ -423,21 +423,15 @@ impl Engine {
     /// target groups of the retention copies skewguard started for them (plain services tagged
     /// with the service's name, while they are active and asked to run tasks).
     pub fn truths(&self) -> Vec<ServiceTruth> {
-        let mut truths = self.truths.lock().expect("truths").clone();
-        for copy in self.ecs.with_state(|s| retention_copies(s)) {
-            let Some(truth) = truths.get_mut(&copy.owner) else {
-                continue;
-            };
-            truth.retention_services.push(copy.name);
-            if copy.asked_to_run {
-                for target_group in copy.target_groups {
-                    truth
-                        .running
-                        .insert(target_group, copy.deployment_id.clone());
-                }
-            }
-        }
-        truths.into_values().collect()
+        let mut truths: Vec<ServiceTruth> = self
+            .truths
+            .lock()
+            .expect("truths")
+            .values()
+            .cloned()
+            .collect();
+        with_retention_copies(&self.ecs, &mut truths);
+        truths
     }
 
     fn set_truth(&self, truth: &ServiceTruth) {
@@ -1432,6 +1426,31 @@ struct DeploymentContext {
 fn dedup(ids: &mut Vec<DeploymentId>) {
     let mut seen = BTreeSet::new();
     ids.retain(|id| seen.insert(id.clone()));
+}
+
+/// Replaces what `truths` say of retention copies with what the emulator runs now: each
+/// service's active copies (invariant 7) and, while a copy is asked to run tasks, its target
+/// group as running its version.
+pub fn with_retention_copies(ecs: &EcsEmulator, truths: &mut [ServiceTruth]) {
+    let copies = ecs.with_state(|s| retention_copies(s));
+    for truth in truths.iter_mut() {
+        // What an earlier truth said of copies is recomputed below (skewguard names their
+        // target groups `sg-<16 hex>`).
+        truth.retention_services.clear();
+        truth
+            .running
+            .retain(|tg, _| !tg.contains(":targetgroup/sg-"));
+        for copy in copies.iter().filter(|c| c.owner == truth.service_arn) {
+            truth.retention_services.push(copy.name.clone());
+            if copy.asked_to_run {
+                for target_group in &copy.target_groups {
+                    truth
+                        .running
+                        .insert(target_group.clone(), copy.deployment_id.clone());
+                }
+            }
+        }
+    }
 }
 
 /// An active retention copy in the emulator: a plain service tagged `skewguard:service`.
