@@ -610,9 +610,11 @@ fn retention_service() -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_copy_created_without_tag_on_create_is_refused() {
+async fn a_copy_created_without_tag_on_create_is_refused_and_the_version_held_instead() {
     // ECS authorises CreateService's tags as ecs:TagResource: a role that may create the copy but
-    // not tag it on creation is refused the create, post-shift answers FAILED and ECS rolls back.
+    // not tag it on creation is refused the create. A refusal retrying cannot cure does not fail
+    // the deployment: post-shift holds the version for its skew window instead, records why,
+    // and removes the copy's target group it had created.
     let granted = "            Action: ecs:TagResource\n";
     let text = template();
     let policy = text
@@ -628,16 +630,34 @@ async fn a_copy_created_without_tag_on_create_is_refused() {
         &text[at + granted.len()..]
     );
     let roles = Roles::from_yaml(&without, &WorldValues::world()).unwrap();
-    let (outcome, invoker, _, _world) = deploy_with_details(&roles, retention_service()).await;
-    assert!(
-        matches!(&outcome, Outcome::RolledBack { reason } if reason.contains("post-shift answered FAILED")),
-        "{outcome:?}"
-    );
+    let details = json!({
+        "retention": "service",
+        "skewWindow": "4s",
+        "pollInterval": "1s",
+        "retentionStartTimeout": "60s",
+    });
+    let (outcome, invoker, violations, world) = deploy_with_details(&roles, details).await;
+    assert_eq!(outcome, Outcome::Succeeded, "held, not rolled back");
+    assert_eq!(violations, Vec::<String>::new());
     let denials = invoker.denials(HookFunction::PostShift);
     assert!(
         denials.iter().any(|d| d.operation == "CreateService"
             && d.action == "ecs:TagResource"
             && d.resource == SERVICE.replace("/web", "/web-sg-v1")),
         "{denials:?}"
+    );
+    let service = SERVICE.replace("/shop/", &format!("/{CLUSTER}/"));
+    let v1 = world
+        .ledger()
+        .load_with_archive(&service)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.deployment_id.as_str() == "v1")
+        .expect("v1");
+    assert_eq!(v1.reason.as_deref(), Some("start-failed"), "{v1:?}");
+    assert!(
+        v1.retention.is_none(),
+        "nothing of the copy is left recorded"
     );
 }

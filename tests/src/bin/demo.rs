@@ -419,7 +419,10 @@ fn print_connection(live: &LiveWorld) {
     );
     println!("export AWS_ENDPOINT_URL_DYNAMODB={}", endpoints.dynamodb);
     // `status` reads the retained versions' traffic (the ALB's RequestCount) there.
-    println!("export AWS_ENDPOINT_URL_CLOUDWATCH={}", endpoints.cloudwatch);
+    println!(
+        "export AWS_ENDPOINT_URL_CLOUDWATCH={}",
+        endpoints.cloudwatch
+    );
     // The CLI asks STS who is calling before it changes anything (`release`).
     println!("export AWS_ENDPOINT_URL_STS={}", live.world.moto.endpoint());
     println!(
