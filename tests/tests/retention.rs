@@ -97,6 +97,33 @@ async fn served_by(addr: std::net::SocketAddr) -> Result<String, String> {
         .to_owned())
 }
 
+/// One reconciler run of `service`, as its schedule or an ECS event would start it.
+async fn reconcile(world: &World, service: &str) -> skewguard_core::reconciler::ServiceReport {
+    let options = skewguard_core::reconciler::ReconcileOptions {
+        defaults: Default::default(),
+        dry_run: false,
+        execution_id: "test".into(),
+        identity: "test".into(),
+    };
+    skewguard_core::reconciler::reconcile_service(&world.hook_clients, service, &options)
+        .await
+        .expect("the reconciler runs")
+}
+
+/// No target group carries the name of `id`'s retention copy.
+async fn copy_target_group_gone(world: &World, service: &str, id: &str) -> bool {
+    let name = skewguard_core::retention::target_group_name(
+        service,
+        &DeploymentId::parse(id).expect("an ID"),
+    );
+    world
+        .elb()
+        .target_group_arn_by_name(&name)
+        .await
+        .expect("DescribeTargetGroups")
+        .is_none()
+}
+
 async fn active_service(world: &World, name: &str) -> bool {
     let described = world
         .clients
@@ -242,16 +269,7 @@ async fn a_copy_that_never_becomes_healthy_is_torn_down_and_the_version_held_ins
     assert_eq!(v1.reason.as_deref(), Some("start-timeout"));
     assert!(v1.retention.is_none(), "the copy is gone and forgotten");
     assert!(!active_service(&world, "web-sg-v1").await);
-    let tg_name =
-        skewguard_core::retention::target_group_name(&service, &DeploymentId::parse("v1").unwrap());
-    assert_eq!(
-        world
-            .elb()
-            .target_group_arn_by_name(&tg_name)
-            .await
-            .unwrap(),
-        None
-    );
+    assert!(copy_target_group_gone(&world, &service, "v1").await);
     world.check("after the fallback").await;
     world.assert_no_violations();
 }
@@ -260,7 +278,6 @@ async fn a_copy_that_never_becomes_healthy_is_torn_down_and_the_version_held_ins
 /// its copy down and forgets it, and leaves the version live and pinned.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retained_version_deployed_again_loses_its_copy_to_the_reconciler() {
-    use skewguard_core::reconciler::{self, ReconcileOptions};
     let world = world().await;
     let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
     for id in ["v2", "v1"] {
@@ -278,15 +295,7 @@ async fn a_retained_version_deployed_again_loses_its_copy_to_the_reconciler() {
     assert!(active_service(&world, "web-sg-v1").await);
     assert_eq!(entry(&ledger, "v2").status, Status::Retained);
 
-    let options = ReconcileOptions {
-        defaults: Default::default(),
-        dry_run: false,
-        execution_id: "test".into(),
-        identity: "test".into(),
-    };
-    let report = reconciler::reconcile_service(&world.hook_clients, &service, &options)
-        .await
-        .unwrap();
+    let report = reconcile(&world, &service).await;
     let retirement = report.retirement.expect("the stray copy is reported");
     assert!(
         retirement
@@ -373,7 +382,6 @@ fn a_retention_service_without_a_ledger_entry_naming_it_is_a_violation() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reconciler_keeps_retained_pins_and_restores_a_lost_one_to_the_copy() {
     use skewguard_core::reconcile::RepairKind;
-    use skewguard_core::reconciler::{self, ReconcileOptions};
     let world = world().await;
     let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
     for id in ["v2", "v3"] {
@@ -384,15 +392,7 @@ async fn the_reconciler_keeps_retained_pins_and_restores_a_lost_one_to_the_copy(
             .unwrap();
         assert_eq!(outcome, Outcome::Succeeded, "deploying {id}");
     }
-    let options = ReconcileOptions {
-        defaults: Default::default(),
-        dry_run: false,
-        execution_id: "test".into(),
-        identity: "test".into(),
-    };
-    let report = reconciler::reconcile_service(&world.hook_clients, &service, &options)
-        .await
-        .unwrap();
+    let report = reconcile(&world, &service).await;
     assert!(report.repairs.is_empty(), "{:?}", report.repairs);
     let before = observe(&world, &service).await;
     let v1_pin = before.pins_of(&service, "v1");
@@ -406,9 +406,7 @@ async fn the_reconciler_keeps_retained_pins_and_restores_a_lost_one_to_the_copy(
 
     // Someone deletes v1's pin.
     world.elb().delete_rule(&v1_pin[0].arn).await.unwrap();
-    let report = reconciler::reconcile_service(&world.hook_clients, &service, &options)
-        .await
-        .unwrap();
+    let report = reconcile(&world, &service).await;
     assert!(
         report
             .repairs
@@ -436,7 +434,6 @@ async fn the_reconciler_keeps_retained_pins_and_restores_a_lost_one_to_the_copy(
 /// previous version as usual.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deployment_superseding_a_start_leaves_nothing_of_the_copy_once_retired() {
-    use skewguard_core::reconciler::{self, ReconcileOptions};
     use skewguard_world::engine::{ScaleDownAt, SupersedeWhen};
     let world = world().await;
     let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
@@ -474,15 +471,7 @@ async fn a_deployment_superseding_a_start_leaves_nothing_of_the_copy_once_retire
         "not torn down yet"
     );
 
-    let options = ReconcileOptions {
-        defaults: Default::default(),
-        dry_run: false,
-        execution_id: "test".into(),
-        identity: "test".into(),
-    };
-    let report = reconciler::reconcile_service(&world.hook_clients, &service, &options)
-        .await
-        .unwrap();
+    let report = reconcile(&world, &service).await;
     let retirement = report.retirement.expect("v1 retires");
     assert!(
         retirement
@@ -496,16 +485,7 @@ async fn a_deployment_superseding_a_start_leaves_nothing_of_the_copy_once_retire
     assert_eq!(v1.status, Status::Retired);
     assert_eq!(v1.reason.as_deref(), Some("superseded"));
     assert!(!active_service(&world, "web-sg-v1").await);
-    let tg_name =
-        skewguard_core::retention::target_group_name(&service, &DeploymentId::parse("v1").unwrap());
-    assert_eq!(
-        world
-            .elb()
-            .target_group_arn_by_name(&tg_name)
-            .await
-            .unwrap(),
-        None
-    );
+    assert!(copy_target_group_gone(&world, &service, "v1").await);
     assert!(active_service(&world, "web-sg-v2").await);
     world.check("after the reconciler").await;
     world.assert_no_violations();
@@ -542,15 +522,8 @@ async fn a_start_refused_for_good_holds_the_version_instead_of_failing_the_deplo
     );
     assert!(v1.retention.is_none());
     assert!(!active_service(&world, "web-sg-v1").await);
-    let tg_name =
-        skewguard_core::retention::target_group_name(&service, &DeploymentId::parse("v1").unwrap());
-    assert_eq!(
-        world
-            .elb()
-            .target_group_arn_by_name(&tg_name)
-            .await
-            .unwrap(),
-        None,
+    assert!(
+        copy_target_group_gone(&world, &service, "v1").await,
         "the copy's target group is torn down"
     );
     world.check("after the fallback").await;
