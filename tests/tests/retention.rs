@@ -529,3 +529,118 @@ async fn a_start_refused_for_good_holds_the_version_instead_of_failing_the_deplo
     world.check("after the fallback").await;
     world.assert_no_violations();
 }
+
+/// Retirement crashed after each of its AWS calls in turn (a revoke, from the same retained
+/// state every time): right after the crash no guarantee is broken (no pin leads to a deleted
+/// copy, no retention service runs without its entry), and the next run (the reconciler)
+/// finishes it: no pin, service or target group of the version is left, its entry is final
+/// `retired (revoked)`.
+#[tokio::test(flavor = "multi_thread")]
+async fn retirement_crashed_at_every_call_is_finished_by_the_next_run() {
+    use skewguard_core::retirement::{Order, RetirementSettings};
+    use skewguard_core::retirer::{self, RetireOptions};
+    use skewguard_world::chaos::{Mode, proxied_clients};
+    use skewguard_world::faults::FaultProxy;
+
+    let settings = RetirementSettings {
+        max_versions: 3,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        min_age: Duration::from_secs(1800),
+        idle_window: Duration::from_secs(1800),
+    };
+    let revoke = RetireOptions {
+        settings,
+        orders: vec![Order::Revoke(DeploymentId::parse("v1").unwrap())],
+        idle_check: false,
+        stage: "revoke".into(),
+        execution_id: "test".into(),
+        identity: "test".into(),
+    };
+    let mut crash_points = 0;
+    for k in 1.. {
+        let world = world().await;
+        let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
+        let outcome = world
+            .engine
+            .deploy(&service, "v2", &[], Intervention::None)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Succeeded);
+        let proxy = FaultProxy::start(&world.endpoints).await.unwrap();
+        let clients = proxied_clients(&proxy, Mode::InProcess).await;
+        let (crashed, crash) = tokio::sync::oneshot::channel::<()>();
+        proxy.crash_after(
+            k,
+            Box::new(move || {
+                let _ = crashed.send(());
+            }),
+        );
+        let finished = tokio::select! {
+            report = retirer::retire_service(&clients, &service, &revoke) => {
+                report.unwrap();
+                true
+            }
+            _ = crash => false,
+        };
+        if finished {
+            assert!(crash_points > 5, "retirement makes more than 5 calls");
+            break;
+        }
+        crash_points += 1;
+        // Right after the crash the safety guarantees hold (1, 3 and 6: no pin leads a client
+        // anywhere wrong; 7: no copy runs unrecorded); 4 (the ledger lists exactly the pins)
+        // may wait for the next run, as after a hook's crash.
+        let seen = observe(&world, &service).await;
+        let unsafe_now: Vec<String> =
+            skewguard_world::invariants::violations(&seen, None, &world.engine.truths())
+                .into_iter()
+                .filter(|v| !v.starts_with("invariant 4") && !v.starts_with("invariant 2"))
+                .collect();
+        assert_eq!(
+            unsafe_now,
+            Vec::<String>::new(),
+            "right after a crash at call {k}"
+        );
+
+        // The next run, as the reconciler makes it (the decision is recorded, or the order
+        // is given again).
+        let next = RetireOptions {
+            orders: Vec::new(),
+            ..revoke.clone()
+        };
+        let report = retirer::retire_service(&world.hook_clients, &service, &next)
+            .await
+            .unwrap();
+        let ledger = entries(&world, &service).await;
+        if entry(&ledger, "v1").status == Status::Retained {
+            // The crash came before the decision was written: the order is given again.
+            assert!(report.retirements.is_empty(), "{report:?}");
+            retirer::retire_service(&world.hook_clients, &service, &revoke)
+                .await
+                .unwrap();
+        }
+        let ledger = entries(&world, &service).await;
+        let v1 = entry(&ledger, "v1");
+        assert_eq!(v1.status, Status::Retired, "crash at call {k}: {v1:?}");
+        assert_eq!(v1.reason.as_deref(), Some("revoked"), "crash at call {k}");
+        assert!(
+            observe(&world, &service)
+                .await
+                .pins_of(&service, "v1")
+                .is_empty(),
+            "crash at call {k}"
+        );
+        assert!(
+            !active_service(&world, "web-sg-v1").await,
+            "crash at call {k}"
+        );
+        assert!(
+            copy_target_group_gone(&world, &service, "v1").await,
+            "crash at call {k}"
+        );
+        world
+            .check(&format!("after the run that followed a crash at call {k}"))
+            .await;
+        world.assert_no_violations();
+    }
+}
