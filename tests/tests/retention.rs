@@ -645,3 +645,37 @@ async fn retirement_crashed_at_every_call_is_finished_by_the_next_run() {
         world.assert_no_violations();
     }
 }
+
+/// Throttling during a copy's start is absorbed: the step is retried from a fresh read and the
+/// version is retained as without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_during_a_start_is_retried_and_the_version_retained() {
+    let world = world().await;
+    let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
+    for _ in 0..3 {
+        world
+            .ecs
+            .fail_next("CreateService", 400, "ThrottlingException");
+        world
+            .ecs
+            .fail_next("DescribeServices", 400, "ThrottlingException");
+    }
+    let outcome = world
+        .engine
+        .deploy(&service, "v2", &[], Intervention::None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    let calls = world.ecs.with_state(|s| s.calls.clone());
+    assert!(
+        calls.iter().filter(|c| *c == "CreateService").count() >= 4,
+        "the throttled creates were retried: {calls:?}"
+    );
+    let ledger = entries(&world, &service).await;
+    let v1 = entry(&ledger, "v1");
+    assert_eq!(v1.status, Status::Retained, "{v1:?}");
+    assert!(v1.reason.is_none());
+    assert!(active_service(&world, "web-sg-v1").await);
+    world.check("after the deployment").await;
+    world.assert_no_violations();
+}
