@@ -679,3 +679,42 @@ async fn throttling_during_a_start_is_retried_and_the_version_retained() {
     world.check("after the deployment").await;
     world.assert_no_violations();
 }
+
+/// `maxVersions` through real deployments: with one version allowed, the reconciler retires
+/// the older of two retained versions and keeps the newer.
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_max_versions_the_oldest_retained_version_retires_first() {
+    let world = world().await;
+    let (service, _) = world
+        .service("web", "v1", service_mode(json!({"maxVersions": "1"})))
+        .await;
+    for id in ["v2", "v3"] {
+        let outcome = world
+            .engine
+            .deploy(&service, id, &[], Intervention::None)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Succeeded, "deploying {id}");
+    }
+    let ledger = entries(&world, &service).await;
+    assert_eq!(entry(&ledger, "v1").status, Status::Retained);
+    assert_eq!(entry(&ledger, "v2").status, Status::Retained);
+
+    let report = reconcile(&world, &service).await;
+    let retirement = report.retirement.expect("a retirement");
+    assert!(
+        retirement
+            .retirements
+            .iter()
+            .any(|r| r.deployment_id.as_str() == "v1" && r.done && r.reason == "max-versions"),
+        "{retirement:?}"
+    );
+    let ledger = entries(&world, &service).await;
+    assert_eq!(entry(&ledger, "v1").status, Status::Retired);
+    assert_eq!(entry(&ledger, "v1").reason.as_deref(), Some("max-versions"));
+    assert_eq!(entry(&ledger, "v2").status, Status::Retained);
+    assert!(!active_service(&world, "web-sg-v1").await);
+    assert!(active_service(&world, "web-sg-v2").await);
+    world.check("after the reconciler").await;
+    world.assert_no_violations();
+}
