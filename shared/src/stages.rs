@@ -480,6 +480,8 @@ pub fn post_shift(
         if entry.status == Status::Draining && entry.drain_until.is_none_or(|until| until <= now) {
             match &entry.retention {
                 None => entry.finish(Status::Retired, now),
+                // Its copy is starting: `retentionStartTimeout` bounds that, not the window.
+                Some(_) if entry.reason.is_none() => {}
                 // Its copy never served (abandoned, not torn down yet): retirement ends it.
                 Some(_) => {
                     entry.end(
@@ -512,10 +514,18 @@ pub fn hold_for_draining(draft: &Draft, poll_interval: Duration, now: OffsetDate
 }
 
 /// Ends the skew window now (`skewguard release`): every draining entry's `drainUntil` moves to
-/// `now`, and the holding hook retires it on its next call. Returns whether anything changed.
+/// `now`, and the holding hook retires it on its next call; a version whose retention copy is
+/// starting is left to its start. Returns whether anything changed.
 pub fn release(draft: &mut Draft, now: OffsetDateTime) -> bool {
     let mut changed = false;
-    for entry in draft.entries_mut().filter(|e| e.status == Status::Draining) {
+    // A version whose retention copy is starting is not held by a window: the deployment goes
+    // on once the copy serves (or its start times out), and releasing it would only throw the
+    // copy away.
+    let starting = |e: &LedgerEntry| e.retention.is_some() && e.reason.is_none();
+    for entry in draft
+        .entries_mut()
+        .filter(|e| e.status == Status::Draining && !starting(e))
+    {
         if entry.drain_until.is_none_or(|until| until > now) {
             entry.drain_until = Some(now);
             changed = true;
@@ -922,6 +932,37 @@ mod tests {
             "{}",
             line("bbb")
         );
+    }
+
+    #[test]
+    fn neither_release_nor_the_window_ends_a_retention_copy_that_is_starting() {
+        // In `service` mode the copy's own timeout bounds its start; ending the window (by
+        // release or by time) would throw away a copy about to serve.
+        let (a, b) = (version("aaa", "tg1", "1"), version("bbb", "tg2", "2"));
+        let window = Duration::from_secs(60);
+        let poll = Duration::from_secs(1);
+        let mut draft = Draft::new(SVC, vec![]);
+        post_test_traffic(&mut draft, &b, Some(&a), &wiring(), T0);
+        production_shift(&mut draft, &b, Some(&a), &wiring(), T0);
+        post_shift(&mut draft, &b, &wiring(), window, poll, T0);
+        draft.get_mut(&id("aaa")).unwrap().retention = Some(crate::retention::new_copy(
+            SVC,
+            "cluster",
+            &id("aaa"),
+            1,
+            1,
+            T0,
+        ));
+        let entries = commit(&draft, T0);
+        let mut draft = Draft::new(SVC, entries.clone());
+        assert!(!release(&mut draft, T0 + Duration::from_secs(5)));
+        let late = T0 + Duration::from_secs(120);
+        let mut draft = Draft::new(SVC, entries);
+        assert_ne!(
+            post_shift(&mut draft, &b, &wiring(), window, poll, late),
+            Hold::Done
+        );
+        assert_eq!(status_of(&commit(&draft, late), "aaa"), Status::Draining);
     }
 
     #[test]
