@@ -21,7 +21,7 @@ use skewguard_world::world::World;
 
 use crate::capacity::Units;
 use crate::hooks::{Metered, Record, metering_of, units_of};
-use crate::proxy::CallLog;
+use crate::proxy::{Call, CallLog};
 use crate::report::{Row, Verdict, median, ms};
 
 /// Lambda list prices, us-East (N. Virginia), first pricing tier, as published on
@@ -110,6 +110,10 @@ pub fn billed_ms(d: Duration) -> u64 {
 #[derive(Debug, Clone)]
 pub struct ReconcilerRun {
     pub wall: Duration,
+    /// Its AWS calls by operation (`DynamoDB:Query`, …).
+    pub ops: BTreeMap<String, usize>,
+    /// Retained versions its retirement took down.
+    pub retirements: usize,
     pub units: Units,
     pub units_complete: bool,
     pub calls: usize,
@@ -162,8 +166,22 @@ pub async fn reconcile_after(
                 })
                 .sum()
         });
+    let retirements = answer
+        .get("services")
+        .and_then(Value::as_array)
+        .map_or(0, |s| {
+            s.iter()
+                .filter_map(|r| {
+                    r.pointer("/retirement/retirements")
+                        .and_then(Value::as_array)
+                })
+                .map(|r| r.iter().filter(|x| x["done"] == json!(true)).count())
+                .sum()
+        });
     Ok(ReconcilerRun {
         wall: wall.saturating_sub(metering_of(&logged)),
+        ops: by_operation(logged.iter().map(|c| &c.call)),
+        retirements,
         units,
         units_complete,
         calls: logged.len(),
@@ -251,14 +269,44 @@ impl Measured {
     }
 }
 
-/// A deployment mode: `hold` (the default), or another value of the per-service `retention`
-/// setting, which is passed to the hooks as such.
+/// A deployment mode: `hold`, or another value of the per-service `retention` setting, which
+/// is passed to the hooks as such. `service` keeps one retained version (`maxVersions: 1`), so
+/// from the second deployment on each one retires a version as it retains one: the steady
+/// state of a service at its cap, and what the retirement rows measure.
 pub fn hook_details(mode: &str, hold: &str) -> Value {
     let mut details = json!({"retention": "hold", "skewWindow": hold, "pollInterval": "1s"});
     if mode != "hold" {
         details["retention"] = json!(mode);
     }
+    if mode == "service" {
+        details["maxVersions"] = json!("1");
+    }
     details
+}
+
+/// Calls counted by operation, as `ECS:CreateService`.
+pub fn by_operation<'a>(calls: impl Iterator<Item = &'a Call>) -> BTreeMap<String, usize> {
+    let mut ops = BTreeMap::new();
+    for (service, op) in calls {
+        *ops.entry(format!("{service}:{op}")).or_insert(0) += 1;
+    }
+    ops
+}
+
+/// `ECS:CreateService ×2, …`, and the total.
+pub fn ops_text(ops: &BTreeMap<String, usize>) -> String {
+    let total: usize = ops.values().sum();
+    let list: Vec<String> = ops
+        .iter()
+        .map(|(op, n)| {
+            if *n == 1 {
+                op.clone()
+            } else {
+                format!("{op} ×{n}")
+            }
+        })
+        .collect();
+    format!("{total} calls: {}", list.join(", "))
 }
 
 /// Entries of a service and the most history records any of them has (through the store's own
@@ -431,6 +479,22 @@ pub fn rows(runs: &[Measured], t: &Template, rows: &mut Vec<Row>, details: &mut 
             .filter(|r| r.function != HookFunction::PostShift)
             .map(|r| r.wall)
             .sum();
+        if m.mode == "service" {
+            rows.push(Row::new(
+                "deployment held open beyond what ECS needs",
+                format!("{} deployment, service mode: until the retained copy is healthy", m.kind),
+                format!(
+                    "post-shift {:.2} s from its first call to its last answer ({calls} calls; skew window {:.0} s not waited); other hook invocations {:.0} ms in all",
+                    hold.as_secs_f64(),
+                    m.skew_window.as_secs_f64(),
+                    ms(others)
+                ),
+                "-",
+                Verdict::Info,
+                "as the hold rows, in the same run: post-shift's first POST_PRODUCTION_TRAFFIC_SHIFT call's start to the end of its last, here the time it takes to clone blue into a retention service and see it healthy; the bench world's plain services run their tasks through the local scheduler (tests/src/scheduler.rs), whose placeholder tasks register healthy at once, so the copy is healthy within about a second here; on AWS a Fargate task takes a minute or two to start and pass its health checks",
+            ));
+            continue;
+        }
         let over = hold.as_secs_f64() - m.skew_window.as_secs_f64();
         rows.push(Row::new(
             "deployment held open beyond what ECS needs",
@@ -446,14 +510,7 @@ pub fn rows(runs: &[Measured], t: &Template, rows: &mut Vec<Row>, details: &mut 
             "from the simulated deployment: the post-shift hook's first POST_PRODUCTION_TRAFFIC_SHIFT call's start to the end of its last (the answer that lets ECS go on to bake and scale blue down); ECS without skewguard goes on at once; the engine's call-back waits are scaled (×0.25) while the hooks keep real time, so the window is measured, not assumed",
         ));
     }
-    rows.push(Row::new(
-        "deployment held open beyond what ECS needs",
-        "service mode: until the retained copy is healthy",
-        "not measured: the hooks do not act on `retention: service` yet in this build (the setting only parses)",
-        "-",
-        Verdict::Info,
-        "pass `--modes hold,service` once the hooks act on the setting",
-    ));
+    retention_call_rows(runs, rows);
     for m in runs.iter().filter(|m| m.kind != "history") {
         let (units, complete) = m.units();
         let (fixed, poll) = m.units_split();
@@ -524,6 +581,69 @@ pub fn rows(runs: &[Measured], t: &Template, rows: &mut Vec<Row>, details: &mut 
         ));
     }
     details.push('\n');
+}
+
+/// AWS calls to start a retained version (post-shift's, service mode, first and steady
+/// deployment) and to retire one (the reconciler run that retired it, and what it made beyond
+/// the hold mode's run of the same deployment).
+fn retention_call_rows(runs: &[Measured], rows: &mut Vec<Row>) {
+    const START: &str = "AWS calls to start a retained version";
+    const RETIRE: &str = "AWS calls to retire a retained version";
+    for m in runs
+        .iter()
+        .filter(|m| m.mode == "service" && m.kind.ends_with("BLUE_GREEN"))
+    {
+        let ops = by_operation(
+            m.records
+                .iter()
+                .filter(|r| r.function == HookFunction::PostShift)
+                .flat_map(|r| r.calls.iter()),
+        );
+        rows.push(Row::new(
+            START,
+            format!("{} deployment, service mode", m.kind),
+            ops_text(&ops),
+            "-",
+            Verdict::Info,
+            "every call the post-shift hook made in the deployment (all its invocations), counted by operation at the counting proxies in front of moto and of the ECS emulator; the first BLUE_GREEN is the service's first deployment under skewguard with `retention: service`, the other a steady one",
+        ));
+    }
+    for m in runs
+        .iter()
+        .filter(|m| m.mode == "service" && m.reconciler.retirements > 0)
+    {
+        let extra = runs
+            .iter()
+            .find(|h| h.mode == "hold" && h.kind == m.kind)
+            .map(|h| {
+                let mut extra = BTreeMap::new();
+                for (op, n) in &m.reconciler.ops {
+                    let before = h.reconciler.ops.get(op).copied().unwrap_or(0);
+                    if *n > before {
+                        extra.insert(op.clone(), n - before);
+                    }
+                }
+                extra
+            });
+        rows.push(Row::new(
+            RETIRE,
+            format!(
+                "reconciler run after a {} deployment, service mode ({} retired)",
+                m.kind, m.reconciler.retirements
+            ),
+            format!(
+                "whole run {}{}",
+                ops_text(&m.reconciler.ops),
+                extra.map_or(String::new(), |e| format!(
+                    "; beyond the hold mode's run after the same deployment: {}",
+                    ops_text(&e)
+                ))
+            ),
+            "-",
+            Verdict::Info,
+            "the reconciler run the deployment's end triggers (`ECS Deployment State Change`) on the service-mode service, which keeps `maxVersions: 1`: the deployment retained a version, so the run retires the older one (max-versions: pins moved off, retention service and target group deleted, entry final); every call of the run counted by operation at the counting proxies, and the difference from the hold-mode run after the same kind of deployment (what retirement adds)",
+        ));
+    }
 }
 
 pub const UNITS_METHOD: &str = "priced at the counting proxy as DynamoDB bills them (moto's `ConsumedCapacity` is a constant, so not used): the items each call read or wrote, read back from moto without projection or filter, 4 KB per read unit (½ eventually consistent), 1 KB per write unit, the larger of before and after, ×2 in a transaction";

@@ -17,7 +17,7 @@
 //!                        used while growing, the others are compared at one size
 //! --history-at N         the sweep size at which they are compared (default: the smallest)
 //! --hold DURATION        the hooks' skewWindow, how long post-shift holds (default 2s)
-//! --modes LIST           deployment modes measured whole (default `hold`; another value is
+//! --modes LIST           deployment modes measured whole (default `hold,service`; a value is
 //!                        passed to the hooks as the per-service `retention` setting)
 //! --out FILE             also write the report here (default <target>/bench/report.md)
 //! ```
@@ -194,7 +194,7 @@ async fn mode_scenario(
     } else {
         let details = deployments::hook_details(mode, &o.hold);
         let name = format!("mode-{mode}");
-        let s = twin_service(
+        twin_service(
             world,
             clients,
             vpc,
@@ -204,15 +204,26 @@ async fn mode_scenario(
             &series_id(series, 0),
             &details,
         )
-        .await?;
-        // Warm the service up: its first deployment under skewguard is not a steady one.
-        world
-            .engine
-            .deploy(&s, &series_id(series, 1), &[], Intervention::None)
-            .await?;
-        s
+        .await?
     };
     let mut out = Vec::new();
+    if mode != "hold" {
+        // The service's first deployment under skewguard, measured apart: not a steady one.
+        out.push(
+            deployments::deploy_measured(
+                world,
+                metered,
+                reconciler,
+                log,
+                &service,
+                &series_id(series, 1),
+                "first BLUE_GREEN",
+                mode,
+                skew_window,
+            )
+            .await?,
+        );
+    }
     for (k, kind) in ["BLUE_GREEN", "CANARY", "rolled back"]
         .into_iter()
         .enumerate()
@@ -341,7 +352,7 @@ fn options() -> Result<Options, String> {
         history_at: None,
         out: target_dir().join("bench/report.md"),
         hold: "2s".to_owned(),
-        modes: vec!["hold".to_owned()],
+        modes: vec!["hold".to_owned(), "service".to_owned()],
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
