@@ -124,6 +124,7 @@ pub struct ReconcilerRun {
 pub async fn reconcile_after(
     reconciler: &LocalFunction,
     log: &CallLog,
+    ecs_log: &CallLog,
     service_arn: &str,
     failed: bool,
 ) -> Result<ReconcilerRun, String> {
@@ -133,6 +134,7 @@ pub async fn reconcile_after(
         .await
         .map_err(|e| format!("reconciler cold start: {e}"))?;
     let mark = log.len();
+    let ecs_mark = ecs_log.len();
     let (event_type, name) = if failed {
         ("ERROR", "SERVICE_DEPLOYMENT_FAILED")
     } else {
@@ -153,6 +155,7 @@ pub async fn reconcile_after(
         .map_err(|e| format!("reconciler run: {e}"))?;
     let wall = started.elapsed();
     let logged = log.logged_since(mark);
+    let ecs_logged = ecs_log.logged_since(ecs_mark);
     let (units, units_complete) = units_of(&logged);
     let repairs = answer
         .get("services")
@@ -180,11 +183,11 @@ pub async fn reconcile_after(
         });
     Ok(ReconcilerRun {
         wall: wall.saturating_sub(metering_of(&logged)),
-        ops: by_operation(logged.iter().map(|c| &c.call)),
+        ops: by_operation(logged.iter().chain(&ecs_logged).map(|c| &c.call)),
         retirements,
         units,
         units_complete,
-        calls: logged.len(),
+        calls: logged.len() + ecs_logged.len(),
         repairs,
     })
 }
@@ -402,7 +405,7 @@ pub async fn deploy_measured(
         return Err(metered.failure(format!("the {kind} deployment ended {outcome:?}")));
     }
     let records = metered.records.lock().expect("records")[mark..].to_vec();
-    let reconciler = reconcile_after(reconciler, log, service, expected).await?;
+    let reconciler = reconcile_after(reconciler, log, metered.ecs_log(), service, expected).await?;
     Ok(Measured {
         mode: mode.to_owned(),
         kind,
@@ -641,7 +644,7 @@ fn retention_call_rows(runs: &[Measured], rows: &mut Vec<Row>) {
             ),
             "-",
             Verdict::Info,
-            "the reconciler run the deployment's end triggers (`ECS Deployment State Change`) on the service-mode service, which keeps `maxVersions: 1`: the deployment retained a version, so the run retires the older one (max-versions: pins moved off, retention service and target group deleted, entry final); every call of the run counted by operation at the counting proxies, and the difference from the hold-mode run after the same kind of deployment (what retirement adds)",
+            "the reconciler run the deployment's end triggers (`ECS Deployment State Change`) on the service-mode service, which keeps `maxVersions: 1`: the deployment retained a version, so the run retires the older one (max-versions: pins moved off, retention service and target group deleted, entry final); every call of the run counted by operation at the counting proxies in front of moto and of the ECS emulator, and the difference from the hold-mode run after the same kind of deployment (what retirement adds)",
         ));
     }
 }

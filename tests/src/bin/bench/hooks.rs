@@ -208,6 +208,11 @@ pub struct Metered {
 }
 
 impl Metered {
+    /// The counting proxy's log in front of the ECS emulator.
+    pub fn ecs_log(&self) -> &CallLog {
+        &self.ecs_log
+    }
+
     pub fn new(
         binaries: Binaries,
         log: CallLog,
