@@ -291,6 +291,11 @@ pub fn hook_details(mode: &str, hold: &str) -> Value {
 pub fn by_operation<'a>(calls: impl Iterator<Item = &'a Call>) -> BTreeMap<String, usize> {
     let mut ops = BTreeMap::new();
     for (service, op) in calls {
+        // The ECS proxy logs the JSON protocol's target prefix.
+        let service = match service.as_str() {
+            "AmazonEC2ContainerServiceV20141113" => "ECS",
+            other => other,
+        };
         *ops.entry(format!("{service}:{op}")).or_insert(0) += 1;
     }
     ops
