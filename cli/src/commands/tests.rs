@@ -443,16 +443,16 @@ fn status_lists_retained_versions_with_tasks_age_time_left_reason_traffic_and_co
     assert!(v1.contains(" 2h 0m "), "age: {v1}");
     assert!(v1.contains("6d 22h"), "time left: {v1}");
     assert!(
-        v1.contains("idle: 1 of 2 checks measured no request"),
-        "{v1}"
+        v1.contains("idle: 1 of 2 checks measured no request") && !v1.contains("idle: idle"),
+        "the rule is named once: {v1}"
     );
     assert!(v1.contains(" 0.0 ") && v1.contains("$1.18"), "{v1}");
     let v0 = table[2];
     assert!(v0.starts_with("v0 "), "{v0}");
     assert!(v0.contains("0/1"), "tasks running/started: {v0}");
     assert!(
-        v0.contains("max-versions"),
-        "the oldest of maxVersions: {v0}"
+        v0.contains("max-versions: the oldest") && !v0.contains("max-versions: max-versions"),
+        "the oldest of maxVersions, the rule named once: {v0}"
     );
     assert!(
         v0.contains("no data"),

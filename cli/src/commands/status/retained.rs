@@ -296,7 +296,12 @@ pub fn table(status: &ServiceStatus) -> String {
             (short_duration(r.age_seconds.max(0)), PLAIN),
             left,
             (
-                format!("{}: {}", r.retires_for, r.retire_detail),
+                // A forecast's detail already opens with its rule (`max-age, or idle`).
+                if r.retire_detail.starts_with(&r.retires_for) {
+                    r.retire_detail.clone()
+                } else {
+                    format!("{}: {}", r.retires_for, r.retire_detail)
+                },
                 if r.retiring { FAILURE } else { PLAIN },
             ),
             (
