@@ -231,6 +231,29 @@ async fn a_lost_conditional_write_is_a_conflict() {
 }
 
 #[tokio::test]
+async fn a_server_error_page_without_an_error_code_is_transient() {
+    // What a proxy or an overloaded endpoint answers: HTTP 500 with an HTML body, which no AWS
+    // error model parses. Retried like any 5xx, never taken for a request skewguard got wrong.
+    let transact = mock!(aws_sdk_dynamodb::Client::transact_write_items).then_http_response(|| {
+        aws_smithy_runtime_api::http::Response::new(
+            aws_smithy_runtime_api::http::StatusCode::try_from(500).unwrap(),
+            aws_smithy_types::body::SdkBody::from(
+                "<html><body>Internal Server Error</body></html>",
+            ),
+        )
+    });
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&transact]);
+    let err = LedgerStore::new(client, "ledger")
+        .commit(&[change("a1", 3)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LedgerError::Aws(e) if e.kind == AwsErrorKind::Transient && e.code == "HTTP 500"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_revision_ecs_does_not_return_is_missing() {
     let describe = mock!(aws_sdk_ecs::Client::describe_service_revisions)
         .match_requests(|r| r.service_revision_arns() == ["rev-1", "rev-2"])

@@ -91,17 +91,25 @@ impl AwsError {
 }
 
 /// Classifies what the SDK answered by AWS's error code, keeping the SDK error as the source.
-pub(crate) fn classify<E, R>(operation: &'static str, err: SdkError<E, R>) -> AwsError
+/// An answer without an error code and with a 5xx status (a server error page from something
+/// in front of the service, which no AWS error model describes) is transient, as the SDKs'
+/// own retry classifiers treat a 5xx.
+pub(crate) fn classify<E>(
+    operation: &'static str,
+    err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> AwsError
 where
     E: ProvideErrorMetadata + Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let (code, kind) = match &err {
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or("Unknown").to_owned();
-            let kind = kind_of_code(&code);
-            (code, kind)
-        }
+        SdkError::ServiceError(service) => match service.err().code() {
+            Some(code) => (code.to_owned(), kind_of_code(code)),
+            None if service.raw().status().is_server_error() => (
+                format!("HTTP {}", service.raw().status().as_u16()),
+                AwsErrorKind::Transient,
+            ),
+            None => ("Unknown".to_owned(), AwsErrorKind::Invalid),
+        },
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             ("Unreachable".to_owned(), AwsErrorKind::Transient)
         }
