@@ -124,6 +124,18 @@ async fn copy_target_group_gone(world: &World, service: &str, id: &str) -> bool 
         .is_none()
 }
 
+/// Deploys each version in turn; each deployment must succeed.
+async fn deploy_all(world: &World, service: &str, ids: &[&str]) {
+    for id in ids {
+        let outcome = world
+            .engine
+            .deploy(service, id, &[], Intervention::None)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Succeeded, "deploying {id}");
+    }
+}
+
 async fn active_service(world: &World, name: &str) -> bool {
     let described = world
         .clients
@@ -280,14 +292,7 @@ async fn a_copy_that_never_becomes_healthy_is_torn_down_and_the_version_held_ins
 async fn a_retained_version_deployed_again_loses_its_copy_to_the_reconciler() {
     let world = world().await;
     let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
-    for id in ["v2", "v1"] {
-        let outcome = world
-            .engine
-            .deploy(&service, id, &[], Intervention::None)
-            .await
-            .unwrap();
-        assert_eq!(outcome, Outcome::Succeeded, "deploying {id}");
-    }
+    deploy_all(&world, &service, &["v2", "v1"]).await;
     let ledger = entries(&world, &service).await;
     let v1 = entry(&ledger, "v1");
     assert_eq!(v1.status, Status::Live);
@@ -384,14 +389,7 @@ async fn the_reconciler_keeps_retained_pins_and_restores_a_lost_one_to_the_copy(
     use skewguard_core::reconcile::RepairKind;
     let world = world().await;
     let (service, _) = world.service("web", "v1", service_mode(json!({}))).await;
-    for id in ["v2", "v3"] {
-        let outcome = world
-            .engine
-            .deploy(&service, id, &[], Intervention::None)
-            .await
-            .unwrap();
-        assert_eq!(outcome, Outcome::Succeeded, "deploying {id}");
-    }
+    deploy_all(&world, &service, &["v2", "v3"]).await;
     let report = reconcile(&world, &service).await;
     assert!(report.repairs.is_empty(), "{:?}", report.repairs);
     let before = observe(&world, &service).await;
@@ -688,14 +686,7 @@ async fn beyond_max_versions_the_oldest_retained_version_retires_first() {
     let (service, _) = world
         .service("web", "v1", service_mode(json!({"maxVersions": "1"})))
         .await;
-    for id in ["v2", "v3"] {
-        let outcome = world
-            .engine
-            .deploy(&service, id, &[], Intervention::None)
-            .await
-            .unwrap();
-        assert_eq!(outcome, Outcome::Succeeded, "deploying {id}");
-    }
+    deploy_all(&world, &service, &["v2", "v3"]).await;
     let ledger = entries(&world, &service).await;
     assert_eq!(entry(&ledger, "v1").status, Status::Retained);
     assert_eq!(entry(&ledger, "v2").status, Status::Retained);
