@@ -314,7 +314,12 @@ pub async fn reconcile_service(
     )
     .await;
     match outcome {
-        Ok((mut report, settings, retained)) => {
+        Ok(Attempted {
+            mut report,
+            settings,
+            retained,
+            unwritten,
+        }) => {
             report.notes.extend(earlier);
             // Retirement is its own pipeline (its own read, decisions and conditional writes),
             // run only when this run's read found a retained version.
@@ -327,7 +332,11 @@ pub async fn reconcile_service(
                     execution_id: options.execution_id.clone(),
                     identity: options.identity.clone(),
                 };
-                let retired = retirer::retire_service(clients, service_arn, &retire).await?;
+                // What this run read, if it wrote nothing since: retirement starts from it
+                // instead of reading the partition again (its writes are conditional, so a
+                // change made meanwhile is found there and read afresh).
+                let retired =
+                    retirer::retire_service_from(clients, service_arn, &retire, unwritten).await?;
                 if retired != RetirementReport::default() {
                     report.retirement = Some(retired);
                 }
@@ -395,11 +404,21 @@ fn versions(entries: &[LedgerEntry]) -> BTreeMap<DeploymentId, u64> {
         .collect()
 }
 
+/// What one attempt at a service found and did.
+struct Attempted {
+    report: ServiceReport,
+    settings: Settings,
+    /// The ledger has retained versions (or a stray copy): retirement has work.
+    retained: bool,
+    /// The entries the attempt read, when it wrote none.
+    unwritten: Option<Vec<LedgerEntry>>,
+}
+
 async fn attempt_service(
     clients: &Clients,
     service_arn: &str,
     options: &ReconcileOptions,
-) -> Result<(ServiceReport, Settings, bool), Attempt> {
+) -> Result<Attempted, Attempt> {
     let now = OffsetDateTime::now_utc();
     let entries = clients.ledger.load(service_arn).await?;
     // A retained version, or a copy whose version serves from its own target group again (a
@@ -432,7 +451,12 @@ async fn attempt_service(
                 .to_owned(),
         );
         report.notes = notes;
-        return Ok((report, settings, retained));
+        return Ok(Attempted {
+            report,
+            settings,
+            retained,
+            unwritten: Some(entries),
+        });
     };
     let rules = clients
         .elb
@@ -473,7 +497,12 @@ async fn attempt_service(
     if options.dry_run {
         report.repairs = repairs;
         report.notes = notes;
-        return Ok((report, settings, retained));
+        return Ok(Attempted {
+            report,
+            settings,
+            retained,
+            unwritten: Some(entries),
+        });
     }
 
     let mut created: BTreeMap<DeploymentId, Vec<String>> = BTreeMap::new();
@@ -523,7 +552,12 @@ async fn attempt_service(
     clients.ledger.commit(&changes).await?;
     report.repairs = repairs;
     report.notes = notes;
-    Ok((report, settings, retained))
+    Ok(Attempted {
+        report,
+        settings,
+        retained,
+        unwritten: changes.is_empty().then_some(entries),
+    })
 }
 
 /// What an invocation of the reconciler function covers.

@@ -181,13 +181,38 @@ pub async fn retire_service(
     service_arn: &str,
     options: &RetireOptions,
 ) -> Result<RetirementReport, RetireError> {
+    retire_service_from(clients, service_arn, options, None).await
+}
+
+/// [`retire_service`], starting from `read`: the service's entries as the caller read them
+/// this invocation, if it wrote nothing since (the reconciler's run, which saves reading the
+/// partition again). `None` reads them. Every write stays conditional on the versions read,
+/// so a change made meanwhile surfaces as a conflict and is read afresh.
+///
+/// Errors: as [`retire_service`].
+pub async fn retire_service_from(
+    clients: &Clients,
+    service_arn: &str,
+    options: &RetireOptions,
+    read: Option<Vec<LedgerEntry>>,
+) -> Result<RetirementReport, RetireError> {
     let mut report = RetirementReport::default();
-    tear_down_stray_copies(clients, service_arn, options, &mut report).await?;
+    let entries = match read {
+        Some(entries) => entries,
+        None => clients.ledger.load(service_arn).await?,
+    };
+    let tore_down =
+        tear_down_stray_copies(clients, service_arn, &entries, options, &mut report).await?;
+    // A copy torn down was written off its entry: read again.
+    let mut read = (!tore_down).then_some(entries);
     let mut attempt = 0;
     let (entries, decision) = loop {
         attempt += 1;
         let now = OffsetDateTime::now_utc();
-        let entries = clients.ledger.load(service_arn).await?;
+        let entries = match read.take() {
+            Some(entries) => entries,
+            None => clients.ledger.load(service_arn).await?,
+        };
         check_orders(&entries, &options.orders)?;
         let candidates: Vec<Candidate> = entries.iter().filter_map(candidate).collect();
         if candidates.is_empty() {
@@ -317,14 +342,17 @@ pub fn is_stray_copy(entry: &LedgerEntry) -> bool {
 ///
 /// Errors: the ledger could not be read or written; a copy whose teardown fails is reported and
 /// left for the next run.
+/// Tears down the stray copies among `entries`; answers whether there were any.
 async fn tear_down_stray_copies(
     clients: &Clients,
     service_arn: &str,
+    entries: &[LedgerEntry],
     options: &RetireOptions,
     report: &mut RetirementReport,
-) -> Result<(), RetireError> {
-    let entries = clients.ledger.load(service_arn).await?;
+) -> Result<bool, RetireError> {
+    let mut any = false;
     for entry in entries.iter().filter(|e| is_stray_copy(e)) {
+        any = true;
         let Some(copy) = &entry.retention else {
             continue;
         };
@@ -353,7 +381,7 @@ async fn tear_down_stray_copies(
             detail,
         });
     }
-    Ok(())
+    Ok(any)
 }
 
 /// Removes the copy's record from a version that serves from its own target group again.

@@ -106,6 +106,16 @@ pub fn moto_server_path() -> PathBuf {
     }
 }
 
+/// `PYTHONPATH` for moto: the world's `sitecustomize` first (tests/moto-site: it keeps moto's
+/// DynamoDB Query from reading the whole table), then whatever the caller had.
+fn python_path() -> std::ffi::OsString {
+    let mut paths = vec![workspace_root().join("tests/moto-site")];
+    if let Some(existing) = std::env::var_os("PYTHONPATH") {
+        paths.extend(std::env::split_paths(&existing));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
 /// A loopback TCP port that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> std::io::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
@@ -163,7 +173,9 @@ impl MotoServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Unbuffered, so the startup banner and tracebacks reach the log at once.
-            .env("PYTHONUNBUFFERED", "1");
+            .env("PYTHONUNBUFFERED", "1")
+            // tests/moto-site/sitecustomize.py: DynamoDB Query reads one partition, as on AWS.
+            .env("PYTHONPATH", python_path());
         die_with_parent(&mut command);
         let mut child = command
             .spawn()

@@ -438,3 +438,67 @@ async fn a_write_never_drops_the_history_list_of_an_item_not_moved_yet() {
     );
     assert_eq!(t.store.history(&svc, &id("v1")).await.unwrap().len(), 2);
 }
+
+/// The world's moto reads a Query's partition alone (tests/moto-site/sitecustomize.py): the
+/// answers are exactly moto's own — every item of the partition and none of another, in key
+/// order either way, page by page.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_reads_its_partition_alone_in_order_and_by_pages() {
+    let t = table().await;
+    assert!(
+        t._moto
+            .log_tail()
+            .contains("DynamoDB Query reads its partition alone"),
+        "the world's moto runs without its Query narrowing:\n{}",
+        t._moto.log_tail()
+    );
+    let keys =
+        |svc: &str, n: usize| -> Vec<String> { (0..n).map(|i| format!("{svc}#{i:03}")).collect() };
+    for (svc, n) in [("a", 7), ("b", 23), ("c", 1)] {
+        for sort_key in keys(svc, n) {
+            t.ddb
+                .put_item()
+                .table_name(TABLE)
+                .item(attr::SERVICE_ARN, AttributeValue::S(svc.to_owned()))
+                .item(attr::DEPLOYMENT_ID, AttributeValue::S(sort_key))
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    for (svc, n) in [("a", 7), ("b", 23), ("c", 1), ("d", 0)] {
+        for forward in [true, false] {
+            let mut read: Vec<String> = Vec::new();
+            let mut start = None;
+            loop {
+                let page = t
+                    .ddb
+                    .query()
+                    .table_name(TABLE)
+                    .key_condition_expression("#pk = :pk")
+                    .expression_attribute_names("#pk", attr::SERVICE_ARN)
+                    .expression_attribute_values(":pk", AttributeValue::S(svc.to_owned()))
+                    .scan_index_forward(forward)
+                    .limit(5)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .unwrap();
+                read.extend(
+                    page.items()
+                        .iter()
+                        .map(|item| item[attr::DEPLOYMENT_ID].as_s().unwrap().clone()),
+                );
+                start = page.last_evaluated_key().cloned();
+                if start.is_none() {
+                    break;
+                }
+            }
+            let mut expected = keys(svc, n);
+            if !forward {
+                expected.reverse();
+            }
+            assert_eq!(read, expected, "partition {svc}, forward {forward}");
+        }
+    }
+}

@@ -315,6 +315,10 @@ struct Options {
     /// Deployment modes measured whole: `hold`, and other values of the per-service
     /// `retention` setting (each on a service of its own).
     modes: Vec<String>,
+    /// Only the reconciler sweep: no cold starts, deployments or zips.
+    sweep_only: bool,
+    /// Sweep sizes of the fleet whose services keep [`sweep::RETAINED`] retained versions.
+    retained: Vec<usize>,
 }
 
 fn default_bin_dir() -> PathBuf {
@@ -353,6 +357,8 @@ fn options() -> Result<Options, String> {
         out: target_dir().join("bench/report.md"),
         hold: "2s".to_owned(),
         modes: vec!["hold".to_owned(), "service".to_owned()],
+        sweep_only: false,
+        retained: vec![100, 1000],
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -372,11 +378,13 @@ fn options() -> Result<Options, String> {
             "--out" => o.out = PathBuf::from(value()?),
             "--hold" => o.hold = value()?,
             "--modes" => o.modes = value()?.split(',').map(str::to_owned).collect(),
+            "--sweep-only" => o.sweep_only = true,
+            "--retained" => o.retained = list(&value()?)?,
             "-h" | "--help" => {
                 return Err(
                     "usage: bench [--bin-dir DIR] [--cold-starts N] [--cold-deployments N] \
-                     [--warm-deployments N] [--sweep 100,300,1000|none] [--history 5,50] \
-                     [--history-at N] [--hold 2s] [--modes hold[,service]] [--out FILE]"
+                     [--warm-deployments N] [--sweep 100,300,1000|none] [--retained 100,1000|none] [--history 5,50] \
+                     [--history-at N] [--hold 2s] [--modes hold[,service]] [--sweep-only] [--out FILE]"
                         .to_owned(),
                 );
             }
@@ -441,7 +449,7 @@ fn progress(started: Instant, what: &str) {
 async fn run(o: &Options) -> Result<String, String> {
     let started = Instant::now();
     let mut names: Vec<&str> = HOOKS.iter().map(|f| f.name()).collect();
-    if !o.sweep.is_empty() {
+    if !o.sweep.is_empty() || !o.retained.is_empty() {
         names.push("reconciler");
     }
     hooks::check_binaries(&o.bin_dir, &names)?;
@@ -463,7 +471,7 @@ async fn run(o: &Options) -> Result<String, String> {
         ecs: ecs_proxy.endpoint(),
         elbv2: proxy.endpoint(),
         dynamodb: proxy.endpoint(),
-        cloudwatch: stand_ins.endpoints.cloudwatch.clone(),
+        cloudwatch: proxy.endpoint(),
         sqs: proxy.endpoint(),
     };
     let mut env = function_env(&endpoints);
@@ -477,200 +485,214 @@ async fn run(o: &Options) -> Result<String, String> {
     let mut rows: Vec<Row> = Vec::new();
     let mut details = String::new();
 
-    // 1. Cold starts.
-    let mut colds: BTreeMap<&str, Vec<ColdStart>> = BTreeMap::new();
-    for f in HOOKS {
-        progress(
-            started,
-            &format!("{} cold starts of {}", o.cold_starts, f.name()),
-        );
-        colds.insert(
-            f.name(),
-            hooks::cold_starts(&binaries, f.name(), o.cold_starts, &[]).await?,
-        );
-    }
-    // This machine keeps its CA roots as a directory of one file per certificate, which the
-    // SDK's TLS setup reads file by file at every cold start; a single bundle file is cheaper.
-    let bundle = [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).is_file());
-    let bundle_colds = match bundle {
-        Some(bundle) => {
-            let f = HookFunction::PostTestTraffic;
-            progress(
-                started,
-                &format!(
-                    "{} cold starts of {} with SSL_CERT_FILE={bundle}",
-                    o.cold_starts,
-                    f.name()
-                ),
-            );
-            let env = [("SSL_CERT_FILE".to_owned(), bundle.to_owned())];
-            Some((
-                bundle,
-                hooks::cold_starts(&binaries, f.name(), o.cold_starts, &env).await?,
-            ))
-        }
-        None => None,
-    };
-
-    // 2. Deployments through the engine, every invocation metered.
     let ecs = stand_ins.ecs.clone();
     let moto = stand_ins.moto.endpoint();
     let (clients, vpc) = (stand_ins.clients.clone(), stand_ins.vpc.clone());
-    let peer = Peer::from_env(workspace_root().join("bench/python-peer"), PEER_TABLE);
-    if let Some(p) = &peer {
-        create_ledger_table(&clients.dynamodb, &p.table)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let metered = Arc::new(Metered::new(
-        binaries.clone(),
-        proxy.log.clone(),
-        ecs_proxy.log.clone(),
-        ecs.clone(),
-        peer.clone(),
-    ));
-    let checker = stand_ins.checker.clone();
-    let observer = Arc::new(ExceptPeer {
-        checker: checker.clone(),
-        peer_service: ecs_service_arn(CLUSTER, PEER_SERVICE),
-    });
-    let mut world = stand_ins.with_engine(metered.clone(), Arc::new(PlaceholderTasks), observer);
-    world.engine.time_scale = 0.25;
-    let settings = json!({"retention": "hold", "skewWindow": o.hold, "pollInterval": "1s"});
-    let ids: Vec<String> = (0..=o.cold_deployments + o.warm_deployments + 1)
-        .map(|n| format!("{:07x}", 0xa1b2c3d_u32.wrapping_add(n as u32 * 0x1111)))
-        .collect();
-    let (service, _) = world.service("checkout", &ids[0], settings.clone()).await;
-    let total = o.cold_deployments + o.warm_deployments;
-    for n in 1..=total {
-        if n == o.cold_deployments + 1 && peer.is_some() {
+    // `--sweep-only` keeps the stand-ins for the sweep alone.
+    let mut sweep_only_stand_ins = None;
+    let template = deployments::template(&workspace_root())?;
+    let (world, violations) = if o.sweep_only {
+        sweep_only_stand_ins = Some(stand_ins);
+        (None, Vec::new())
+    } else {
+        // 1. Cold starts.
+        let mut colds: BTreeMap<&str, Vec<ColdStart>> = BTreeMap::new();
+        for f in HOOKS {
+            progress(
+                started,
+                &format!("{} cold starts of {}", o.cold_starts, f.name()),
+            );
+            colds.insert(
+                f.name(),
+                hooks::cold_starts(&binaries, f.name(), o.cold_starts, &[]).await?,
+            );
+        }
+        // This machine keeps its CA roots as a directory of one file per certificate, which the
+        // SDK's TLS setup reads file by file at every cold start; a single bundle file is cheaper.
+        let bundle = [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).is_file());
+        let bundle_colds = match bundle {
+            Some(bundle) => {
+                let f = HookFunction::PostTestTraffic;
+                progress(
+                    started,
+                    &format!(
+                        "{} cold starts of {} with SSL_CERT_FILE={bundle}",
+                        o.cold_starts,
+                        f.name()
+                    ),
+                );
+                let env = [("SSL_CERT_FILE".to_owned(), bundle.to_owned())];
+                Some((
+                    bundle,
+                    hooks::cold_starts(&binaries, f.name(), o.cold_starts, &env).await?,
+                ))
+            }
+            None => None,
+        };
+
+        // 2. Deployments through the engine, every invocation metered.
+        let peer = Peer::from_env(workspace_root().join("bench/python-peer"), PEER_TABLE);
+        if let Some(p) = &peer {
+            create_ledger_table(&clients.dynamodb, &p.table)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let metered = Arc::new(Metered::new(
+            binaries.clone(),
+            proxy.log.clone(),
+            ecs_proxy.log.clone(),
+            ecs.clone(),
+            peer.clone(),
+        ));
+        let checker = stand_ins.checker.clone();
+        let observer = Arc::new(ExceptPeer {
+            checker: checker.clone(),
+            peer_service: ecs_service_arn(CLUSTER, PEER_SERVICE),
+        });
+        let mut world =
+            stand_ins.with_engine(metered.clone(), Arc::new(PlaceholderTasks), observer);
+        world.engine.time_scale = 0.25;
+        let settings = json!({"retention": "hold", "skewWindow": o.hold, "pollInterval": "1s"});
+        let ids: Vec<String> = (0..=o.cold_deployments + o.warm_deployments + 1)
+            .map(|n| format!("{:07x}", 0xa1b2c3d_u32.wrapping_add(n as u32 * 0x1111)))
+            .collect();
+        let (service, _) = world.service("checkout", &ids[0], settings.clone()).await;
+        let total = o.cold_deployments + o.warm_deployments;
+        for n in 1..=total {
+            if n == o.cold_deployments + 1 && peer.is_some() {
+                progress(
+                    started,
+                    &format!(
+                        "the Python peer: {} deployments, a fresh process for every invocation",
+                        o.cold_deployments
+                    ),
+                );
+                peer_deployments(o, &world, &metered, &clients, &vpc, &settings).await?;
+            }
+            let cold = n <= o.cold_deployments;
+            if n == o.cold_deployments + 1 {
+                metered.reset().await;
+            }
+            metered.cold.store(cold, Ordering::SeqCst);
+            metered.set_phase(n, n == 1);
             progress(
                 started,
                 &format!(
-                    "the Python peer: {} deployments, a fresh process for every invocation",
-                    o.cold_deployments
+                    "deployment {n}/{total}: {} -> {} ({})",
+                    ids[n - 1],
+                    ids[n],
+                    if cold {
+                        "a fresh process for every invocation"
+                    } else {
+                        "warm processes"
+                    }
                 ),
             );
-            peer_deployments(o, &world, &metered, &clients, &vpc, &settings).await?;
+            let outcome = world
+                .engine
+                .deploy(&service, &ids[n], &[], Intervention::None)
+                .await?;
+            if outcome != Outcome::Succeeded {
+                return Err(metered.failure(format!("deployment {n} did not succeed: {outcome:?}")));
+            }
         }
-        let cold = n <= o.cold_deployments;
-        if n == o.cold_deployments + 1 {
-            metered.reset().await;
-        }
-        metered.cold.store(cold, Ordering::SeqCst);
-        metered.set_phase(n, n == 1);
-        progress(
-            started,
-            &format!(
-                "deployment {n}/{total}: {} -> {} ({})",
-                ids[n - 1],
-                ids[n],
-                if cold {
-                    "a fresh process for every invocation"
-                } else {
-                    "warm processes"
-                }
-            ),
-        );
-        let outcome = world
-            .engine
-            .deploy(&service, &ids[n], &[], Intervention::None)
+        metered.set_phase(total + 1, false);
+        // The reconciler refuses to start without its sweep queue, even when only ECS events reach it.
+        let sweep_queue = SweepQueue::create(&clients.sqs, 3)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reconciler = binaries
+            .function_with("reconciler", &[sweep_queue.env()])
             .await?;
-        if outcome != Outcome::Succeeded {
-            return Err(metered.failure(format!("deployment {n} did not succeed: {outcome:?}")));
+        let skew_window = skewguard_core::settings::Settings::resolve(
+            settings.as_object().ok_or("settings")?,
+            &skewguard_core::settings::EnvDefaults::default(),
+        )
+        .map_err(|e| e.to_string())?
+        .skew_window;
+        let mut measured = Vec::new();
+        for mode in &o.modes {
+            progress(
+                started,
+                &format!(
+                    "{mode} mode: a BLUE_GREEN, a CANARY and a rolled-back deployment, each with its reconciler run"
+                ),
+            );
+            measured.extend(
+                mode_scenario(
+                    o,
+                    mode,
+                    &world,
+                    &metered,
+                    &reconciler,
+                    &proxy.log,
+                    &clients,
+                    &vpc,
+                    &service,
+                    skew_window,
+                )
+                .await?,
+            );
         }
-    }
-    metered.set_phase(total + 1, false);
-    // The reconciler refuses to start without its sweep queue, even when only ECS events reach it.
-    let sweep_queue = SweepQueue::create(&clients.sqs, 3)
-        .await
-        .map_err(|e| e.to_string())?;
-    let reconciler = binaries
-        .function_with("reconciler", &[sweep_queue.env()])
-        .await?;
-    let template = deployments::template(&workspace_root())?;
-    let skew_window = skewguard_core::settings::Settings::resolve(
-        settings.as_object().ok_or("settings")?,
-        &skewguard_core::settings::EnvDefaults::default(),
-    )
-    .map_err(|e| e.to_string())?
-    .skew_window;
-    let mut measured = Vec::new();
-    for mode in &o.modes {
         progress(
             started,
-            &format!(
-                "{mode} mode: a BLUE_GREEN, a CANARY and a rolled-back deployment, each with its reconciler run"
-            ),
+            "history 5 vs 50: one deployment on each of two twin services",
         );
         measured.extend(
-            mode_scenario(
+            history_scenario(
                 o,
-                mode,
                 &world,
                 &metered,
                 &reconciler,
                 &proxy.log,
                 &clients,
                 &vpc,
-                &service,
                 skew_window,
             )
             .await?,
         );
-    }
-    progress(
-        started,
-        "history 5 vs 50: one deployment on each of two twin services",
-    );
-    measured.extend(
-        history_scenario(
-            o,
-            &world,
-            &metered,
-            &reconciler,
-            &proxy.log,
-            &clients,
-            &vpc,
-            skew_window,
-        )
-        .await?,
-    );
-    let violations = world.checker.found();
-    let records = metered.records.lock().expect("records").clone();
-    metered.reset().await;
+        let violations = world.checker.found();
+        let records = metered.records.lock().expect("records").clone();
+        metered.reset().await;
 
-    let (peer_records, records): (Vec<Record>, Vec<Record>) =
-        records.into_iter().partition(|r| r.peer);
-    // The cold-start comparison: the Rust hooks' cold deployments vs the peer's.
-    let cold_pairs: Vec<Record> = records
-        .iter()
-        .filter(|r| r.deployment <= o.cold_deployments)
-        .chain(peer_records.iter())
-        .cloned()
-        .collect();
-    deployments::cold_start_rows(&cold_pairs, peer.is_some(), &mut rows, &mut details);
-    // Only the main service's records feed the per-stage figures.
-    let records: Vec<Record> = records
-        .into_iter()
-        .filter(|r| r.service == service)
-        .collect();
-    hook_rows(o, &colds, bundle_colds, &records, &mut rows, &mut details);
-    deployments::rows(&measured, &template, &mut rows, &mut details);
+        let (peer_records, records): (Vec<Record>, Vec<Record>) =
+            records.into_iter().partition(|r| r.peer);
+        // The cold-start comparison: the Rust hooks' cold deployments vs the peer's.
+        let cold_pairs: Vec<Record> = records
+            .iter()
+            .filter(|r| r.deployment <= o.cold_deployments)
+            .chain(peer_records.iter())
+            .cloned()
+            .collect();
+        deployments::cold_start_rows(&cold_pairs, peer.is_some(), &mut rows, &mut details);
+        // Only the main service's records feed the per-stage figures.
+        let records: Vec<Record> = records
+            .into_iter()
+            .filter(|r| r.service == service)
+            .collect();
+        hook_rows(o, &colds, bundle_colds, &records, &mut rows, &mut details);
+        deployments::rows(&measured, &template, &mut rows, &mut details);
 
-    // 3. Zipped bootstraps.
-    progress(started, "zipping the bootstraps");
-    zip_rows(o, &mut rows)?;
+        // 3. Zipped bootstraps.
+        progress(started, "zipping the bootstraps");
+        zip_rows(o, &mut rows)?;
+        (Some(world), violations)
+    };
 
     // 4. Reconciler sweep.
     let mut sweeps = Vec::new();
-    if !o.sweep.is_empty() {
-        let mut fleet = sweep::Fleet::new(clients.clone(), ecs.clone(), vpc);
+    if !o.sweep.is_empty() || !o.retained.is_empty() {
+        let mut fleet = sweep::Fleet::new(
+            clients.clone(),
+            ecs.clone(),
+            vpc.clone(),
+            sweep::FleetKind::HOLD,
+        );
         sweep::create_table(&clients.dynamodb, SWEEP_TABLE).await?;
         // The sweep queue the scheduled run fills and the batches are drawn from.
         let queue = SweepQueue::create(&clients.sqs, 3)
@@ -693,7 +715,7 @@ async fn run(o: &Options) -> Result<String, String> {
         };
         let reconciler = environments(table_env.to_vec()).await?;
         let base = o.histories[0];
-        let history_at = o.history_at.unwrap_or(o.sweep[0]);
+        let history_at = o.history_at.or(o.sweep.first().copied());
         for &size in &o.sweep {
             let seeding = Instant::now();
             progress(
@@ -712,7 +734,7 @@ async fn run(o: &Options) -> Result<String, String> {
                 ),
             );
             sweeps.push(sweep::sweep(&reconciler, &queue, &proxy.log, &ecs, &fleet, base).await?);
-            if size != history_at {
+            if Some(size) != history_at {
                 continue;
             }
             // The same services, with longer histories, in a table of their own.
@@ -733,10 +755,48 @@ async fn run(o: &Options) -> Result<String, String> {
                 sweeps.push(sweep::sweep(&f, &queue, &proxy.log, &ecs, &fleet, history).await?);
             }
         }
+        // Services that keep retained versions, in a ledger table of their own (a sweep
+        // enqueues every service of its table).
+        if !o.retained.is_empty() {
+            let mut fleet = sweep::Fleet::new(
+                clients.clone(),
+                ecs.clone(),
+                vpc.clone(),
+                sweep::FleetKind::RETAINING,
+            );
+            let table = format!("{SWEEP_TABLE}-retaining");
+            sweep::create_table(&clients.dynamodb, &table).await?;
+            let f = environments(vec![
+                ("SKEWGUARD_TABLE".to_owned(), table.clone()),
+                queue.env(),
+            ])
+            .await?;
+            for &size in &o.retained {
+                let seeding = Instant::now();
+                progress(
+                    started,
+                    &format!(
+                        "seeding {size} services × {} deployments, {} retained versions each (history {base})",
+                        sweep::DEPLOYMENTS,
+                        sweep::RETAINED
+                    ),
+                );
+                fleet.grow_to(size, &table, base).await?;
+                progress(
+                    started,
+                    &format!(
+                        "seeded in {:.1}s; sweeping {size} services with retained versions",
+                        seeding.elapsed().as_secs_f64()
+                    ),
+                );
+                sweeps.push(sweep::sweep(&f, &queue, &proxy.log, &ecs, &fleet, base).await?);
+            }
+        }
         sweep_rows(&sweeps, &template, &mut rows, &mut details);
         sweep_unit_rows(&sweeps, &mut rows);
     }
     drop(world);
+    drop(sweep_only_stand_ins);
     let _ = moto;
 
     let elapsed = started.elapsed();
@@ -1213,12 +1273,13 @@ fn sweep_rows(
         .filter(|s| s.history == base_history)
         .collect();
     let per = |s: &sweep::Sweep, v: f64| v / s.services.max(1) as f64;
-    let smallest = growth.first().copied();
+    // Growth is judged within one kind of fleet.
+    let smallest_of = |s: &sweep::Sweep| growth.iter().copied().find(|b| b.retained == s.retained);
     for s in &growth {
         let per_calls = per(s, s.total_calls as f64);
         let per_cpu = per(s, ms(s.cpu));
         let per_wall = per(s, ms(s.wall));
-        let linear = smallest.is_none_or(|b| {
+        let linear = smallest_of(s).is_none_or(|b| {
             let bc = per(b, b.total_calls as f64);
             let bcpu = per(b, ms(b.cpu));
             (per_calls - bc).abs() <= 0.05 * bc + 0.05 && per_cpu <= 1.3 * bcpu + 0.05
@@ -1226,9 +1287,10 @@ fn sweep_rows(
         rows.push(Row::new(
             "reconciler sweep",
             format!(
-                "{} services × {} deployments, history {} ({} listeners)",
+                "{} services × {} deployments{}, history {} ({} listeners)",
                 s.services,
                 sweep::DEPLOYMENTS,
+                retained_note(s),
                 s.history,
                 s.listeners
             ),
@@ -1249,7 +1311,11 @@ fn sweep_rows(
             } else {
                 Verdict::of(linear)
             },
-            "one scheduled sweep of the warm release `reconciler` binary over a converged fleet seeded into the stand-ins (10 services per listener): the `Scheduled Event` enqueues one message per service, then the template's `SweepConcurrency` execution environments (warm processes) each receive batches of 10 from the queue at once, as the event source mapping does (wall = enqueue + until the queue is empty); calls counted at the stand-ins (SendMessageBatch included, the event source mapping's own polling not), CPU as for the hooks; linear = calls/service within 5% and CPU/service within 30% of the smallest size",
+            if s.retained == 0 {
+                "one scheduled sweep of the warm release `reconciler` binary over a converged fleet seeded into the stand-ins (10 services per listener): the `Scheduled Event` enqueues one message per service, then the template's `SweepConcurrency` execution environments (warm processes) each receive batches of 10 from the queue at once, as the event source mapping does (wall = enqueue + until the queue is empty); calls counted at the stand-ins (SendMessageBatch included, the event source mapping's own polling not), CPU as for the hooks; linear = calls/service within 5% and CPU/service within 30% of the smallest size"
+            } else {
+                "〃, over a fleet (`retention: service`, a ledger table of its own) whose services each keep 3 retained versions besides the live one, as post-shift leaves them: per version a tagged retention target group, a retention service in the ECS emulator and a pin forwarding to the copy, and a `RequestCount` datapoint of 5 minutes ago in CloudWatch (moto), so every sweep's idle check reads it (GetMetricData, counted) and finds the version in use; linear as above, against the smallest fleet of this kind"
+            },
         ));
     }
     let period = template.sweep_period.as_secs_f64();
@@ -1270,8 +1336,10 @@ fn sweep_rows(
         rows.push(Row::new(
             "reconciler sweep: wall time vs the schedule",
             format!(
-                "{} services, {} environments at once",
-                s.services, s.concurrency
+                "{} services{}, {} environments at once",
+                s.services,
+                retained_note(s),
+                s.concurrency
             ),
             format!(
                 "{:.1} s ({:.0}% of the {:.0} s period): enqueue {:.1} s, then {} batches of 10, median {:.0} ms, p90 {:.0} ms each ({:.0} ms of batch time per AWS call; moto took {:.0} ms per ELBv2 and DynamoDB call to answer, the environments' calls queueing there); {} services swept twice",
@@ -1298,7 +1366,10 @@ fn sweep_rows(
         ));
     }
     for s in sweeps.iter().filter(|s| s.history != base_history) {
-        if let Some(base) = growth.iter().find(|b| b.services == s.services) {
+        if let Some(base) = growth
+            .iter()
+            .find(|b| b.services == s.services && b.retained == s.retained)
+        {
             let bc = per(base, base.total_calls as f64);
             let c = per(s, s.total_calls as f64);
             let bcpu = per(base, ms(base.cpu));
@@ -1324,7 +1395,7 @@ fn sweep_rows(
             ));
         }
     }
-    details.push_str("### Reconciler sweeps: calls by operation\n\n| services | history | calls by operation (moto's answer time per call) | read / write units |\n|---|---|---|---|\n");
+    details.push_str("### Reconciler sweeps: calls by operation\n\n| services | retained versions each | history | calls by operation (moto's answer time per call) | read / write units |\n|---|---|---|---|---|\n");
     for s in sweeps {
         let ops: Vec<String> = s
             .calls
@@ -1335,8 +1406,9 @@ fn sweep_rows(
             })
             .collect();
         details.push_str(&format!(
-            "| {} | {} | {} | {:.1} / {:.0} |\n",
+            "| {} | {} | {} | {} | {:.1} / {:.0} |\n",
             s.services,
+            s.retained,
             s.history,
             ops.join(", "),
             s.units.read,
@@ -1344,6 +1416,15 @@ fn sweep_rows(
         ));
     }
     details.push('\n');
+}
+
+/// ", 3 retained versions each" for a fleet that keeps retained versions, else nothing.
+fn retained_note(s: &sweep::Sweep) -> String {
+    if s.retained == 0 {
+        String::new()
+    } else {
+        format!(", {} retained versions each", s.retained)
+    }
 }
 
 /// DynamoDB units per sweep: per service as the fleet grows (linear), and with longer
@@ -1363,16 +1444,21 @@ fn sweep_unit_rows(sweeps: &[sweep::Sweep], rows: &mut Vec<Row>) {
             " (some calls not priced)"
         }
     };
-    let smallest = growth.first().copied();
+    let smallest_of = |s: &sweep::Sweep| growth.iter().copied().find(|b| b.retained == s.retained);
     for s in &growth {
         let (r, w) = (per(s, s.units.read), per(s, s.units.write));
-        let linear = smallest.is_none_or(|b| {
+        let linear = smallest_of(s).is_none_or(|b| {
             let (br, bw) = (per(b, b.units.read), per(b, b.units.write));
             (r - br).abs() <= 0.1 * br && (w - bw).abs() <= 0.1 * bw.max(1.0)
         });
         rows.push(Row::new(
             FIGURE,
-            format!("{} services, history {}", s.services, s.history),
+            format!(
+                "{} services{}, history {}",
+                s.services,
+                retained_note(s),
+                s.history
+            ),
             format!(
                 "{:.1} read, {:.0} write units per sweep; {r:.2} read units per service{}",
                 s.units.read,
@@ -1388,7 +1474,10 @@ fn sweep_unit_rows(sweeps: &[sweep::Sweep], rows: &mut Vec<Row>) {
         ));
     }
     for s in sweeps.iter().filter(|s| s.history != base_history) {
-        if let Some(base) = growth.iter().find(|b| b.services == s.services) {
+        if let Some(base) = growth
+            .iter()
+            .find(|b| b.services == s.services && b.retained == s.retained)
+        {
             let equal = (s.units.read - base.units.read).abs()
                 <= 0.1 * s.units.read.max(base.units.read)
                 && (s.units.write - base.units.write).abs()

@@ -121,8 +121,21 @@ impl Drop for CountingProxy {
     }
 }
 
-/// The operation a request names, by the two AWS protocols moto serves here.
-pub fn operation_of(target: Option<&str>, body: &[u8]) -> Call {
+/// The operation a request names, by the AWS protocols moto serves here: JSON (`X-Amz-Target`),
+/// query (`Action=` in the form body) and Smithy RPC v2 CBOR, which names service and
+/// operation in the path (`/service/GraniteServiceVersion20100801/operation/GetMetricData`:
+/// CloudWatch).
+pub fn operation_of(path: &str, target: Option<&str>, body: &[u8]) -> Call {
+    if let Some((service, op)) = path
+        .strip_prefix("/service/")
+        .and_then(|rest| rest.split_once("/operation/"))
+    {
+        let service = match service {
+            "GraniteServiceVersion20100801" => "CloudWatch",
+            other => other,
+        };
+        return (service.to_owned(), op.to_owned());
+    }
     if let Some(target) = target {
         let (prefix, op) = target.split_once('.').unwrap_or(("", target));
         let service = if prefix.starts_with("DynamoDB") {
@@ -156,7 +169,7 @@ async fn forward(
         .headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok());
-    let call = operation_of(target, &body);
+    let call = operation_of(parts.uri.path(), target, &body);
     let dynamodb = call.0 == "DynamoDB";
     let json_body: serde_json::Value = if dynamodb {
         serde_json::from_slice(&body).unwrap_or_default()

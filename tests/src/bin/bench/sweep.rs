@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use serde_json::{Value, json};
 use skewguard_core::DeploymentId;
+use skewguard_core::aws::ecs::NewRetentionService;
 use skewguard_core::aws::elb::Elb;
-use skewguard_core::ledger::{LedgerEntry, RunningVersion, ServiceWiring, Status};
+use skewguard_core::ledger::{LedgerEntry, RetainedCopy, RunningVersion, ServiceWiring, Status};
+use skewguard_core::retention;
 use skewguard_core::settings::{EnvDefaults, Settings};
 use skewguard_core::stages::Draft;
 use skewguard_world::aws::{ACCOUNT_ID, Clients, REGION};
@@ -36,11 +38,75 @@ use crate::hooks::{metering_of, units_of};
 use crate::procfs;
 use crate::proxy::CallLog;
 
-pub const CLUSTER: &str = "fleet";
 pub const SERVICES_PER_LISTENER: usize = 10;
 pub const DEPLOYMENTS: usize = 5;
+/// Retained versions per service in the fleet that keeps them: `retention: service`'s default
+/// `maxVersions`, all in use.
+pub const RETAINED: usize = 3;
 /// Seeding runs this many listeners' services at once (moto's ELBv2 is not safe for concurrent creates).
 const SEED_PARALLELISM: usize = 1;
+
+/// What a fleet's services keep of their past: with `retained` 0, nothing (`retention: hold`,
+/// every skew window over: the live version alone is pinned); otherwise that many previous
+/// versions each (`retention: service`), every one served by its own retention copy (an ECS
+/// service and target group, tagged, with its pin) and recently requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetKind {
+    pub retained: usize,
+}
+
+impl FleetKind {
+    pub const HOLD: FleetKind = FleetKind { retained: 0 };
+    pub const RETAINING: FleetKind = FleetKind { retained: RETAINED };
+
+    /// Each fleet has its own cluster and service names (load balancer names are unique).
+    fn cluster(self) -> &'static str {
+        if self.retained == 0 {
+            "fleet"
+        } else {
+            "fleet-retaining"
+        }
+    }
+
+    fn service_name(self, i: usize) -> String {
+        let prefix = if self.retained == 0 { "sw" } else { "sr" };
+        format!("{prefix}{i:04}")
+    }
+
+    fn service_arn(self, i: usize) -> String {
+        skewguard_world::ecs_emulator::service_arn(self.cluster(), &self.service_name(i))
+    }
+
+    fn hook_details(self) -> Value {
+        if self.retained == 0 {
+            json!({"retention": "hold", "skewWindow": "1h"})
+        } else {
+            json!({"retention": "service", "skewWindow": "1h"})
+        }
+    }
+
+    /// `deploymentConfiguration` as ECS records it, with skewguard's three hooks.
+    fn deployment_configuration(self) -> Value {
+        let function =
+            |name: &str| format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:skewguard-{name}");
+        let role = format!("arn:aws:iam::{ACCOUNT_ID}:role/skewguard-ecs-hooks");
+        let details = self.hook_details();
+        json!({
+            "strategy": "BLUE_GREEN",
+            "bakeTimeInMinutes": 5,
+            "maximumPercent": 200,
+            "minimumHealthyPercent": 100,
+            "lifecycleHooks": [
+                {"hookTargetArn": function("post-test-traffic"), "roleArn": role,
+                 "lifecycleStages": ["POST_TEST_TRAFFIC_SHIFT"], "hookDetails": details},
+                {"hookTargetArn": function("production-shift"), "roleArn": role,
+                 "lifecycleStages": ["TEST_TRAFFIC_SHIFT", "PRODUCTION_TRAFFIC_SHIFT"], "hookDetails": details},
+                {"hookTargetArn": function("post-shift"), "roleArn": role,
+                 "lifecycleStages": ["POST_PRODUCTION_TRAFFIC_SHIFT"], "hookDetails": details},
+            ],
+        })
+    }
+}
 
 /// One seeded service: what the ledger holds for it.
 #[derive(Debug, Clone)]
@@ -54,16 +120,9 @@ pub struct Fleet {
     clients: Clients,
     ecs: Arc<EcsEmulator>,
     vpc: Vpc,
+    pub kind: FleetKind,
     pub services: Vec<Seeded>,
     listeners: Vec<String>,
-}
-
-fn service_name(i: usize) -> String {
-    format!("sw{i:04}")
-}
-
-fn service_arn(i: usize) -> String {
-    skewguard_world::ecs_emulator::service_arn(CLUSTER, &service_name(i))
 }
 
 /// A git-SHA-like deployment ID, distinct per (service, deployment).
@@ -74,37 +133,13 @@ fn deployment_id(i: usize, k: usize) -> String {
     format!("{:07x}", (z ^ (z >> 31)) & 0xfff_ffff)
 }
 
-fn hook_details() -> Value {
-    json!({"retention": "hold", "skewWindow": "1h"})
-}
-
-/// `deploymentConfiguration` as ECS records it, with skewguard's three hooks.
-fn deployment_configuration() -> Value {
-    let function =
-        |name: &str| format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:skewguard-{name}");
-    let role = format!("arn:aws:iam::{ACCOUNT_ID}:role/skewguard-ecs-hooks");
-    json!({
-        "strategy": "BLUE_GREEN",
-        "bakeTimeInMinutes": 5,
-        "maximumPercent": 200,
-        "minimumHealthyPercent": 100,
-        "lifecycleHooks": [
-            {"hookTargetArn": function("post-test-traffic"), "roleArn": role,
-             "lifecycleStages": ["POST_TEST_TRAFFIC_SHIFT"], "hookDetails": hook_details()},
-            {"hookTargetArn": function("production-shift"), "roleArn": role,
-             "lifecycleStages": ["TEST_TRAFFIC_SHIFT", "PRODUCTION_TRAFFIC_SHIFT"], "hookDetails": hook_details()},
-            {"hookTargetArn": function("post-shift"), "roleArn": role,
-             "lifecycleStages": ["POST_PRODUCTION_TRAFFIC_SHIFT"], "hookDetails": hook_details()},
-        ],
-    })
-}
-
 impl Fleet {
-    pub fn new(clients: Clients, ecs: Arc<EcsEmulator>, vpc: Vpc) -> Fleet {
+    pub fn new(clients: Clients, ecs: Arc<EcsEmulator>, vpc: Vpc, kind: FleetKind) -> Fleet {
         Fleet {
             clients,
             ecs,
             vpc,
+            kind,
             services: Vec::new(),
             listeners: Vec::new(),
         }
@@ -124,13 +159,14 @@ impl Fleet {
             (start / SERVICES_PER_LISTENER..total.div_ceil(SERVICES_PER_LISTENER)).collect();
         let semaphore = Arc::new(tokio::sync::Semaphore::new(SEED_PARALLELISM));
         let mut tasks = tokio::task::JoinSet::new();
+        let kind = self.kind;
         for group in groups {
             let (clients, ecs, vpc) = (self.clients.clone(), self.ecs.clone(), self.vpc.clone());
             let semaphore = semaphore.clone();
             let end = ((group + 1) * SERVICES_PER_LISTENER).min(total);
             tasks.spawn(async move {
                 let _permit = semaphore.acquire_owned().await.map_err(|e| e.to_string())?;
-                seed_listener(&clients, &ecs, &vpc, group, end).await
+                seed_listener(&clients, &ecs, &vpc, kind, group, end).await
             });
         }
         let mut seeded: Vec<(usize, String, Vec<Seeded>)> = Vec::new();
@@ -198,6 +234,7 @@ async fn seed_listener(
     clients: &Clients,
     ecs: &EcsEmulator,
     vpc: &Vpc,
+    kind: FleetKind,
     group: usize,
     end: usize,
 ) -> Result<(usize, String, Vec<Seeded>), String> {
@@ -207,7 +244,7 @@ async fn seed_listener(
     let mut services = Vec::new();
     for i in first..end {
         let slot = (i - first) as i32;
-        let name = service_name(i);
+        let name = kind.service_name(i);
         let alb = AlbFixture::with_path_rule_as_production(
             elb,
             vpc,
@@ -219,25 +256,33 @@ async fn seed_listener(
         .await
         .map_err(|e| format!("seeding {name}: {e}"))?;
         listener.get_or_insert_with(|| alb.listener_arn.clone());
-        services.push(seed_service(clients, ecs, i, &alb).await?);
+        services.push(seed_service(clients, ecs, kind, i, &alb).await?);
     }
     Ok((group, listener.unwrap_or_default(), services))
 }
 
-/// ECS's record of [`DEPLOYMENTS`] successful deployments, and the ledger entries and live pin
-/// they leave.
+/// ECS's record of [`DEPLOYMENTS`] successful deployments, and the ledger entries and pins
+/// they leave: the live version, the `kind.retained` before it each in its retention copy,
+/// the others retired.
 async fn seed_service(
     clients: &Clients,
     ecs: &EcsEmulator,
+    kind: FleetKind,
     i: usize,
     alb: &AlbFixture,
 ) -> Result<Seeded, String> {
-    let name = service_name(i);
-    let service_arn = service_arn(i);
+    let name = kind.service_name(i);
+    let service_arn = kind.service_arn(i);
+    let cluster = kind.cluster();
     let wiring = ServiceWiring {
         listener_arn: alb.listener_arn.clone(),
         production_rule_arn: alb.production_rule_arn.clone(),
     };
+    let settings = Settings::resolve(
+        kind.hook_details().as_object().expect("an object"),
+        &EnvDefaults::default(),
+    )
+    .map_err(|e| e.to_string())?;
     let now = OffsetDateTime::now_utc();
     let at = |k: usize| now - time::Duration::days((DEPLOYMENTS + 1 - k) as i64);
     let mut entries: Vec<LedgerEntry> = Vec::new();
@@ -257,7 +302,7 @@ async fn seed_service(
                     .port(8080),
             ],
         );
-        let mut revision = ServiceRevision::new(CLUSTER, &name, &task_definition)
+        let mut revision = ServiceRevision::new(cluster, &name, &task_definition)
             .with_load_balancer(LoadBalancer::blue_green(
                 ("web", 8080),
                 &alb.blue_tg,
@@ -271,7 +316,7 @@ async fn seed_service(
         let revision_arn = revision.service_revision_arn.clone();
         ecs.put_service_revision(revision);
         let sources: Vec<&str> = previous.iter().map(String::as_str).collect();
-        let mut deployment = ServiceDeployment::new(CLUSTER, &name, &sources, &revision_arn);
+        let mut deployment = ServiceDeployment::new(cluster, &name, &sources, &revision_arn);
         let finished = started + Duration::from_secs(20 * 60);
         deployment.created_at = started;
         deployment.started_at = Some(started);
@@ -279,7 +324,7 @@ async fn seed_service(
         deployment.updated_at = finished;
         deployment.status = aws_sdk_ecs::types::ServiceDeploymentStatus::Successful;
         deployment.lifecycle_stage = None;
-        deployment.deployment_configuration = Some(deployment_configuration());
+        deployment.deployment_configuration = Some(kind.deployment_configuration());
         ecs.put_service_deployment(deployment);
         previous = Some(revision_arn.clone());
 
@@ -305,25 +350,151 @@ async fn seed_service(
         }
         entries.push(entry);
     }
-    // The live pin, exactly as the hooks make it.
-    let settings = Settings::resolve(
-        hook_details().as_object().expect("an object"),
-        &EnvDefaults::default(),
-    )
-    .map_err(|e| e.to_string())?;
+    let elb = Elb::new(clients.elbv2.clone());
+    let copies = retain(&elb, &mut entries, kind, &settings).await?;
+    // The pins, exactly as the hooks make them.
     let mut draft = Draft::new(&service_arn, entries);
-    skewguard_core::hook::sync_pins(
-        &mut draft,
-        &wiring,
-        &settings,
-        &Elb::new(clients.elbv2.clone()),
-    )
-    .await
-    .map_err(|e| format!("pinning {name}: {e}"))?;
+    skewguard_core::hook::sync_pins(&mut draft, &wiring, &settings, &elb)
+        .await
+        .map_err(|e| format!("pinning {name}: {e}"))?;
+    // The retention services, as post-shift creates them once their target groups are in use.
+    let ecs_client = skewguard_core::aws::ecs::Ecs::new(clients.ecs.clone());
+    for id in copies {
+        let Some(entry) = draft.get_mut(&id) else {
+            continue;
+        };
+        let launch = ecs_client
+            .revision_launch(&entry.service_revision_arn)
+            .await
+            .map_err(|e| format!("seeding {name}'s copy of {id}: {e}"))?;
+        let Some(copy) = entry.retention.as_mut() else {
+            continue;
+        };
+        let tags = retention::tags(&service_arn, &id);
+        let token = skewguard_core::starter::client_token(&service_arn, &id, copy.started_at);
+        let arn = ecs_client
+            .create_retention_service(&NewRetentionService {
+                cluster,
+                name: &copy.service_name,
+                launch: &launch,
+                target_group_arn: copy.target_group_arn.as_deref().unwrap_or_default(),
+                desired_count: copy.tasks,
+                tags: &tags,
+                client_token: &token,
+            })
+            .await
+            .map_err(|e| format!("seeding {name}'s retention service for {id}: {e}"))?;
+        copy.service_arn = Some(arn);
+        // Requests in the last minutes: the idle check finds it in use.
+        put_request_count(clients, entry, now - time::Duration::minutes(5), 40.0).await?;
+    }
     Ok(Seeded {
         service_arn,
         entries: draft.entries().cloned().collect(),
     })
+}
+
+/// Turns the `kind.retained` entries before the live one into retained versions, each with a
+/// retention target group of its own (created tagged, shaped like the version's), in the
+/// state post-shift leaves once the copy is healthy: `retained`, forwarding to the copy.
+/// Answers their deployment IDs.
+async fn retain(
+    elb: &Elb,
+    entries: &mut [LedgerEntry],
+    kind: FleetKind,
+    settings: &Settings,
+) -> Result<Vec<DeploymentId>, String> {
+    let live = entries.len().saturating_sub(1);
+    let first = live.saturating_sub(kind.retained);
+    let mut retained = Vec::new();
+    for n in first..live {
+        let left_production = entries[n + 1].live_at.unwrap_or(entries[n + 1].created_at);
+        let entry = &mut entries[n];
+        let id = entry.deployment_id.clone();
+        let service_arn = entry.service_arn.clone();
+        let shape = elb
+            .target_group_shape(&entry.target_group_arn)
+            .await
+            .map_err(|e| format!("shape of {}: {e}", entry.target_group_arn))?;
+        let target_group_name = retention::target_group_name(&service_arn, &id);
+        let copy_tg = elb
+            .create_target_group(
+                &target_group_name,
+                &shape,
+                &retention::tags(&service_arn, &id),
+            )
+            .await
+            .map_err(|e| format!("creating {target_group_name}: {e}"))?;
+        let healthy_at = left_production + time::Duration::minutes(2);
+        entry.status = Status::Retained;
+        entry.target_group_arn = copy_tg.clone();
+        entry.shifted_at = None;
+        entry.drain_until = None;
+        entry.retired_at = None;
+        entry.expires_at = None;
+        entry.updated_at = healthy_at;
+        entry.retention = Some(RetainedCopy {
+            service_name: retention::service_name(&service_arn, &id),
+            service_arn: None,
+            target_group_name,
+            target_group_arn: Some(copy_tg),
+            tasks: 1,
+            started_at: left_production,
+            healthy_at: Some(healthy_at),
+            left_production_at: left_production,
+            retain_until: Some(left_production + settings.max_age),
+            idle_checks: 0,
+            cluster_arn: skewguard_world::ecs_emulator::cluster_arn(kind.cluster()),
+        });
+        retained.push(id);
+    }
+    Ok(retained)
+}
+
+/// A `RequestCount` datapoint for the target group of `entry` at `at`, as the load balancer
+/// publishes it.
+async fn put_request_count(
+    clients: &Clients,
+    entry: &LedgerEntry,
+    at: OffsetDateTime,
+    requests: f64,
+) -> Result<(), String> {
+    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+    use skewguard_core::aws::cloudwatch::{load_balancer_dimension, target_group_dimension};
+    let (Some(tg), Some(lb)) = (
+        target_group_dimension(&entry.target_group_arn),
+        load_balancer_dimension(&entry.listener_arn),
+    ) else {
+        return Err(format!(
+            "no CloudWatch dimensions for {} on {}",
+            entry.target_group_arn, entry.listener_arn
+        ));
+    };
+    let minute = skewguard_core::aws::cloudwatch::minute_floor(at).unix_timestamp();
+    clients
+        .cloudwatch
+        .put_metric_data()
+        .namespace("AWS/ApplicationELB")
+        .metric_data(
+            MetricDatum::builder()
+                .metric_name("RequestCount")
+                .dimensions(Dimension::builder().name("TargetGroup").value(tg).build())
+                .dimensions(Dimension::builder().name("LoadBalancer").value(lb).build())
+                .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_secs(minute))
+                .value(requests)
+                .unit(StandardUnit::Count)
+                .storage_resolution(60)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "PutMetricData: {}",
+                aws_sdk_cloudwatch::error::DisplayErrorContext(&e)
+            )
+        })?;
+    Ok(())
 }
 
 fn s(v: &str) -> AttributeValue {
@@ -367,60 +538,10 @@ pub fn items(entry: &LedgerEntry, history: usize) -> Vec<HashMap<String, Attribu
     items
 }
 
-/// The entry's own item: what the hooks and the sweep read when it is in play.
+/// The entry's own item (what the hooks and the sweep read when it is in play), as the ledger
+/// store writes it.
 pub fn entry_item(entry: &LedgerEntry, history: usize) -> HashMap<String, AttributeValue> {
-    use skewguard_core::aws::ledger_store::{attr, key};
-    let mut item: HashMap<String, AttributeValue> = HashMap::new();
-    item.insert(attr::SERVICE_ARN.into(), s(&entry.service_arn));
-    let sort_key = if entry.status.is_final() {
-        key::archive(&entry.deployment_id)
-    } else {
-        entry.deployment_id.as_str().to_owned()
-    };
-    item.insert(attr::DEPLOYMENT_ID.into(), s(&sort_key));
-    item.insert(attr::STATUS.into(), s(entry.status.as_str()));
-    item.insert(attr::TARGET_GROUP_ARN.into(), s(&entry.target_group_arn));
-    item.insert(
-        attr::SERVICE_REVISION_ARN.into(),
-        s(&entry.service_revision_arn),
-    );
-    item.insert(
-        attr::TASK_DEFINITION_ARN.into(),
-        s(&entry.task_definition_arn),
-    );
-    item.insert(attr::LISTENER_ARN.into(), s(&entry.listener_arn));
-    item.insert(
-        attr::PRODUCTION_RULE_ARN.into(),
-        s(&entry.production_rule_arn),
-    );
-    item.insert(
-        attr::RULE_ARNS.into(),
-        AttributeValue::L(entry.rule_arns.iter().map(|a| s(a)).collect()),
-    );
-    item.insert(attr::CREATED_AT.into(), s(&rfc3339(entry.created_at)));
-    item.insert(attr::UPDATED_AT.into(), s(&rfc3339(entry.updated_at)));
-    let times = [
-        (attr::SHIFTED_AT, entry.shifted_at),
-        (attr::LIVE_AT, entry.live_at),
-        (attr::DRAIN_UNTIL, entry.drain_until),
-        (attr::RETIRED_AT, entry.retired_at),
-    ];
-    for (name, value) in times {
-        if let Some(t) = value {
-            item.insert(name.into(), s(&rfc3339(t)));
-        }
-    }
-    if let Some(by) = &entry.superseded_by {
-        item.insert(attr::SUPERSEDED_BY.into(), s(by.as_str()));
-    }
-    if let Some(n) = entry.expires_at {
-        item.insert(attr::EXPIRES_AT.into(), AttributeValue::N(n.to_string()));
-    }
-    item.insert(
-        attr::VERSION.into(),
-        AttributeValue::N(history.max(1).to_string()),
-    );
-    item
+    skewguard_core::aws::ledger_store::entry_item(entry, history.max(1) as u64)
 }
 
 /// History record `n` of `entry`, as an item of its own.
@@ -547,6 +668,8 @@ pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Result
 #[derive(Debug, Clone)]
 pub struct Sweep {
     pub services: usize,
+    /// Retained versions per service ([`FleetKind`]).
+    pub retained: usize,
     pub history: usize,
     pub listeners: usize,
     pub wall: Duration,
@@ -717,6 +840,7 @@ pub async fn sweep(
     let total: usize = sizes.iter().sum();
     Ok(Sweep {
         services: fleet.services.len(),
+        retained: fleet.kind.retained,
         history,
         listeners: fleet.listeners(),
         wall,
