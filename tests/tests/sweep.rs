@@ -335,3 +335,45 @@ async fn environments_consuming_the_queue_at_once_sweep_each_service_once_and_re
     world.check("after the sweep").await;
     world.assert_no_violations();
 }
+
+/// The world's moto sends without counting the queue's messages (tests/moto-site): the counts
+/// `GetQueueAttributes` answers, and what a receive takes, stay moto's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_counts_what_was_sent_and_received() {
+    use skewguard_world::aws::{Clients, Endpoints};
+    use skewguard_world::moto::MotoServer;
+    let moto = MotoServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        moto.log_tail()
+            .contains("SQS sends skip the queue's message counts"),
+        "the world's moto runs without its SQS narrowing:\n{}",
+        moto.log_tail()
+    );
+    let clients = Clients::new(&Endpoints::new("http://127.0.0.1:9", moto.endpoint())).await;
+    let queue = SweepQueue::create(&clients.sqs, 3).await.unwrap();
+    let (_, url) = queue.env();
+    for batch in 0..3 {
+        let entries: Vec<_> = (0..10)
+            .map(|n| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{n}"))
+                    .message_body(format!("{{\"n\": {}}}", batch * 10 + n))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let sent = clients
+            .sqs
+            .send_message_batch()
+            .queue_url(&url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.successful().len(), 10);
+    }
+    assert_eq!(queue.depth().await.unwrap(), (30, 0));
+    let received = queue.receive(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(received.len(), 10);
+    assert_eq!(queue.depth().await.unwrap(), (20, 10));
+}
