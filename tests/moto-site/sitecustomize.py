@@ -10,14 +10,15 @@ time differs.
   of the table, then keeps the queried partition's (one Query took ~1 s at 1,000 services, and
   moto answers one request at a time). Here the candidates are the partition's items alone:
   exactly those moto's own filter keeps.
-- SQS `SendMessage` / `SendMessageBatch`: for every message sent, moto computes all of the
-  queue's attributes to read one (`ContentBasedDeduplication`), counting the queue's messages
-  three times over (sending 10,000 messages took minutes). Here, while a message is being sent,
-  those counts (`ApproximateNumberOf*`, which the send path computes and throws away) are not
-  computed; `GetQueueAttributes` and everything else count as before.
+- SQS `SendMessage(Batch)`, `ReceiveMessage` and `GetQueueAttributes`: moto computes all of a
+  queue's attributes (counting its messages three times over) for every message sent or
+  received and for every attribute asked, to read one or two of them (sending and receiving
+  10,000 messages took minutes). Here those calls compute a queue's attributes once per call:
+  what they read of them (retention period, deduplication) does not change during a call, and
+  the counts `GetQueueAttributes` answers are one snapshot, as AWS's approximate counts are.
 
-moto's output says what was done: "DynamoDB Query reads its partition alone" and "SQS sends
-skip the queue's message counts", or, where moto's internals differ from what this expects,
+moto's output says what was done: "DynamoDB Query reads its partition alone" and "SQS computes
+a queue's attributes once per call", or, where moto's internals differ from what this expects,
 "... not narrowed: <why>" and that part is left as it is (the world still works, only slower).
 """
 
@@ -68,49 +69,55 @@ def _narrow_dynamodb_query():
     return None
 
 
-def _narrow_sqs_send():
+def _narrow_sqs_attributes():
     try:
         from moto.sqs.models import Queue, SQSBackend
     except Exception as e:
         return f"moto.sqs.models not importable ({e})"
-    counts = [
-        "approximate_number_of_messages",
-        "approximate_number_of_messages_delayed",
-        "approximate_number_of_messages_not_visible",
-    ]
-    if not all(isinstance(getattr(Queue, name, None), property) for name in counts):
-        return "Queue's message counts are not properties"
-    if not callable(getattr(SQSBackend, "send_message", None)):
-        return "SQSBackend.send_message is missing"
+    if not isinstance(getattr(Queue, "attributes", None), property):
+        return "Queue.attributes is not a property"
+    operations = ["send_message", "send_message_batch", "receive_message", "get_queue_attributes"]
+    missing = [name for name in operations if not callable(getattr(SQSBackend, name, None))]
+    if missing:
+        return f"SQSBackend lacks {missing}"
 
-    sending = threading.local()
+    # While one of `operations` runs (on this thread): each queue's attributes, computed once.
+    call = threading.local()
+    attributes = Queue.attributes
 
-    def while_not_sending(count):
-        def get(self):
-            if getattr(sending, "now", False):
-                return 0
-            return count.fget(self)
+    def attributes_once_per_call(self):
+        computed = getattr(call, "computed", None)
+        if computed is None:
+            return attributes.fget(self)
+        for queue, value in computed:
+            if queue is self:
+                return dict(value)  # callers may change what they get
+        value = attributes.fget(self)
+        computed.append((self, value))
+        return dict(value)
 
-        return property(get)
+    def one_call(operation):
+        def run(self, *args, **kwargs):
+            outermost = getattr(call, "computed", None) is None
+            if outermost:
+                call.computed = []
+            try:
+                return operation(self, *args, **kwargs)
+            finally:
+                if outermost:
+                    call.computed = None
 
-    for name in counts:
-        setattr(Queue, name, while_not_sending(getattr(Queue, name)))
-    send = SQSBackend.send_message
+        return run
 
-    def send_message(self, *args, **kwargs):
-        sending.now = True
-        try:
-            return send(self, *args, **kwargs)
-        finally:
-            sending.now = False
-
-    SQSBackend.send_message = send_message
+    Queue.attributes = property(attributes_once_per_call)
+    for name in operations:
+        setattr(SQSBackend, name, one_call(getattr(SQSBackend, name)))
     return None
 
 
 for _done, _narrowing in [
     ("DynamoDB Query reads its partition alone", _narrow_dynamodb_query),
-    ("SQS sends skip the queue's message counts", _narrow_sqs_send),
+    ("SQS computes a queue's attributes once per call", _narrow_sqs_attributes),
 ]:
     _problem = _narrowing()
     if _problem is None:

@@ -702,3 +702,55 @@ async fn a_blue_green_revision_describes_everything_a_clone_needs() {
         Some(world.alb.blue_tg.as_str())
     );
 }
+
+/// A target group counts as associated whichever load balancer forwards to it, however many the
+/// account has: ELBv2 lists load balancers a page at a time (moto: 50), and the one that uses
+/// the group may be on a later page.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_group_used_by_a_later_load_balancer_counts_as_associated() {
+    let world = World::start_with(
+        |clients| {
+            Arc::new(skewguard_world::engine::InProcess {
+                clients,
+                defaults: Default::default(),
+            })
+        },
+        Arc::new(PlaceholderTasks),
+    )
+    .await;
+    let (ecs, elb) = (world.clients.ecs.clone(), world.clients.elbv2.clone());
+    let mut last = None;
+    for n in 0..51 {
+        last = Some(
+            skewguard_world::fixtures::AlbFixture::with_path_rule_as_production(
+                &elb,
+                &world.vpc,
+                &format!("many{n:02}"),
+                None,
+                100,
+                "/many/*",
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    let td = task_definition(&world.ecs, "v1");
+    ecs.create_service()
+        .cluster(CLUSTER)
+        .service_name("on-the-last-balancer")
+        .task_definition(&td)
+        .desired_count(1)
+        .launch_type(LaunchType::Fargate)
+        .network_configuration(network())
+        .load_balancers(
+            LoadBalancer::builder()
+                .target_group_arn(&last.blue_tg)
+                .container_name("web")
+                .container_port(8080)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("its target group is used by the 52nd load balancer's production rule");
+}

@@ -336,7 +336,7 @@ async fn environments_consuming_the_queue_at_once_sweep_each_service_once_and_re
     world.assert_no_violations();
 }
 
-/// The world's moto sends without counting the queue's messages (tests/moto-site): the counts
+/// The world's moto computes a queue's attributes once per call (tests/moto-site): the counts
 /// `GetQueueAttributes` answers, and what a receive takes, stay moto's own.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_queue_counts_what_was_sent_and_received() {
@@ -345,7 +345,7 @@ async fn the_queue_counts_what_was_sent_and_received() {
     let moto = MotoServer::start().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(
         moto.log_tail()
-            .contains("SQS sends skip the queue's message counts"),
+            .contains("SQS computes a queue's attributes once per call"),
         "the world's moto runs without its SQS narrowing:\n{}",
         moto.log_tail()
     );

@@ -88,7 +88,8 @@ impl ApiError {
 ///
 /// moto's `DescribeTargetGroups` `LoadBalancerArns` is filled by `CreateListener` and
 /// `CreateRule` only (not by `ModifyRule`/`ModifyListener`, and never emptied when a rule goes),
-/// so the association is read from the listeners themselves, as ELBv2 keeps it.
+/// so the association is read from the listeners themselves, as ELBv2 keeps it: first of the
+/// load balancers moto names (where it usually is), then of every other one, page by page.
 pub(super) async fn target_group_associated(
     elbv2: &aws_sdk_elasticloadbalancingv2::Client,
     target_group_arn: &str,
@@ -99,16 +100,52 @@ pub(super) async fn target_group_associated(
         .target_group_arns(target_group_arn)
         .send()
         .await;
-    match found {
+    let named: Vec<String> = match found {
         Err(e) if e.code() == Some("TargetGroupNotFound") => return Ok(None),
         Err(e) => return Err(DisplayErrorContext(&e).to_string()),
-        Ok(_) => {}
+        Ok(answer) => answer
+            .target_groups()
+            .iter()
+            .flat_map(|tg| tg.load_balancer_arns().iter().cloned())
+            .collect(),
+    };
+    for balancer in &named {
+        if balancer_forwards_to(elbv2, balancer, target_group_arn).await? {
+            return Ok(Some(true));
+        }
     }
-    let balancers = elbv2
-        .describe_load_balancers()
-        .send()
-        .await
-        .map_err(|e| DisplayErrorContext(&e).to_string())?;
+    let mut marker: Option<String> = None;
+    loop {
+        let page = elbv2
+            .describe_load_balancers()
+            .set_marker(marker.take())
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(&e).to_string())?;
+        for balancer in page.load_balancers() {
+            let Some(arn) = balancer.load_balancer_arn() else {
+                continue;
+            };
+            if !named.iter().any(|n| n == arn)
+                && balancer_forwards_to(elbv2, arn, target_group_arn).await?
+            {
+                return Ok(Some(true));
+            }
+        }
+        match page.next_marker() {
+            Some(next) if !next.is_empty() => marker = Some(next.to_owned()),
+            _ => return Ok(Some(false)),
+        }
+    }
+}
+
+/// Whether a listener of `balancer` forwards to `target_group_arn` (default action or rule).
+async fn balancer_forwards_to(
+    elbv2: &aws_sdk_elasticloadbalancingv2::Client,
+    balancer: &str,
+    target_group_arn: &str,
+) -> Result<bool, String> {
+    use aws_sdk_elasticloadbalancingv2::error::DisplayErrorContext;
     let forwards_to = |action: &aws_sdk_elasticloadbalancingv2::types::Action| {
         action.target_group_arn() == Some(target_group_arn)
             || action.forward_config().is_some_and(|f| {
@@ -117,33 +154,31 @@ pub(super) async fn target_group_associated(
                     .any(|t| t.target_group_arn() == Some(target_group_arn))
             })
     };
-    for balancer in balancers.load_balancers() {
-        let listeners = elbv2
-            .describe_listeners()
-            .set_load_balancer_arn(balancer.load_balancer_arn().map(str::to_owned))
+    let listeners = elbv2
+        .describe_listeners()
+        .load_balancer_arn(balancer)
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(&e).to_string())?;
+    for listener in listeners.listeners() {
+        if listener.default_actions().iter().any(forwards_to) {
+            return Ok(true);
+        }
+        let rules = elbv2
+            .describe_rules()
+            .set_listener_arn(listener.listener_arn().map(str::to_owned))
             .send()
             .await
             .map_err(|e| DisplayErrorContext(&e).to_string())?;
-        for listener in listeners.listeners() {
-            if listener.default_actions().iter().any(forwards_to) {
-                return Ok(Some(true));
-            }
-            let rules = elbv2
-                .describe_rules()
-                .set_listener_arn(listener.listener_arn().map(str::to_owned))
-                .send()
-                .await
-                .map_err(|e| DisplayErrorContext(&e).to_string())?;
-            if rules
-                .rules()
-                .iter()
-                .any(|r| r.actions().iter().any(forwards_to))
-            {
-                return Ok(Some(true));
-            }
+        if rules
+            .rules()
+            .iter()
+            .any(|r| r.actions().iter().any(forwards_to))
+        {
+            return Ok(true);
         }
     }
-    Ok(Some(false))
+    Ok(false)
 }
 
 async fn handle(

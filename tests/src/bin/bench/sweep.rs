@@ -383,7 +383,7 @@ async fn seed_service(
                 client_token: &token,
             })
             .await
-            .map_err(|e| format!("seeding {name}'s retention service for {id}: {e}"))?;
+            .map_err(|e| format!("seeding {name}'s retention service for {id}: {e:?}"))?;
         copy.service_arn = Some(arn);
         // Requests in the last minutes: the idle check finds it in use.
         put_request_count(clients, entry, now - time::Duration::minutes(5), 40.0).await?;
