@@ -351,7 +351,7 @@ fn options() -> Result<Options, String> {
         cold_starts: 30,
         cold_deployments: 5,
         warm_deployments: 5,
-        sweep: vec![100, 1000],
+        sweep: vec![100, 1000, 10000],
         histories: vec![5, 50],
         history_at: None,
         out: target_dir().join("bench/report.md"),
