@@ -1,6 +1,6 @@
 """Loaded by every `moto_server` the local world starts (its PYTHONPATH names this directory).
 
-Two of moto's operations cost time in proportion to everything the server holds, where AWS's
+Some of moto's operations cost time in proportion to everything the server holds, where AWS's
 do not; with the bench's fleets (1,000 to 10,000 services: tens of thousands of ledger items
 and sweep messages) the stand-in measured itself rather than skewguard. Each is narrowed here
 without changing what it answers: results, order, paging and errors are moto's own, only the
@@ -13,13 +13,19 @@ time differs.
 - SQS `SendMessage(Batch)`, `ReceiveMessage` and `GetQueueAttributes`: moto computes all of a
   queue's attributes (counting its messages three times over) for every message sent or
   received and for every attribute asked, to read one or two of them (sending and receiving
-  10,000 messages took minutes). Here those calls compute a queue's attributes once per call:
-  what they read of them (retention period, deduplication) does not change during a call, and
-  the counts `GetQueueAttributes` answers are one snapshot, as AWS's approximate counts are.
+  10,000 messages took minutes). Here those calls compute a queue's attributes once per call,
+  sends and receives without the counts (which they compute and throw away): what they read
+  (retention period, deduplication) does not change during a call, and the counts
+  `GetQueueAttributes` answers are one snapshot, as AWS's approximate counts are.
+- SQS `ReceiveMessage` is not atomic in moto: it picks the visible messages, then marks them
+  received, so two consumers receiving at once can both take a message (the bench saw services
+  swept twice). Here receives run one at a time, as SQS hands a message to one receiver within
+  its visibility timeout.
 
-moto's output says what was done: "DynamoDB Query reads its partition alone" and "SQS computes
-a queue's attributes once per call", or, where moto's internals differ from what this expects,
-"... not narrowed: <why>" and that part is left as it is (the world still works, only slower).
+moto's output says what was done ("DynamoDB Query reads its partition alone", "SQS computes a
+queue's attributes once per call and receives one call at a time"), or, where moto's internals
+differ from what this expects, "... not narrowed: <why>" and that part is left as it is (the
+world still works, only slower).
 """
 
 import inspect
@@ -74,14 +80,24 @@ def _narrow_sqs_attributes():
         from moto.sqs.models import Queue, SQSBackend
     except Exception as e:
         return f"moto.sqs.models not importable ({e})"
-    if not isinstance(getattr(Queue, "attributes", None), property):
-        return "Queue.attributes is not a property"
-    operations = ["send_message", "send_message_batch", "receive_message", "get_queue_attributes"]
+    counts = [
+        "approximate_number_of_messages",
+        "approximate_number_of_messages_delayed",
+        "approximate_number_of_messages_not_visible",
+    ]
+    if not isinstance(getattr(Queue, "attributes", None), property) or not all(
+        isinstance(getattr(Queue, name, None), property) for name in counts
+    ):
+        return "Queue.attributes or its message counts are not properties"
+    # Operations that read a queue's attributes but none of its message counts.
+    uncounted = ["send_message", "send_message_batch", "receive_message"]
+    operations = uncounted + ["get_queue_attributes"]
     missing = [name for name in operations if not callable(getattr(SQSBackend, name, None))]
     if missing:
         return f"SQSBackend lacks {missing}"
 
-    # While one of `operations` runs (on this thread): each queue's attributes, computed once.
+    # While one of `operations` runs (on this thread): each queue's attributes, computed once;
+    # while one of `uncounted` runs, without counting the queue's messages.
     call = threading.local()
     attributes = Queue.attributes
 
@@ -96,28 +112,54 @@ def _narrow_sqs_attributes():
         computed.append((self, value))
         return dict(value)
 
-    def one_call(operation):
+    def counted_unless_uncounted(count):
+        def get(self):
+            if getattr(call, "uncounted", False):
+                return 0  # computed by `attributes`, read by nobody
+            return count.fget(self)
+
+        return property(get)
+
+    def one_call(operation, uncounted):
         def run(self, *args, **kwargs):
             outermost = getattr(call, "computed", None) is None
             if outermost:
                 call.computed = []
+                call.uncounted = uncounted
             try:
                 return operation(self, *args, **kwargs)
             finally:
                 if outermost:
                     call.computed = None
+                    call.uncounted = False
 
         return run
 
     Queue.attributes = property(attributes_once_per_call)
+    for name in counts:
+        setattr(Queue, name, counted_unless_uncounted(getattr(Queue, name)))
     for name in operations:
-        setattr(SQSBackend, name, one_call(getattr(SQSBackend, name)))
+        setattr(SQSBackend, name, one_call(getattr(SQSBackend, name), name in uncounted))
+
+    # moto's ReceiveMessage picks visible messages, then marks them received, with no lock:
+    # two consumers receiving at once can both take one message, which SQS does not do within
+    # a visibility timeout. One receive at a time, as a queue hands each message to one
+    # receiver. (A long-polling receive would hold the lock while it waits; the world's
+    # receivers do not long-poll.)
+    receiving = threading.Lock()
+    receive = SQSBackend.receive_message
+
+    def receive_message(self, *args, **kwargs):
+        with receiving:
+            return receive(self, *args, **kwargs)
+
+    SQSBackend.receive_message = receive_message
     return None
 
 
 for _done, _narrowing in [
     ("DynamoDB Query reads its partition alone", _narrow_dynamodb_query),
-    ("SQS computes a queue's attributes once per call", _narrow_sqs_attributes),
+    ("SQS computes a queue's attributes once per call and receives one call at a time", _narrow_sqs_attributes),
 ]:
     _problem = _narrowing()
     if _problem is None:

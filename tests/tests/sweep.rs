@@ -344,8 +344,9 @@ async fn the_queue_counts_what_was_sent_and_received() {
     use skewguard_world::moto::MotoServer;
     let moto = MotoServer::start().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        moto.log_tail()
-            .contains("SQS computes a queue's attributes once per call"),
+        moto.log_tail().contains(
+            "SQS computes a queue's attributes once per call and receives one call at a time"
+        ),
         "the world's moto runs without its SQS narrowing:\n{}",
         moto.log_tail()
     );
