@@ -58,7 +58,7 @@ def main():
     w("")
     w(
         "What skewguard was put through in the local world (moto, the ECS emulator, the deployment "
-        "engine, the real hook binaries behind a local Lambda Runtime API), with the six guarantees "
+        "engine, the real hook binaries behind a local Lambda Runtime API), with the seven guarantees "
         "of the README checked after every step, and the figures of the last full run "
         "(`reliability/run`). CI (`./dev test`) runs a fast subset of the same tests; see "
         "[Running them](#running-them)."

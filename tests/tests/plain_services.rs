@@ -13,7 +13,7 @@ use aws_sdk_ecs::types::{
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use skewguard_world::aws::{Clients, Endpoints};
 use skewguard_world::ecs_emulator::{self, ContainerDefinition, EcsEmulator};
-use skewguard_world::engine::PlaceholderTasks;
+use skewguard_world::engine::{PlaceholderTasks, TaskRunner};
 use skewguard_world::fixtures::{create_target_group, forward_weights, set_forward_weights};
 use skewguard_world::live::CheckoutTasks;
 use skewguard_world::world::{CLUSTER, World};
@@ -39,6 +39,20 @@ fn network() -> NetworkConfiguration {
                 .unwrap(),
         )
         .build()
+}
+
+/// The world with the hooks in process, its tasks run by `tasks`.
+async fn world_running(tasks: Arc<dyn TaskRunner>) -> World {
+    World::start_with(
+        |clients| {
+            Arc::new(skewguard_world::engine::InProcess {
+                clients,
+                defaults: Default::default(),
+            })
+        },
+        tasks,
+    )
+    .await
 }
 
 fn tag(key: &str, value: &str) -> Tag {
@@ -442,16 +456,7 @@ async fn deployment_id_at(ip: &str, port: i32) -> Result<String, String> {
 /// Needs `cargo build -p checkout` first (as every test of the example backend does).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plain_service_runs_real_tasks_in_its_own_target_group_once_a_listener_uses_it() {
-    let world = World::start_with(
-        |clients| {
-            Arc::new(skewguard_world::engine::InProcess {
-                clients,
-                defaults: Default::default(),
-            })
-        },
-        Arc::new(CheckoutTasks),
-    )
-    .await;
+    let world = world_running(Arc::new(CheckoutTasks)).await;
     let (ecs, elb) = (world.clients.ecs.clone(), world.clients.elbv2.clone());
     let td = task_definition(&world.ecs, "v1");
     let tg = create_target_group(&elb, &world.vpc, "web-retained")
@@ -586,16 +591,7 @@ async fn a_plain_service_runs_real_tasks_in_its_own_target_group_once_a_listener
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_never_healthy_service_stays_pending_and_registers_nothing() {
-    let world = World::start_with(
-        |clients| {
-            Arc::new(skewguard_world::engine::InProcess {
-                clients,
-                defaults: Default::default(),
-            })
-        },
-        Arc::new(PlaceholderTasks),
-    )
-    .await;
+    let world = world_running(Arc::new(PlaceholderTasks)).await;
     let (ecs, elb) = (world.clients.ecs.clone(), world.clients.elbv2.clone());
     let td = task_definition(&world.ecs, "v1");
     let tg = create_target_group(&elb, &world.vpc, "sick").await.unwrap();
@@ -708,16 +704,7 @@ async fn a_blue_green_revision_describes_everything_a_clone_needs() {
 /// the group may be on a later page.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_target_group_used_by_a_later_load_balancer_counts_as_associated() {
-    let world = World::start_with(
-        |clients| {
-            Arc::new(skewguard_world::engine::InProcess {
-                clients,
-                defaults: Default::default(),
-            })
-        },
-        Arc::new(PlaceholderTasks),
-    )
-    .await;
+    let world = world_running(Arc::new(PlaceholderTasks)).await;
     let (ecs, elb) = (world.clients.ecs.clone(), world.clients.elbv2.clone());
     let mut last = None;
     for n in 0..51 {

@@ -1295,12 +1295,15 @@ fn sweep_rows(
                 s.listeners
             ),
             format!(
-                "{per_calls:.2} calls/service ({} total); CPU {per_cpu:.2} ms/service; wall {per_wall:.1} ms/service ({:.1} s with {} environments, {:.0}% of their time waiting for moto); repairs {}, errors {}; peak RSS {:.1} MB",
+                "{per_calls:.2} calls/service ({} total); CPU {per_cpu:.2} ms/service; wall {per_wall:.1} ms/service ({:.1} s with {} environments, {:.0}% of their time waiting for moto); reconciled {} (of {} services, {} swept twice), repairs {}, errors {}; peak RSS {:.1} MB",
                 s.total_calls,
                 s.wall.as_secs_f64(),
                 s.concurrency,
                 100.0 * s.moto_time.as_secs_f64()
                     / (s.wall.as_secs_f64() * s.concurrency as f64).max(1e-9),
+                s.reconciled,
+                s.services,
+                s.duplicates,
                 s.repairs,
                 s.errors,
                 mb(s.peak_rss)
@@ -1343,7 +1346,7 @@ fn sweep_rows(
                 s.concurrency
             ),
             format!(
-                "{:.1} s ({:.0}% of the {:.0} s period): enqueue {:.1} s, then {} batches of 10, median {:.0} ms, p90 {:.0} ms each ({:.0} ms of batch time per AWS call; moto took {:.0} ms per ELBv2 and DynamoDB call to answer, the environments' calls queueing there); {} services swept twice",
+                "{:.1} s ({:.0}% of the {:.0} s period): enqueue {:.1} s, then {} batches of 10, median {:.0} ms, p90 {:.0} ms each ({:.0} ms of batch time per AWS call; moto took {:.0} ms per ELBv2 and DynamoDB call to answer, the environments' calls queueing there); {} services swept twice ({} of them one message received twice)",
                 s.wall.as_secs_f64(),
                 100.0 * s.wall.as_secs_f64() / period,
                 period,
@@ -1353,7 +1356,8 @@ fn sweep_rows(
                 batch_ms(0.9),
                 ms(s.batch_wall.iter().sum::<std::time::Duration>()) / s.total_calls.max(1) as f64,
                 ms(s.moto_time) / moto_calls.max(1) as f64,
-                s.duplicates
+                s.duplicates,
+                s.redelivered
             ),
             &format!("within the {:.0}-minute schedule", period / 60.0),
             Verdict::of(

@@ -698,6 +698,8 @@ pub struct Sweep {
     pub batch_wall: Vec<Duration>,
     /// Services whose message succeeded in more than one batch.
     pub duplicates: usize,
+    /// Of those, one message received and succeeding twice.
+    pub redelivered: usize,
 }
 
 /// How long a failed batch's messages stay invisible before they are received again. The
@@ -785,8 +787,9 @@ pub async fn sweep(
         moto_time += took;
     }
     // What the batches did, from their metric lines (an SQS batch answers only its failures).
+    // (A process's output reaches the bench a little after its answer: wait up to 30 s.)
     let mut lines = Vec::new();
-    for _ in 0..250 {
+    for _ in 0..1500 {
         lines = functions
             .iter()
             .zip(&emf_before)
@@ -801,19 +804,19 @@ pub async fn sweep(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let lines = &lines[..];
-    // Every service's message was delivered and deleted once: the queue is empty and no
-    // message went to two batches that both succeeded.
-    let mut delivered: Vec<&str> = deliveries
+    // The messages that succeeded: a service whose message succeeded in two batches was swept
+    // twice (harmless, counted).
+    let succeeded: Vec<&(String, String)> = deliveries
         .iter()
-        .flat_map(|d| {
-            d.messages
-                .iter()
-                .filter(|(id, _)| !d.failed.contains(id))
-                .map(|(_, body)| body.as_str())
-        })
+        .flat_map(|d| d.messages.iter().filter(|(id, _)| !d.failed.contains(id)))
         .collect();
-    delivered.sort_unstable();
-    let duplicates = delivered.windows(2).filter(|w| w[0] == w[1]).count();
+    let repeats = |mut keys: Vec<&str>| {
+        keys.sort_unstable();
+        keys.windows(2).filter(|w| w[0] == w[1]).count()
+    };
+    let duplicates = repeats(succeeded.iter().map(|(_, body)| body.as_str()).collect());
+    // Of those, the same message received twice (rather than two messages for one service).
+    let redelivered = repeats(succeeded.iter().map(|(id, _)| id.as_str()).collect());
     let batch_wall: Vec<Duration> = deliveries.iter().map(|d| d.took).collect();
     let sum = |name: &str| -> usize {
         lines
@@ -860,6 +863,7 @@ pub async fn sweep(
         batches: deliveries.len(),
         batch_wall,
         duplicates,
+        redelivered,
         units,
         units_complete,
         ledger_bytes: total / fleet.services.len().max(1),
