@@ -466,12 +466,18 @@ async fn run(o: &Options) -> Result<String, String> {
     let ecs_proxy = CountingProxy::start(&stand_ins.ecs.endpoint())
         .await
         .map_err(|e| format!("ECS timing proxy: {e}"))?;
+    // CloudWatch is the world's own stand-in (moto does not speak its RPC v2 CBOR protocol):
+    // a proxy of its own, counting into the same log.
+    let cloudwatch_proxy =
+        CountingProxy::start_with_log(&stand_ins.endpoints.cloudwatch, proxy.log.clone())
+            .await
+            .map_err(|e| format!("CloudWatch counting proxy: {e}"))?;
     // The functions reach moto only through the proxy; the bench's own checks go straight.
     let endpoints = Endpoints {
         ecs: ecs_proxy.endpoint(),
         elbv2: proxy.endpoint(),
         dynamodb: proxy.endpoint(),
-        cloudwatch: proxy.endpoint(),
+        cloudwatch: cloudwatch_proxy.endpoint(),
         sqs: proxy.endpoint(),
     };
     let mut env = function_env(&endpoints);

@@ -77,9 +77,14 @@ pub struct CountingProxy {
 impl CountingProxy {
     /// Listens on `127.0.0.1:0` and forwards to `upstream` (`http://127.0.0.1:PORT`).
     pub async fn start(upstream: &str) -> std::io::Result<CountingProxy> {
+        Self::start_with_log(upstream, CallLog::default()).await
+    }
+
+    /// [`CountingProxy::start`], logging into `log` (another proxy's: one log of the calls to
+    /// several stand-ins).
+    pub async fn start_with_log(upstream: &str, log: CallLog) -> std::io::Result<CountingProxy> {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let log = CallLog::default();
         let upstream: Arc<str> = upstream.trim_end_matches('/').into();
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();

@@ -804,6 +804,15 @@ pub async fn sweep(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let lines = &lines[..];
+    // A retained version's idle check must have read CloudWatch (a failed read counts nothing
+    // as idle and would leave that part of the sweep's cost unmeasured).
+    if let Some(failed) = functions
+        .iter()
+        .flat_map(|f| f.logs())
+        .find(|l| l.contains("idle check failed"))
+    {
+        return Err(format!("an idle check failed during the sweep: {failed}"));
+    }
     // The messages that succeeded: a service whose message succeeded in two batches was swept
     // twice (harmless, counted).
     let succeeded: Vec<&(String, String)> = deliveries
